@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(dso::runtime::main(std::env::args_os().collect()));
+}

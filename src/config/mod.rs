@@ -1,0 +1,390 @@
+//! dso.yaml: the typed configuration, how it is found (`--dso-config`, `DSO_CONFIG`, default),
+//! loaded, checked against the JSON Schema in `runtime-config/dso.schema.json`, and validated.
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use schema::{SCHEMA_JSON, validate_document};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/dso/dso.yaml";
+pub const CONFIG_ENV: &str = "DSO_CONFIG";
+/// The provider name given to the single-provider shorthand `provider: {type: ...}`.
+pub const SHORTHAND_PROVIDER: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: line {line}: YAML does not parse: {message}")]
+    Yaml {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// Schema or semantic errors, each already formatted as `line N: key.path: message`.
+    #[error("{path}: {}", .errors.join("; "))]
+    Invalid { path: PathBuf, errors: Vec<String> },
+}
+
+impl ConfigError {
+    /// The individual messages (one per problem), for `dso config validate`.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { errors, .. } => errors.clone(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// Picks the config path: `--dso-config` (given), else `DSO_CONFIG`, else the default.
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    match std::env::var_os(CONFIG_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Single-provider shorthand; folded into `providers` under [`SHORTHAND_PROVIDER`].
+    #[serde(default)]
+    provider: Option<ProviderConfig>,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretConfig>,
+    #[serde(default)]
+    pub watch: WatchConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Where this config was read from (for messages).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// One provider entry. Fields beyond `type` are provider-specific and kept as JSON so that each
+/// provider module owns its own typed view of them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderConfig {
+    #[serde(rename = "type")]
+    pub kind: ProviderKind,
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Local,
+    Vault,
+    Aws,
+    Azure,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Vault => "vault",
+            ProviderKind::Aws => "aws",
+            ProviderKind::Azure => "azure",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretConfig {
+    /// Provider name; may be omitted when exactly one provider is configured.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Path in the provider; defaults to the secret's name.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// A field of a JSON value.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// A pinned version, where the provider has versions.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Owner and mode of the injected file (default: the container's user, 0400).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
+    #[serde(default, deserialize_with = "de_mode")]
+    pub mode: Option<u32>,
+    #[serde(default)]
+    pub rotation: Option<RotationConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotationConfig {
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub signal: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    #[serde(default = "default_watch_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_watch_interval(),
+        }
+    }
+}
+
+fn default_watch_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// JSON-lines file; stderr when absent.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub webhook: Option<serde_json::Value>,
+    #[serde(default)]
+    pub metrics: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Where the tmpfs goes inside the container.
+    #[serde(default = "default_secrets_dir")]
+    pub secrets_dir: String,
+    /// Size cap of the tmpfs, in bytes (YAML accepts `1m`, `512k`, `65536`).
+    #[serde(default = "default_tmpfs_size", deserialize_with = "de_size")]
+    pub tmpfs_size: u64,
+    #[serde(default = "default_fetch_timeout", deserialize_with = "de_duration")]
+    pub fetch_timeout: Duration,
+    /// Default mode of injected files.
+    #[serde(default = "default_file_mode", deserialize_with = "de_mode_required")]
+    pub file_mode: u32,
+    /// Path of dso-init on the host; default: next to the dso-runc executable.
+    #[serde(default)]
+    pub init_path: Option<PathBuf>,
+    /// Directory for dso's per-container state (references, never values).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            secrets_dir: default_secrets_dir(),
+            tmpfs_size: default_tmpfs_size(),
+            fetch_timeout: default_fetch_timeout(),
+            file_mode: default_file_mode(),
+            init_path: None,
+            state_dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_secrets_dir() -> String {
+    "/run/secrets".into()
+}
+fn default_tmpfs_size() -> u64 {
+    1024 * 1024
+}
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_file_mode() -> u32 {
+    0o400
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/run/dso")
+}
+
+/// Parses `30s`, `5m`, `1h`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "" | "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+/// Parses `1m`, `512k`, `2g` (binary multiples) or a bare number of bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "ki" | "kib" => 1 << 10,
+        "m" | "mi" | "mib" => 1 << 20,
+        "g" | "gi" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    Num(u64),
+    Str(String),
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Ok(Duration::from_secs(n)),
+        NumOrStr::Str(s) => parse_duration(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a duration"))),
+    }
+}
+
+fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Ok(n),
+        NumOrStr::Str(s) => {
+            parse_size(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a size")))
+        }
+    }
+}
+
+/// Modes are written as octal strings (`"0400"`) or integers taken as octal digits (`400`).
+fn de_mode_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let digits = match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => n.to_string(),
+        NumOrStr::Str(s) => s,
+    };
+    u32::from_str_radix(digits.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| serde::de::Error::custom(format!("{digits:?} is not an octal file mode")))
+}
+
+fn de_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    de_mode_required(d).map(Some)
+}
+
+impl Config {
+    /// Reads, schema-checks and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_str_at(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is used in messages only.
+    pub fn from_str_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let doc: serde_json::Value = if text.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml {
+                path: path.to_path_buf(),
+                line: e.location().map(|l| l.line()).unwrap_or(0),
+                message: e.to_string(),
+            })?
+        };
+        validate_document(&doc, text).map_err(|errors| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            errors,
+        })?;
+        let mut cfg: Config = serde_json::from_value(doc).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            errors: vec![e.to_string()],
+        })?;
+        cfg.source = path.to_path_buf();
+        if let Some(p) = cfg.provider.take() {
+            cfg.providers.insert(SHORTHAND_PROVIDER.to_string(), p);
+        }
+        Ok(cfg)
+    }
+
+    /// The provider name a secret uses: its `provider:`, or the only provider there is.
+    pub fn provider_of<'a>(&'a self, secret: &'a SecretConfig) -> Option<&'a str> {
+        match &secret.provider {
+            Some(p) => Some(p.as_str()),
+            None if self.providers.len() == 1 => self.providers.keys().next().map(String::as_str),
+            None => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_size("1m"), Some(1 << 20));
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("1t"), None);
+    }
+
+    #[test]
+    fn shorthand_provider_and_defaults() {
+        let cfg = Config::from_str_at(
+            "provider: { type: local, path: /tmp/s, key_file: /tmp/k }\nsecrets:\n  a: {}\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        assert!(cfg.providers.contains_key(SHORTHAND_PROVIDER));
+        assert_eq!(cfg.provider_of(&cfg.secrets["a"]), Some(SHORTHAND_PROVIDER));
+        assert_eq!(cfg.runtime.secrets_dir, "/run/secrets");
+        assert_eq!(cfg.runtime.file_mode, 0o400);
+    }
+}

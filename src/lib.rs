@@ -1,0 +1,9 @@
+//! dso: a secrets-injecting OCI runtime. `dso-runc` wraps runc (see [`runtime`]), `dso` is the
+//! CLI (see [`cli`]), `dso-init` runs inside containers for env injection.
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod providers;
+pub mod runtime;
+pub mod secrets;

@@ -1,0 +1,102 @@
+//! Secret providers: one trait, one module per backend. `build` turns a dso.yaml provider entry
+//! into a live provider.
+
+pub mod local;
+
+use crate::config::{Config, ProviderConfig, ProviderKind};
+use crate::secrets::SecretValue;
+
+/// What to fetch: a path in the provider, an optional JSON key and an optional pinned version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    pub path: String,
+    pub key: Option<String>,
+    pub version: Option<String>,
+}
+
+/// A fetched value and the provider's version of it (for change detection).
+#[derive(Debug)]
+pub struct Fetched {
+    pub value: SecretValue,
+    pub version: Option<String>,
+}
+
+/// A backend. Implementations must never put a value or a credential in an error.
+pub trait Provider: Send + Sync {
+    /// The provider's name in dso.yaml (for messages).
+    fn name(&self) -> &str;
+    fn fetch(&self, req: &FetchRequest) -> Result<Fetched, ProviderError>;
+    /// The current version, as cheaply as the backend allows. Default: fetch and drop the value.
+    fn version(&self, req: &FetchRequest) -> Result<Option<String>, ProviderError> {
+        self.fetch(req).map(|f| f.version)
+    }
+}
+
+/// Why a fetch failed. `Display` names the provider and the kind of failure, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("{kind} {provider:?}: {path:?} not found")]
+    NotFound {
+        kind: &'static str,
+        provider: String,
+        path: String,
+    },
+    #[error("{kind} {provider:?}: permission denied: {detail}")]
+    Denied {
+        kind: &'static str,
+        provider: String,
+        detail: String,
+    },
+    #[error("{kind} {provider:?}: timed out after {seconds}s")]
+    Timeout {
+        kind: &'static str,
+        provider: String,
+        seconds: u64,
+    },
+    #[error("{kind} {provider:?}: {detail}")]
+    Unavailable {
+        kind: &'static str,
+        provider: String,
+        detail: String,
+    },
+    #[error("{kind} {provider:?}: {detail}")]
+    Config {
+        kind: &'static str,
+        provider: String,
+        detail: String,
+    },
+    #[error("{kind} {provider:?}: {path:?}: {source}")]
+    Key {
+        kind: &'static str,
+        provider: String,
+        path: String,
+        #[source]
+        source: crate::secrets::KeyError,
+    },
+    #[error("{kind} {provider:?}: {source}")]
+    Local {
+        kind: &'static str,
+        provider: String,
+        #[source]
+        source: local::StoreError,
+    },
+}
+
+/// Builds the provider called `name` from its dso.yaml entry.
+pub fn build(
+    name: &str,
+    cfg: &ProviderConfig,
+    _config: &Config,
+) -> Result<Box<dyn Provider>, ProviderError> {
+    match cfg.kind {
+        ProviderKind::Local => Ok(Box::new(local::LocalProvider::from_config(name, cfg)?)),
+        other => Err(ProviderError::Config {
+            kind: other.as_str(),
+            provider: name.to_string(),
+            detail: format!(
+                "the {} provider is not available in this build",
+                other.as_str()
+            ),
+        }),
+    }
+}

@@ -1,0 +1,721 @@
+//! The create flow with secrets (DESIGN.md, "Flow of create"): resolve every reference against
+//! dso.yaml, fetch all values concurrently, rewrite the spec, run the delegate's create, inject
+//! into the container's tmpfs, register. Any failure after runc's create deletes the container.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::argv::Invocation;
+use super::delegate::{self, DelegateError};
+use super::inject::{InjectError, SecretFile, SecretsDir};
+use super::modify::{self, ENV_FILE_NAME};
+use super::runclog::RuncLog;
+use super::spec::{Spec, SpecError};
+use crate::audit::{Audit, Event};
+use crate::config::{Config, ConfigError, config_path};
+use crate::providers::{self, FetchRequest, Provider, ProviderError};
+use crate::secrets::{RefError, RefKind, SecretRef, SecretValue, Target, collect_refs};
+
+/// Most fetches run at once in one create.
+const MAX_PARALLEL_FETCHES: usize = 16;
+/// tmpfs allocates whole pages: the size check counts each file as whole pages.
+const PAGE: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Ref(#[from] RefError),
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+    #[error("secret {secret:?} is not defined in {config}")]
+    UnknownSecret { secret: String, config: PathBuf },
+    #[error("secret {secret:?}: provider {provider:?} is not defined in {config}")]
+    UnknownProvider {
+        secret: String,
+        provider: String,
+        config: PathBuf,
+    },
+    #[error("secret {secret:?}: no provider given and {config} does not define exactly one")]
+    NoProvider { secret: String, config: PathBuf },
+    #[error("secret file {file:?} is referenced with two different meanings ({a} and {b})")]
+    Conflict { file: String, a: String, b: String },
+    #[error("secret {secret:?}: {source}")]
+    Fetch {
+        secret: String,
+        #[source]
+        source: ProviderError,
+    },
+    #[error("secret {secret:?}: no answer from provider {provider:?} within {seconds}s")]
+    FetchTimeout {
+        secret: String,
+        provider: String,
+        seconds: u64,
+    },
+    #[error(
+        "secret {secret:?} contains a NUL byte and cannot be put in the environment variable {var}; use dsofile:// instead"
+    )]
+    NulInEnv { secret: String, var: String },
+    #[error(
+        "the secrets need {needed} bytes, more than runtime.tmpfs_size ({limit} bytes) in {config}"
+    )]
+    TooLarge {
+        needed: u64,
+        limit: u64,
+        config: PathBuf,
+    },
+    #[error("the container user {uid}:{gid} is not mapped in the container's user namespace")]
+    Unmapped { uid: u32, gid: u32 },
+    #[error("container id is missing from the {0} command line")]
+    NoContainerId(&'static str),
+    #[error("dso-init not found at {path}: {source} (set runtime.init_path in dso.yaml)")]
+    Init {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Delegate(#[from] DelegateError),
+    #[error("injecting secrets: {0}")]
+    Inject(#[from] InjectError),
+    #[error("registering container in {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One secret to fetch and where it goes.
+#[derive(Debug, Clone)]
+struct Planned {
+    /// File name in the secrets dir (and key of the plan).
+    file: String,
+    /// A label for messages and audit: the secret's name or `provider/path`.
+    label: String,
+    provider: String,
+    request: FetchRequest,
+    /// Write a file for it (a `dsofile://` reference uses it).
+    as_file: bool,
+    /// Env variables that get the value (`dso://` references).
+    env_vars: Vec<String>,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+/// What dso keeps about a container it created: names and references, never values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateRecord {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// runc's `--root`, if given.
+    pub runc_root: Option<PathBuf>,
+    pub delegate: OsString,
+    pub pid: i32,
+    pub config: PathBuf,
+    pub secrets_dir: String,
+    pub secrets: Vec<StateSecret>,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateSecret {
+    pub name: String,
+    pub file: Option<String>,
+    pub env: Vec<String>,
+    pub provider: String,
+    pub path: String,
+    pub key: Option<String>,
+    pub version: Option<String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// Resolves references against the config into a fetch plan (one entry per file name).
+fn plan(cfg: &Config, refs: &[SecretRef], user: (u32, u32)) -> Result<Vec<Planned>, CreateError> {
+    let mut by_file: BTreeMap<String, Planned> = BTreeMap::new();
+    for r in refs {
+        let p = match &r.target {
+            Target::Named { name, key } => {
+                let sc = cfg
+                    .secrets
+                    .get(name)
+                    .ok_or_else(|| CreateError::UnknownSecret {
+                        secret: name.clone(),
+                        config: cfg.source.clone(),
+                    })?;
+                let provider = match &sc.provider {
+                    Some(p) => p.clone(),
+                    None => cfg
+                        .provider_of(sc)
+                        .ok_or_else(|| CreateError::NoProvider {
+                            secret: name.clone(),
+                            config: cfg.source.clone(),
+                        })?
+                        .to_string(),
+                };
+                Planned {
+                    file: r.file_name().to_string(),
+                    label: name.clone(),
+                    provider,
+                    request: FetchRequest {
+                        path: sc.path.clone().unwrap_or_else(|| name.clone()),
+                        key: key.clone().or_else(|| sc.key.clone()),
+                        version: sc.version.clone(),
+                    },
+                    as_file: false,
+                    env_vars: Vec::new(),
+                    uid: sc.uid.unwrap_or(user.0),
+                    gid: sc.gid.unwrap_or(user.1),
+                    mode: sc.mode.unwrap_or(cfg.runtime.file_mode),
+                }
+            }
+            Target::Inline {
+                provider,
+                path,
+                key,
+            } => Planned {
+                file: r.file_name().to_string(),
+                label: r.describe(),
+                provider: provider.clone(),
+                request: FetchRequest {
+                    path: path.clone(),
+                    key: key.clone(),
+                    version: None,
+                },
+                as_file: false,
+                env_vars: Vec::new(),
+                uid: user.0,
+                gid: user.1,
+                mode: cfg.runtime.file_mode,
+            },
+        };
+        if !cfg.providers.contains_key(&p.provider) {
+            return Err(CreateError::UnknownProvider {
+                secret: p.label,
+                provider: p.provider,
+                config: cfg.source.clone(),
+            });
+        }
+        let entry = by_file.entry(p.file.clone()).or_insert(p.clone());
+        if entry.provider != p.provider || entry.request != p.request {
+            return Err(CreateError::Conflict {
+                file: p.file,
+                a: entry.label.clone(),
+                b: p.label,
+            });
+        }
+        match r.kind {
+            RefKind::File => entry.as_file = true,
+            RefKind::Env => entry.env_vars.push(r.var.clone()),
+        }
+    }
+    Ok(by_file.into_values().collect())
+}
+
+/// Fetches every planned secret: up to [`MAX_PARALLEL_FETCHES`] at once, all within `timeout`.
+/// Each provider is built once and shared by its fetches.
+fn fetch_all(
+    cfg: &Config,
+    planned: &[Planned],
+    audit: &Audit,
+) -> Result<Vec<(SecretValue, Option<String>)>, CreateError> {
+    let timeout = cfg.runtime.fetch_timeout;
+    let deadline = Instant::now() + timeout;
+    let mut built: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
+    for p in planned {
+        if !built.contains_key(p.provider.as_str()) {
+            let pc = &cfg.providers[&p.provider];
+            let prov =
+                providers::build(&p.provider, pc, cfg).map_err(|source| CreateError::Fetch {
+                    secret: p.label.clone(),
+                    source,
+                })?;
+            built.insert(&p.provider, Arc::from(prov));
+        }
+    }
+
+    let jobs: Arc<Vec<(Arc<dyn Provider>, FetchRequest)>> = Arc::new(
+        planned
+            .iter()
+            .map(|p| (built[p.provider.as_str()].clone(), p.request.clone()))
+            .collect(),
+    );
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..planned.len().min(MAX_PARALLEL_FETCHES) {
+        let (jobs, next, tx) = (jobs.clone(), next.clone(), tx.clone());
+        // Detached on purpose: a provider that hangs past the deadline must not hold us up;
+        // the process exits (failing the create) and takes the thread with it.
+        std::thread::spawn(move || {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some((prov, req)) = jobs.get(i) else {
+                    break;
+                };
+                let started = Instant::now();
+                let res = prov.fetch(req);
+                if tx.send((i, res, started.elapsed())).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let mut results: Vec<Option<(SecretValue, Option<String>)>> =
+        (0..planned.len()).map(|_| None).collect();
+    for _ in 0..planned.len() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let (i, res, took) = match rx.recv_timeout(remaining) {
+            Ok(msg) => msg,
+            Err(_) => {
+                let pending = planned
+                    .iter()
+                    .zip(&results)
+                    .find(|(_, r)| r.is_none())
+                    .map(|(p, _)| p);
+                let (secret, provider) = pending
+                    .map(|p| (p.label.clone(), p.provider.clone()))
+                    .unwrap_or_default();
+                audit.record(
+                    &Event::new("secret_fetched", "failure")
+                        .secret(&secret)
+                        .provider(&provider)
+                        .error("timeout"),
+                );
+                return Err(CreateError::FetchTimeout {
+                    secret,
+                    provider,
+                    seconds: timeout.as_secs(),
+                });
+            }
+        };
+        let p = &planned[i];
+        match res {
+            Ok(f) => {
+                audit.record(
+                    &Event::new("secret_fetched", "success")
+                        .secret(&p.label)
+                        .provider(&p.provider)
+                        .version(f.version.as_deref())
+                        .duration(took),
+                );
+                results[i] = Some((f.value, f.version));
+            }
+            Err(source) => {
+                let msg = source.to_string();
+                audit.record(
+                    &Event::new("secret_fetched", "failure")
+                        .secret(&p.label)
+                        .provider(&p.provider)
+                        .duration(took)
+                        .error(&msg),
+                );
+                return Err(CreateError::Fetch {
+                    secret: p.label.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// The env hand-off file for dso-init: `VAR=value\0` records, built in zeroizing memory.
+fn env_file(
+    planned: &[Planned],
+    values: &[(SecretValue, Option<String>)],
+) -> Result<Option<SecretValue>, CreateError> {
+    let mut buf = Zeroizing::new(Vec::new());
+    let mut any = false;
+    for (p, (value, _)) in planned.iter().zip(values) {
+        for var in &p.env_vars {
+            if value.expose().contains(&0) {
+                return Err(CreateError::NulInEnv {
+                    secret: p.label.clone(),
+                    var: var.clone(),
+                });
+            }
+            // Reserve first so the buffer never reallocates (a realloc would leave a copy).
+            let need = buf.len() + var.len() + 2 + value.len();
+            if buf.capacity() < need {
+                let mut bigger = Zeroizing::new(Vec::with_capacity(need * 2));
+                bigger.extend_from_slice(&buf);
+                buf = bigger;
+            }
+            buf.extend_from_slice(var.as_bytes());
+            buf.push(b'=');
+            buf.extend_from_slice(value.expose());
+            buf.push(0);
+            any = true;
+        }
+    }
+    Ok(any.then(|| SecretValue::from_zeroizing(buf)))
+}
+
+fn pages(n: u64) -> u64 {
+    n.div_ceil(PAGE).max(1) * PAGE
+}
+
+/// Where dso-init lives: `runtime.init_path`, else next to this executable.
+fn init_path(cfg: &Config) -> Result<PathBuf, CreateError> {
+    let path = match &cfg.runtime.init_path {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("dso-init")))
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/dso-init")),
+    };
+    fs::metadata(&path).map_err(|source| CreateError::Init {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Writes the state record `<state_dir>/<id>.json` (0600 in a 0700 dir), atomically.
+fn register(state_dir: &Path, rec: &StateRecord) -> Result<(), CreateError> {
+    let path = state_dir.join(format!("{}.json", rec.id));
+    let serr = |source| CreateError::State {
+        path: path.clone(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(serr)?;
+    let bytes = serde_json::to_vec_pretty(rec).map_err(|e| serr(std::io::Error::other(e)))?;
+    let tmp = state_dir.join(format!(".{}.json.tmp-{}", rec.id, std::process::id()));
+    let res = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(serr(e));
+    }
+    Ok(())
+}
+
+/// The whole create flow. Returns the exit code to use.
+pub fn create_with_secrets(
+    inv: &Invocation,
+    delegate: &OsString,
+    mut spec: Spec,
+    log: &RuncLog,
+) -> Result<i32, CreateError> {
+    let is_run = inv.command.as_deref() == Some("run");
+    let what = if is_run { "run" } else { "create" };
+    let id = inv
+        .container_id
+        .clone()
+        .ok_or(CreateError::NoContainerId(what))?;
+
+    // 1-3: config, references, plan. Nothing exists yet; errors need no cleanup.
+    let cfg_path = config_path(inv.dso_config.as_deref());
+    let cfg = match Config::load(&cfg_path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            let msg = e.to_string();
+            Audit::stderr().record(
+                &Event::new("config_rejected", "failure")
+                    .container(&id)
+                    .error(&msg),
+            );
+            return Err(e.into());
+        }
+    };
+    let audit = Audit::new(&cfg.audit);
+    let refs = collect_refs(&spec.env(), Some(&spec.annotations()))?;
+    let user = spec.user();
+    let planned = plan(&cfg, &refs, user)?;
+    let has_env = planned.iter().any(|p| !p.env_vars.is_empty());
+    let init = if has_env {
+        Some(init_path(&cfg)?)
+    } else {
+        None
+    };
+    let host_user = spec.host_ids(user.0, user.1).ok_or(CreateError::Unmapped {
+        uid: user.0,
+        gid: user.1,
+    })?;
+    let mut host_ids = Vec::with_capacity(planned.len());
+    for p in &planned {
+        host_ids.push(spec.host_ids(p.uid, p.gid).ok_or(CreateError::Unmapped {
+            uid: p.uid,
+            gid: p.gid,
+        })?);
+    }
+
+    // 4: fetch everything before anything is created.
+    let values = fetch_all(&cfg, &planned, &audit)?;
+    let env_blob = env_file(&planned, &values)?;
+    let needed: u64 = planned
+        .iter()
+        .zip(&values)
+        .filter(|(p, _)| p.as_file)
+        .map(|(_, (v, _))| pages(v.len() as u64))
+        .sum::<u64>()
+        + env_blob.as_ref().map_or(0, |b| pages(b.len() as u64));
+    if needed > cfg.runtime.tmpfs_size {
+        return Err(CreateError::TooLarge {
+            needed,
+            limit: cfg.runtime.tmpfs_size,
+            config: cfg.source.clone(),
+        });
+    }
+
+    // 5: rewrite the spec (no value goes into it).
+    let secrets_dir = cfg.runtime.secrets_dir.clone();
+    let all_owned_by_user = planned.iter().all(|p| (p.uid, p.gid) == user);
+    let dir_mode = if all_owned_by_user { 0o700 } else { 0o711 };
+    modify::add_secrets_tmpfs(
+        &mut spec,
+        &secrets_dir,
+        cfg.runtime.tmpfs_size,
+        user.0,
+        user.1,
+        dir_mode,
+    )?;
+    modify::point_file_refs(&mut spec, &refs, &secrets_dir)?;
+    let env_file_path = modify::container_path(&secrets_dir, ENV_FILE_NAME);
+    if let Some(init) = &init {
+        modify::wrap_with_init(&mut spec, init, &env_file_path)?;
+    }
+    spec.flush()?;
+
+    // 6: the delegate's create.
+    let create_args = if is_run {
+        inv.run_as_create_args()
+    } else {
+        inv.args.clone()
+    };
+    if is_run && !inv.detach {
+        // Foreground run: become the subreaper so the container's init is ours to wait for.
+        // SAFETY: prctl with constant arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
+    let status = delegate::run(delegate, &create_args)?;
+    if !status.success() {
+        // runc has reported why in its log already; nothing was created.
+        return Ok(status.code().unwrap_or(1));
+    }
+
+    // 7-8: inject and register; on any failure delete the container.
+    let started = Instant::now();
+    let injected = (|| -> Result<i32, CreateError> {
+        let pid = delegate::init_pid(delegate, inv, &id)?;
+        let dir = SecretsDir::open(pid, &secrets_dir)?;
+        for ((p, (value, _)), (uid, gid)) in planned.iter().zip(&values).zip(&host_ids) {
+            if p.as_file {
+                dir.write(&SecretFile {
+                    name: &p.file,
+                    value,
+                    uid: *uid,
+                    gid: *gid,
+                    mode: p.mode,
+                })?;
+            }
+        }
+        if let Some(blob) = &env_blob {
+            dir.write(&SecretFile {
+                name: ENV_FILE_NAME,
+                value: blob,
+                uid: host_user.0,
+                gid: host_user.1,
+                mode: 0o400,
+            })?;
+        }
+        let rec = StateRecord {
+            id: id.clone(),
+            bundle: inv.bundle_dir().unwrap_or_default(),
+            runc_root: inv.root.clone(),
+            delegate: delegate.clone(),
+            pid,
+            config: cfg.source.clone(),
+            secrets_dir: secrets_dir.clone(),
+            secrets: planned
+                .iter()
+                .zip(&values)
+                .map(|(p, (_, version))| StateSecret {
+                    name: p.label.clone(),
+                    file: p.as_file.then(|| p.file.clone()),
+                    env: p.env_vars.clone(),
+                    provider: p.provider.clone(),
+                    path: p.request.path.clone(),
+                    key: p.request.key.clone(),
+                    version: version.clone(),
+                    uid: p.uid,
+                    gid: p.gid,
+                    mode: p.mode,
+                })
+                .collect(),
+            created: crate::audit::now_rfc3339(),
+        };
+        register(&cfg.runtime.state_dir, &rec)?;
+        Ok(pid)
+    })();
+    let pid = match injected {
+        Ok(pid) => pid,
+        Err(e) => {
+            let msg = e.to_string();
+            audit.record(
+                &Event::new("injection_failed", "failure")
+                    .container(&id)
+                    .duration(started.elapsed())
+                    .error(&msg),
+            );
+            if let Err(del) = delegate::delete_force(delegate, inv, &id) {
+                log.write("error", &format!("dso: cleaning up {id}: {del}"));
+            }
+            let _ = fs::remove_file(cfg.runtime.state_dir.join(format!("{id}.json")));
+            return Err(e);
+        }
+    };
+    for p in &planned {
+        audit.record(
+            &Event::new("secret_injected", "success")
+                .secret(&p.label)
+                .provider(&p.provider)
+                .container(&id)
+                .duration(started.elapsed()),
+        );
+    }
+    drop(values);
+    drop(env_blob);
+    tracing::debug!(container = %id, secrets = planned.len(), "secrets injected");
+
+    if !is_run {
+        return Ok(0);
+    }
+    run_rest(inv, delegate, &id, pid, log)
+}
+
+/// The rest of a `run`: start, and unless detached wait for the container like runc does.
+fn run_rest(
+    inv: &Invocation,
+    delegate: &OsString,
+    id: &str,
+    pid: i32,
+    log: &RuncLog,
+) -> Result<i32, CreateError> {
+    if let Err(e) = delegate::start(delegate, inv, id) {
+        let _ = delegate::delete_force(delegate, inv, id);
+        return Err(e.into());
+    }
+    if inv.detach {
+        return Ok(0);
+    }
+    let code = loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                log.write("warning", &format!("dso: waiting for {id}: {e}"));
+                break 1;
+            }
+        }
+    };
+    if !inv.keep
+        && let Err(e) = delegate::delete_force(delegate, inv, id)
+    {
+        log.write("warning", &format!("dso: deleting {id}: {e}"));
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::collect_refs;
+
+    fn cfg(text: &str) -> Config {
+        Config::from_str_at(text, Path::new("/etc/dso/dso.yaml")).unwrap()
+    }
+
+    const CFG: &str = "providers:\n  local: { type: local, path: /s, key_file: /k }\n  other: { type: local, path: /s2, key_file: /k }\nsecrets:\n  db: { provider: local, key: password, mode: \"0440\", uid: 7 }\n  api: { provider: other, path: prod/api }\n";
+
+    #[test]
+    fn plan_resolves_and_merges() {
+        let c = cfg(CFG);
+        let env = vec![
+            "A_FILE=dsofile://db".to_string(),
+            "A=dso://db".to_string(),
+            "B=dso://api".to_string(),
+            "C_FILE=dsofile://other/x/y#k".to_string(),
+        ];
+        let refs = collect_refs(&env, None).unwrap();
+        let p = plan(&c, &refs, (1000, 1000)).unwrap();
+        let db = p.iter().find(|p| p.file == "db").unwrap();
+        assert!(db.as_file);
+        assert_eq!(db.env_vars, ["A"]);
+        assert_eq!(db.request.path, "db");
+        assert_eq!(db.request.key.as_deref(), Some("password"));
+        assert_eq!((db.uid, db.gid, db.mode), (7, 1000, 0o440));
+        let api = p.iter().find(|p| p.file == "api").unwrap();
+        assert_eq!(api.request.path, "prod/api");
+        assert!(!api.as_file);
+        let inline = p.iter().find(|p| p.file == "C").unwrap();
+        assert_eq!(inline.provider, "other");
+        assert_eq!(inline.request.path, "x/y");
+        assert_eq!(inline.mode, 0o400);
+    }
+
+    #[test]
+    fn plan_errors_name_the_secret() {
+        let c = cfg(CFG);
+        let refs = collect_refs(&["X=dsofile://no_such_secret".to_string()], None).unwrap();
+        let err = plan(&c, &refs, (0, 0)).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "secret \"no_such_secret\" is not defined in /etc/dso/dso.yaml"
+        );
+        let refs = collect_refs(&["X=dso://nope/a".to_string()], None).unwrap();
+        let err = plan(&c, &refs, (0, 0)).unwrap_err().to_string();
+        assert!(err.contains("provider \"nope\" is not defined"), "{err}");
+    }
+
+    #[test]
+    fn env_file_refuses_nul_and_formats_records() {
+        let c = cfg(CFG);
+        let refs =
+            collect_refs(&["A=dso://db".to_string(), "B=dso://api".to_string()], None).unwrap();
+        let p = plan(&c, &refs, (0, 0)).unwrap();
+        let vals: Vec<_> = p
+            .iter()
+            .map(|p| (SecretValue::new(format!("v-{}", p.file).into_bytes()), None))
+            .collect();
+        let blob = env_file(&p, &vals).unwrap().unwrap();
+        assert_eq!(blob.expose(), b"B=v-api\0A=v-db\0");
+        let bad = vec![
+            (SecretValue::new(b"a\0b".to_vec()), None),
+            (SecretValue::new(b"x".to_vec()), None),
+        ];
+        assert!(matches!(
+            env_file(&p, &bad),
+            Err(CreateError::NulInEnv { .. })
+        ));
+    }
+}

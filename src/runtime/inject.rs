@@ -1,0 +1,250 @@
+//! Writing secret files into a created container. The container's root is opened through
+//! `/proc/<pid>/root` and the secrets dir is resolved *inside* it (pathrs: openat2
+//! `RESOLVE_IN_ROOT`), so a symlink planted by the image can never lead a write onto the host.
+//! The dir must be a tmpfs; each file is written under a temp name and renamed into place, so a
+//! reader sees the old value or the new one, never a torn one.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use pathrs::Root;
+use pathrs::flags::OpenFlags;
+
+use crate::secrets::SecretValue;
+
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("cannot open the root of container process {pid}: {source}")]
+    Root {
+        pid: i32,
+        #[source]
+        source: pathrs::error::Error,
+    },
+    #[error("cannot resolve {dir} inside the container: {source}")]
+    Resolve {
+        dir: String,
+        #[source]
+        source: pathrs::error::Error,
+    },
+    #[error("{dir} inside the container is not a tmpfs; refusing to write secrets to it")]
+    NotTmpfs { dir: String },
+    #[error("cannot write secret file {name:?} in {dir}: {source}")]
+    Write {
+        dir: String,
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One file to put in the secrets dir.
+pub struct SecretFile<'a> {
+    pub name: &'a str,
+    pub value: &'a SecretValue,
+    /// Host uid/gid (already mapped through the container's user namespace, if any).
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// The secrets dir of a running (created) container, opened safely.
+pub struct SecretsDir {
+    fd: OwnedFd,
+    dir: String,
+}
+
+impl SecretsDir {
+    /// Opens `secrets_dir` inside the root of process `pid` and checks it is a tmpfs.
+    pub fn open(pid: i32, secrets_dir: &str) -> Result<SecretsDir, InjectError> {
+        let root = Root::open(format!("/proc/{pid}/root"))
+            .map_err(|source| InjectError::Root { pid, source })?;
+        Self::open_in(&root, secrets_dir)
+    }
+
+    /// Opens `secrets_dir` inside an already opened root.
+    pub fn open_in(root: &Root, secrets_dir: &str) -> Result<SecretsDir, InjectError> {
+        let resolve_err = |source| InjectError::Resolve {
+            dir: secrets_dir.to_string(),
+            source,
+        };
+        let handle = root.resolve(secrets_dir).map_err(resolve_err)?;
+        let file = handle
+            .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY | OpenFlags::O_CLOEXEC)
+            .map_err(resolve_err)?;
+        let fd = OwnedFd::from(file);
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: fd is a valid open descriptor and st a properly sized out-parameter.
+        let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) };
+        if rc != 0 || st.f_type as i64 != TMPFS_MAGIC {
+            return Err(InjectError::NotTmpfs {
+                dir: secrets_dir.to_string(),
+            });
+        }
+        Ok(SecretsDir {
+            fd,
+            dir: secrets_dir.to_string(),
+        })
+    }
+
+    /// Writes one file: temp name (O_EXCL, O_NOFOLLOW), owner and mode set before any byte is
+    /// written, then renamed over `name` (rename replaces a planted symlink; it never follows it).
+    pub fn write(&self, file: &SecretFile<'_>) -> Result<(), InjectError> {
+        let werr = |source| InjectError::Write {
+            dir: self.dir.clone(),
+            name: file.name.to_string(),
+            source,
+        };
+        let tmp = format!(".{}.tmp-{:08x}", file.name, random_u32());
+        let tmp_c = CString::new(tmp.as_str()).map_err(|e| werr(std::io::Error::other(e)))?;
+        let name_c = CString::new(file.name).map_err(|e| werr(std::io::Error::other(e)))?;
+        // SAFETY: valid dir fd, NUL-terminated name; the returned fd is owned below.
+        let raw = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                tmp_c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        if raw < 0 {
+            return Err(werr(std::io::Error::last_os_error()));
+        }
+        // SAFETY: raw is a fresh fd we own.
+        let mut f = unsafe { File::from_raw_fd(raw) };
+        let result = (|| -> std::io::Result<()> {
+            nix::unistd::fchown(f.as_raw_fd(), Some(file.uid.into()), Some(file.gid.into()))
+                .map_err(std::io::Error::from)?;
+            nix::sys::stat::fchmod(
+                f.as_raw_fd(),
+                nix::sys::stat::Mode::from_bits_truncate(file.mode),
+            )
+            .map_err(std::io::Error::from)?;
+            f.write_all(file.value.expose())?;
+            // SAFETY: both names are NUL-terminated and relative to our dir fd.
+            let rc = unsafe {
+                libc::renameat(
+                    self.fd.as_raw_fd(),
+                    tmp_c.as_ptr(),
+                    self.fd.as_raw_fd(),
+                    name_c.as_ptr(),
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })();
+        drop(f);
+        if let Err(e) = result {
+            // SAFETY: as above.
+            unsafe { libc::unlinkat(self.fd.as_raw_fd(), tmp_c.as_ptr(), 0) };
+            return Err(werr(e));
+        }
+        Ok(())
+    }
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // A collision only makes O_EXCL fail, which is reported; no need for more than best effort.
+    let _ = getrandom::getrandom(&mut b);
+    u32::from_ne_bytes(b) ^ std::process::id()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// Needs a tmpfs: /dev/shm is one on Linux hosts.
+    fn shm_root() -> Option<(tempfile::TempDir, Root)> {
+        let dir = tempfile::tempdir_in("/dev/shm").ok()?;
+        let root = Root::open(dir.path()).ok()?;
+        Some((dir, root))
+    }
+
+    #[test]
+    fn writes_atomically_and_replaces_symlinks() {
+        let Some((dir, root)) = shm_root() else {
+            eprintln!("skip: no /dev/shm tmpfs");
+            return;
+        };
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        // A symlink planted at the file name must be replaced, not followed.
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("secrets/s")).unwrap();
+        let sd = SecretsDir::open_in(&root, "/secrets").unwrap();
+        let value = SecretValue::new(b"v1\n".to_vec());
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        sd.write(&SecretFile {
+            name: "s",
+            value: &value,
+            uid,
+            gid,
+            mode: 0o400,
+        })
+        .unwrap();
+        let meta = std::fs::symlink_metadata(dir.path().join("secrets/s")).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o400);
+        assert_eq!(meta.uid(), uid);
+        assert_eq!(
+            std::fs::read(dir.path().join("secrets/s")).unwrap(),
+            b"v1\n"
+        );
+        assert_eq!(std::fs::read(outside.path()).unwrap(), b"");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("secrets"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temp file left: {names:?}");
+    }
+
+    #[test]
+    fn symlinked_dir_resolves_inside_root() {
+        let Some((dir, root)) = shm_root() else {
+            eprintln!("skip: no /dev/shm tmpfs");
+            return;
+        };
+        // /run -> /elsewhere (absolute): must resolve to <root>/elsewhere, not the host's.
+        std::fs::create_dir_all(dir.path().join("elsewhere/secrets")).unwrap();
+        std::os::unix::fs::symlink("/elsewhere", dir.path().join("run")).unwrap();
+        let sd = SecretsDir::open_in(&root, "/run/secrets").unwrap();
+        let value = SecretValue::new(b"x".to_vec());
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        sd.write(&SecretFile {
+            name: "a",
+            value: &value,
+            uid,
+            gid,
+            mode: 0o400,
+        })
+        .unwrap();
+        assert!(dir.path().join("elsewhere/secrets/a").exists());
+        assert!(!std::path::Path::new("/elsewhere").exists());
+        // ../ escapes are clamped to the root too.
+        std::fs::remove_file(dir.path().join("run")).unwrap();
+        std::os::unix::fs::symlink("../../../../elsewhere", dir.path().join("run")).unwrap();
+        assert!(SecretsDir::open_in(&root, "/run/secrets").is_ok());
+    }
+
+    #[test]
+    fn refuses_non_tmpfs() {
+        // The source tree is on a disk filesystem, not a tmpfs.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        std::fs::create_dir(dir.path().join("s")).unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        assert!(matches!(
+            SecretsDir::open_in(&root, "/s"),
+            Err(InjectError::NotTmpfs { .. })
+        ));
+    }
+}

@@ -1,0 +1,286 @@
+//! Spec modifiers, one per concern, applied in order and each idempotent: the secrets tmpfs,
+//! file references pointed at their paths, and the dso-init wrapper for env references.
+//! None of them ever puts a secret value into the spec.
+
+use std::path::Path;
+
+use oci_spec::runtime::MountBuilder;
+use serde_json::Value;
+
+use super::spec::{Spec, SpecError};
+use crate::secrets::{RefKind, RefSource, SecretRef};
+
+/// `source` of dso's tmpfs: shows as the device name in /proc/mounts, marks the mount as ours.
+pub const TMPFS_SOURCE: &str = "dso";
+/// Where dso-init is bind-mounted inside the container. Under /dev (a tmpfs in Docker's specs)
+/// so that nothing is created in the image's own filesystem.
+pub const INIT_DEST: &str = "/dev/.dso-init";
+/// Name of the env hand-off file in the secrets dir (read and unlinked by dso-init).
+pub const ENV_FILE_NAME: &str = ".dso-env";
+
+/// The container path of `name` inside the secrets dir (a container path, built as a string:
+/// it is only ever resolved inside the container's root).
+pub fn container_path(secrets_dir: &str, name: &str) -> String {
+    format!("{}/{}", secrets_dir.trim_end_matches('/'), name)
+}
+
+fn under(dest: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    dest.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Adds the secrets tmpfs (`nosuid,nodev,noexec`, size cap, owner and mode). It goes before
+/// any mount below the secrets dir (so that e.g. compose's own `/run/secrets/x` binds stay
+/// visible on top of it). Refuses a spec that already mounts something else at the same path.
+pub fn add_secrets_tmpfs(
+    spec: &mut Spec,
+    secrets_dir: &str,
+    size: u64,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+) -> Result<(), SpecError> {
+    let path = spec.path().to_path_buf();
+    let mounts = spec.mounts_mut()?;
+    let dest_of = |m: &Value| {
+        m.get("destination")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    for m in mounts.iter() {
+        if dest_of(m).as_deref().map(|d| d.trim_end_matches('/'))
+            == Some(secrets_dir.trim_end_matches('/'))
+        {
+            if m.get("source").and_then(Value::as_str) == Some(TMPFS_SOURCE) {
+                return Ok(()); // already ours
+            }
+            return Err(SpecError::Shape {
+                path,
+                what: format!(
+                    "a mount already exists at {secrets_dir}; set runtime.secrets_dir in dso.yaml to another path"
+                ),
+            });
+        }
+    }
+    let mount = MountBuilder::default()
+        .destination(secrets_dir)
+        .typ("tmpfs")
+        .source(TMPFS_SOURCE)
+        .options(vec![
+            "nosuid".to_string(),
+            "nodev".to_string(),
+            "noexec".to_string(),
+            format!("size={size}"),
+            format!("mode={mode:o}"),
+            format!("uid={uid}"),
+            format!("gid={gid}"),
+        ])
+        .build()
+        .map_err(|e| SpecError::Shape {
+            path: path.clone(),
+            what: e.to_string(),
+        })?;
+    let value = serde_json::to_value(mount).map_err(|e| SpecError::Shape {
+        path,
+        what: e.to_string(),
+    })?;
+    let at = mounts
+        .iter()
+        .position(|m| dest_of(m).is_some_and(|d| under(&d, secrets_dir)))
+        .unwrap_or(mounts.len());
+    mounts.insert(at, value);
+    Ok(())
+}
+
+/// Sets `VAR=value` in `process.env`: replaces the entry at `index` when given, else replaces
+/// an existing `VAR=` entry or appends one.
+fn set_env(env: &mut Vec<Value>, index: Option<usize>, var: &str, value: &str) {
+    let entry = Value::String(format!("{var}={value}"));
+    let prefix = format!("{var}=");
+    let pos = index.filter(|&i| i < env.len()).or_else(|| {
+        env.iter()
+            .position(|e| e.as_str().is_some_and(|s| s.starts_with(&prefix)))
+    });
+    match pos {
+        Some(i) => env[i] = entry,
+        None => env.push(entry),
+    }
+}
+
+/// `X_FILE=dsofile://n` → `X_FILE=/run/secrets/n` (and annotation file references likewise).
+pub fn point_file_refs(
+    spec: &mut Spec,
+    refs: &[SecretRef],
+    secrets_dir: &str,
+) -> Result<(), SpecError> {
+    let env = spec.env_mut()?;
+    for r in refs.iter().filter(|r| r.kind == RefKind::File) {
+        let index = match r.source {
+            RefSource::Env(i) => Some(i),
+            RefSource::Annotation(_) => None,
+        };
+        set_env(
+            env,
+            index,
+            &r.var,
+            &container_path(secrets_dir, r.file_name()),
+        );
+    }
+    Ok(())
+}
+
+/// Env references: bind dso-init read-only into the container and run it first. It reads the
+/// hand-off file, unlinks it, sets the variables and `execve`s the original argv (PID 1 stays
+/// PID 1). The references themselves stay in the spec; values travel only through the tmpfs.
+pub fn wrap_with_init(
+    spec: &mut Spec,
+    init_host_path: &Path,
+    env_file: &str,
+) -> Result<(), SpecError> {
+    let path = spec.path().to_path_buf();
+    let args = spec.args_mut()?;
+    if args.first().and_then(Value::as_str) == Some(INIT_DEST) {
+        return Ok(());
+    }
+    if args.is_empty() {
+        return Err(SpecError::Shape {
+            path,
+            what: "process.args is empty".into(),
+        });
+    }
+    args.insert(0, Value::String(INIT_DEST.into()));
+    args.insert(1, Value::String(env_file.into()));
+    let mount = MountBuilder::default()
+        .destination(INIT_DEST)
+        .typ("bind")
+        .source(init_host_path)
+        .options(vec![
+            "rbind".to_string(),
+            "ro".to_string(),
+            "nosuid".to_string(),
+            "nodev".to_string(),
+        ])
+        .build()
+        .map_err(|e| SpecError::Shape {
+            path: path.clone(),
+            what: e.to_string(),
+        })?;
+    let value = serde_json::to_value(mount).map_err(|e| SpecError::Shape {
+        path,
+        what: e.to_string(),
+    })?;
+    spec.mounts_mut()?.push(value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::collect_refs;
+    use std::path::PathBuf;
+
+    fn spec(json: &str) -> Spec {
+        Spec::from_slice(json.as_bytes(), PathBuf::from("/b/config.json")).unwrap()
+    }
+
+    const BASE: &str = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+        "process":{"user":{"uid":0,"gid":0},"cwd":"/","args":["sh","-c","x"],
+                   "env":["PATH=/bin","DB_FILE=dsofile://db","API=dso://api"]},
+        "mounts":[{"destination":"/proc","type":"proc","source":"proc"},
+                  {"destination":"/run/secrets/compose_thing","type":"bind","source":"/x","options":["rbind"]}],
+        "annotations":{"dso.secrets/TOKEN_FILE":"dsofile://token"}}"#;
+
+    #[test]
+    fn tmpfs_goes_before_mounts_below_it_and_is_idempotent() {
+        let mut s = spec(BASE);
+        add_secrets_tmpfs(&mut s, "/run/secrets", 1 << 20, 1000, 1000, 0o700).unwrap();
+        add_secrets_tmpfs(&mut s, "/run/secrets", 1 << 20, 1000, 1000, 0o700).unwrap();
+        let mounts = s.doc()["mounts"].as_array().unwrap();
+        assert_eq!(mounts.len(), 3);
+        assert_eq!(mounts[1]["destination"], "/run/secrets");
+        assert_eq!(mounts[1]["type"], "tmpfs");
+        let opts: Vec<_> = mounts[1]["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            opts,
+            [
+                "nosuid",
+                "nodev",
+                "noexec",
+                "size=1048576",
+                "mode=700",
+                "uid=1000",
+                "gid=1000"
+            ]
+        );
+        assert_eq!(mounts[2]["destination"], "/run/secrets/compose_thing");
+    }
+
+    #[test]
+    fn foreign_mount_at_secrets_dir_is_refused() {
+        let mut s = spec(BASE);
+        let err = add_secrets_tmpfs(&mut s, "/proc", 1, 0, 0, 0o700).unwrap_err();
+        assert!(err.to_string().contains("secrets_dir"), "{err}");
+    }
+
+    #[test]
+    fn file_refs_become_paths() {
+        let mut s = spec(BASE);
+        let refs = collect_refs(&s.env(), Some(&s.annotations())).unwrap();
+        point_file_refs(&mut s, &refs, "/run/secrets").unwrap();
+        point_file_refs(&mut s, &refs, "/run/secrets").unwrap();
+        assert_eq!(
+            s.doc()["process"]["env"],
+            serde_json::json!([
+                "PATH=/bin",
+                "DB_FILE=/run/secrets/db",
+                "API=dso://api",
+                "TOKEN_FILE=/run/secrets/token"
+            ])
+        );
+    }
+
+    #[test]
+    fn init_wraps_args_once() {
+        let mut s = spec(BASE);
+        wrap_with_init(
+            &mut s,
+            Path::new("/usr/bin/dso-init"),
+            "/run/secrets/.dso-env",
+        )
+        .unwrap();
+        wrap_with_init(
+            &mut s,
+            Path::new("/usr/bin/dso-init"),
+            "/run/secrets/.dso-env",
+        )
+        .unwrap();
+        assert_eq!(
+            s.doc()["process"]["args"],
+            serde_json::json!([INIT_DEST, "/run/secrets/.dso-env", "sh", "-c", "x"])
+        );
+        let mounts = s.doc()["mounts"].as_array().unwrap();
+        assert_eq!(mounts.last().unwrap()["destination"], INIT_DEST);
+        assert_eq!(mounts.last().unwrap()["source"], "/usr/bin/dso-init");
+        // The reference stays; no value anywhere.
+        assert!(
+            s.doc()["process"]["env"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("API=dso://api"))
+        );
+    }
+
+    #[test]
+    fn paths_under() {
+        assert!(under("/run/secrets", "/run/secrets/"));
+        assert!(under("/run/secrets/a", "/run/secrets"));
+        assert!(!under("/run/secretsX", "/run/secrets"));
+        assert_eq!(container_path("/run/secrets/", "a"), "/run/secrets/a");
+    }
+}

@@ -150,8 +150,12 @@ fn var_of(rec: &[u8]) -> &[u8] {
     }
 }
 
+/// The C entry point.
+///
+/// # Safety
+/// Called by the C runtime with a valid `argv` of `argc` entries.
 #[unsafe(no_mangle)]
-pub extern "C" fn main(
+pub unsafe extern "C" fn main(
     argc: c_int,
     argv: *const *const c_char,
     _envp: *const *const c_char,

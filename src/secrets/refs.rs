@@ -143,7 +143,7 @@ pub fn parse_ref(var: &str, value: &str, source: RefSource) -> Result<SecretRef,
         return Err(invalid("control characters are not allowed".into()));
     }
     let (body, key) = match rest.split_once('#') {
-        Some((body, key)) if key.is_empty() => {
+        Some((body, "")) => {
             return Err(invalid(format!("empty key after '#' in {body:?}")));
         }
         Some((body, key)) => (body, Some(key.to_string())),
@@ -158,7 +158,7 @@ pub fn parse_ref(var: &str, value: &str, source: RefSource) -> Result<SecretRef,
             }
         }
         Some((provider, path)) => {
-            validate_name(provider).map_err(|e| invalid(format!("provider {}", e.to_string())))?;
+            validate_name(provider).map_err(|e| invalid(format!("provider {e}")))?;
             if path.is_empty() || path.split('/').any(|seg| seg.is_empty() || seg == "..") {
                 return Err(invalid(format!(
                     "path {path:?} must be non-empty with no empty or '..' segments"

@@ -1,0 +1,438 @@
+//! dso-runc against the real runc, on a busybox bundle: create → secrets visible in the
+//! container → delete; passthrough; fail-closed cleanup. Needs root, runc and busybox-static:
+//! skipped outside CI when missing, a failure under `CI=true`.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DSO_RUNC: &str = env!("CARGO_BIN_EXE_dso-runc");
+const DSO: &str = env!("CARGO_BIN_EXE_dso");
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// True when the test can run; panics under CI=true when it cannot.
+fn ready() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let ok = root && have("runc") && Path::new("/bin/busybox").exists();
+    if !ok {
+        let why = format!(
+            "needs root ({root}), runc ({}) and busybox-static ({})",
+            have("runc"),
+            Path::new("/bin/busybox").exists()
+        );
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("runc tests cannot run under CI: {why}");
+        }
+        eprintln!("skipping runc test: {why}");
+    }
+    ok
+}
+
+struct Lab {
+    dir: tempfile::TempDir,
+    n: usize,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let dir = tempfile::Builder::new()
+            .prefix("dso-runc-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let lab = Lab { dir, n: 0 };
+        let cfg = lab.path("dso.yaml");
+        let out = Command::new(DSO)
+            .args(["--config", cfg.to_str().unwrap(), "init", "--store"])
+            .arg(lab.path("store"))
+            .arg("--key-file")
+            .arg(lab.path("key"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dso init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn write_config(&self, extra_secrets: &str, runtime: &str) {
+        let text = format!(
+            "providers:\n  local: {{ type: local, path: {}, key_file: {} }}\nsecrets:\n  db: {{}}\n  api: {{}}\n{extra_secrets}audit: {{ path: {} }}\nruntime: {{ state_dir: {}{runtime} }}\n",
+            self.path("store").display(),
+            self.path("key").display(),
+            self.path("audit.log").display(),
+            self.path("state").display(),
+        );
+        fs::write(self.path("dso.yaml"), text).unwrap();
+    }
+
+    fn set_secret(&self, name: &str, value: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new(DSO)
+            .arg("--config")
+            .arg(self.path("dso.yaml"))
+            .args(["secret", "set", name])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(value).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "secret set: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A bundle with a busybox rootfs running `script` as `user`, with extra env entries.
+    fn bundle(&mut self, script: &str, env: &[&str], user: (u32, u32)) -> PathBuf {
+        self.n += 1;
+        let b = self.path(&format!("bundle{}", self.n));
+        let rootfs = b.join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "run", "tmp", "etc"] {
+            fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "cat", "ls", "stat", "grep", "echo", "sleep", "id", "env",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        let out = Command::new("runc")
+            .arg("spec")
+            .current_dir(&b)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = serde_json::json!(["sh", "-c", script]);
+        spec["process"]["user"] = serde_json::json!({"uid": user.0, "gid": user.1});
+        let envs = spec["process"]["env"].as_array_mut().unwrap();
+        for e in env {
+            envs.push((*e).into());
+        }
+        // Not needed for these tests, and absent on some CI kernels.
+        spec["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}
+        ]);
+        fs::write(
+            b.join("config.json"),
+            serde_json::to_vec_pretty(&spec).unwrap(),
+        )
+        .unwrap();
+        b
+    }
+
+    fn runc_root(&self) -> PathBuf {
+        self.path("runc-root")
+    }
+
+    /// `dso-runc create`, the container's stdout/stderr going to files in the bundle.
+    fn create(&self, bundle: &Path, id: &str) -> Output {
+        let stdout = fs::File::create(bundle.join("stdout")).unwrap();
+        Command::new(DSO_RUNC)
+            .arg(format!("--dso-config={}", self.path("dso.yaml").display()))
+            .arg("--root")
+            .arg(self.runc_root())
+            .arg("--log")
+            .arg(self.path("runc.log"))
+            .args(["--log-format", "json", "create", "--bundle"])
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(bundle.join("pid"))
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    }
+
+    fn runc(&self, args: &[&str]) -> Output {
+        Command::new("runc")
+            .arg("--root")
+            .arg(self.runc_root())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn list(&self) -> String {
+        String::from_utf8_lossy(&self.runc(&["list", "-q"]).stdout).into_owned()
+    }
+
+    /// Starts the container and waits for it to stop; returns its stdout.
+    fn start_and_wait(&self, bundle: &Path, id: &str) -> String {
+        let out = self.runc(&["start", id]);
+        assert!(
+            out.status.success(),
+            "start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t0 = Instant::now();
+        loop {
+            let st = self.runc(&["state", id]);
+            let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+            if v["status"] == "stopped" || t0.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.runc(&["delete", "--force", id]);
+        fs::read_to_string(bundle.join("stdout")).unwrap()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for id in self.list().lines() {
+            self.runc(&["delete", "--force", id]);
+        }
+    }
+}
+
+#[test]
+fn file_and_env_secrets_reach_the_container() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"db-pass-\x01\n\n");
+    lab.set_secret("api", b"api key with spaces");
+    let b = lab.bundle(
+        "echo pid=$$; echo \"file=$DB_FILE\"; cat \"$DB_FILE\" | od -c | head -2; echo \"API=$API\"; \
+         stat -c '%a %u %g' /run/secrets/db; stat -c 'dir %a %u' /run/secrets; \
+         ls -A /run/secrets; grep ' /run/secrets ' /proc/mounts",
+        &["DB_FILE=dsofile://db", "API=dso://api"],
+        (1000, 1000),
+    );
+    let before = fs::read(b.join("config.json")).unwrap();
+    let out = lab.create(&b, "t-files");
+    assert!(
+        out.status.success(),
+        "create failed: {}\nlog: {}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(lab.path("runc.log")).unwrap_or_default()
+    );
+
+    // Spec: references and paths only, never a value.
+    let after = fs::read_to_string(b.join("config.json")).unwrap();
+    assert_ne!(before, after.as_bytes());
+    assert!(after.contains("DB_FILE=/run/secrets/db"));
+    assert!(after.contains("API=dso://api"));
+    assert!(!after.contains("db-pass") && !after.contains("api key with spaces"));
+    // State record: names only.
+    let state = fs::read_to_string(lab.path("state/t-files.json")).unwrap();
+    assert!(state.contains("\"db\"") && !state.contains("db-pass"));
+    assert_eq!(
+        fs::metadata(lab.path("state/t-files.json"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    let stdout = lab.start_and_wait(&b, "t-files");
+    assert!(stdout.contains("pid=1\n"), "{stdout}");
+    assert!(stdout.contains("file=/run/secrets/db\n"), "{stdout}");
+    assert!(
+        stdout.contains("d   b   -   p   a   s   s   - 001  \\n  \\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("API=api key with spaces\n"), "{stdout}");
+    assert!(stdout.contains("400 1000 1000\n"), "{stdout}");
+    assert!(stdout.contains("dir 700 1000\n"), "{stdout}");
+    // The env hand-off file is gone once dso-init has read it.
+    assert!(!stdout.contains(".dso-env"), "{stdout}");
+    let mount = stdout
+        .lines()
+        .find(|l| l.contains(" /run/secrets "))
+        .unwrap();
+    assert!(mount.starts_with("dso /run/secrets tmpfs "), "{mount}");
+    for opt in ["nosuid", "nodev", "noexec", "size=1024k"] {
+        assert!(mount.contains(opt), "{opt} missing in {mount}");
+    }
+    assert_eq!(lab.list(), "");
+
+    let audit = fs::read_to_string(lab.path("audit.log")).unwrap();
+    assert!(audit.contains("\"event\":\"secret_fetched\""));
+    assert!(audit.contains("\"event\":\"secret_injected\""));
+    assert!(!audit.contains("db-pass"));
+}
+
+#[test]
+fn no_references_is_plain_passthrough() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    // A broken dso.yaml must not matter: passthrough never reads it.
+    fs::write(lab.path("dso.yaml"), "providers: [this is: not valid").unwrap();
+    let b = lab.bundle("echo plain", &[], (0, 0));
+    let before = fs::read(b.join("config.json")).unwrap();
+    let out = lab.create(&b, "t-plain");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read(b.join("config.json")).unwrap(),
+        before,
+        "spec must be untouched"
+    );
+    assert_eq!(lab.start_and_wait(&b, "t-plain"), "plain\n");
+}
+
+#[test]
+fn unknown_secret_fails_closed_with_its_name() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    let b = lab.bundle("true", &["X_FILE=dsofile://no_such_secret"], (0, 0));
+    let before = fs::read(b.join("config.json")).unwrap();
+    let out = lab.create(&b, "t-unknown");
+    assert!(!out.status.success());
+    let log = fs::read_to_string(lab.path("runc.log")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "error");
+    let cfg = lab.path("dso.yaml");
+    assert_eq!(
+        last["msg"],
+        format!(
+            "dso: secret \"no_such_secret\" is not defined in {}",
+            cfg.display()
+        )
+    );
+    assert_eq!(lab.list(), "");
+    assert_eq!(
+        fs::read(b.join("config.json")).unwrap(),
+        before,
+        "nothing written"
+    );
+}
+
+#[test]
+fn traversal_reference_is_refused() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    let b = lab.bundle("true", &["X_FILE=dsofile://../../etc/passwd"], (0, 0));
+    let out = lab.create(&b, "t-trav");
+    assert!(!out.status.success());
+    let log = fs::read_to_string(lab.path("runc.log")).unwrap();
+    assert!(log.contains("../../etc/passwd"), "{log}");
+    assert_eq!(lab.list(), "");
+}
+
+#[test]
+fn failure_after_create_deletes_the_container() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    // The state dir is a file: registering fails after runc create succeeded.
+    fs::write(lab.path("state-file"), "").unwrap();
+    lab.write_config("", "");
+    let text = fs::read_to_string(lab.path("dso.yaml")).unwrap().replace(
+        &lab.path("state").display().to_string(),
+        &lab.path("state-file").display().to_string(),
+    );
+    fs::write(lab.path("dso.yaml"), text).unwrap();
+    lab.set_secret("db", b"v");
+    let b = lab.bundle("true", &["DB_FILE=dsofile://db"], (0, 0));
+    let out = lab.create(&b, "t-cleanup");
+    assert!(!out.status.success());
+    assert_eq!(lab.list(), "", "container must be deleted");
+    let audit = fs::read_to_string(lab.path("audit.log")).unwrap();
+    assert!(audit.contains("\"event\":\"injection_failed\""), "{audit}");
+}
+
+#[test]
+fn run_subcommand_detached_and_foreground() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"run-value");
+    let b = lab.bundle(
+        "cat \"$DB_FILE\"; exit 3",
+        &["DB_FILE=dsofile://db"],
+        (0, 0),
+    );
+    let out = Command::new(DSO_RUNC)
+        .arg(format!("--dso-config={}", lab.path("dso.yaml").display()))
+        .arg("--root")
+        .arg(lab.runc_root())
+        .args(["run", "--bundle"])
+        .arg(&b)
+        .arg("t-run")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "run-value");
+    assert_eq!(lab.list(), "", "run without --keep deletes the container");
+}
+
+#[test]
+fn owner_follows_the_container_user() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config(
+        "  custom: { provider: local, uid: 1234, gid: 55, mode: \"0440\" }\n",
+        "",
+    );
+    lab.set_secret("custom", b"c");
+    let b = lab.bundle(
+        "stat -c '%a %u %g' /run/secrets/custom; stat -c '%a' /run/secrets",
+        &["C_FILE=dsofile://custom"],
+        (1000, 1000),
+    );
+    let out = lab.create(&b, "t-owner");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: i32 = fs::read_to_string(b.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let meta = fs::metadata(format!("/proc/{pid}/root/run/secrets/custom")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1234, 55));
+    let stdout = lab.start_and_wait(&b, "t-owner");
+    assert_eq!(stdout, "440 1234 55\n711\n");
+}

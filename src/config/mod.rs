@@ -121,8 +121,8 @@ pub struct SecretConfig {
     /// A field of a JSON value.
     #[serde(default)]
     pub key: Option<String>,
-    /// A pinned version, where the provider has versions.
-    #[serde(default)]
+    /// A pinned version, where the provider has versions (YAML may give a number: `version: 3`).
+    #[serde(default, deserialize_with = "de_opt_version")]
     pub version: Option<String>,
     /// Owner and mode of the injected file (default: the container's user, 0400).
     #[serde(default)]
@@ -308,6 +308,13 @@ fn de_mode_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Er
         .ok_or_else(|| serde::de::Error::custom(format!("{digits:?} is not an octal file mode")))
 }
 
+fn de_opt_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Some(match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => n.to_string(),
+        NumOrStr::Str(s) => s,
+    }))
+}
+
 fn de_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     de_mode_required(d).map(Some)
 }
@@ -327,11 +334,15 @@ impl Config {
         let doc: serde_json::Value = if text.trim().is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml {
+            match serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml {
                 path: path.to_path_buf(),
                 line: e.location().map(|l| l.line()).unwrap_or(0),
                 message: e.to_string(),
-            })?
+            })? {
+                // A file of comments only is an empty config, like an empty file.
+                serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+                doc => doc,
+            }
         };
         validate_document(&doc, text).map_err(|errors| ConfigError::Invalid {
             path: path.to_path_buf(),

@@ -1,0 +1,324 @@
+//! `dso secret set/get/ls/rm`: the local encrypted store of a `type: local` provider. Values
+//! come in on stdin or from a file and go out on stdout only; never through argv, never in a
+//! message.
+
+use std::fs::File;
+use std::io::{self, IsTerminal, Read};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail};
+use clap::{Args, Subcommand};
+use zeroize::Zeroizing;
+
+use crate::config::ProviderKind;
+use crate::providers::local::{EntryInfo, LocalSettings, MAX_VALUE_LEN, Store};
+use crate::secrets::{SecretValue, validate_name};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum SecretCommand {
+    /// Create or update a secret. The value is read from stdin (exact bytes) or --from-file
+    Set {
+        name: String,
+        /// Read the value from this file instead of stdin ("-" is stdin)
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write a secret's value, raw bytes and nothing else, to stdout
+    Get {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List secrets with version and update time (never values)
+    Ls {
+        /// Print a JSON array of {name, version, updated, updated_unix}
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a secret
+    Rm {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(super) struct StoreArgs {
+    /// The `type: local` provider of dso.yaml to use (needed only when there are several)
+    #[arg(long, value_name = "NAME")]
+    provider: Option<String>,
+}
+
+pub(super) fn run(config_path: &Path, cmd: SecretCommand) -> anyhow::Result<()> {
+    match cmd {
+        SecretCommand::Set {
+            name,
+            from_file,
+            store,
+        } => {
+            validate_name(&name)?;
+            let settings = local_settings(config_path, store.provider.as_deref())?;
+            // Open first: a bad key file or store is reported before anyone types a value.
+            let mut store = Store::open(&settings.path, &settings.key_file)?;
+            let value = read_value(&name, from_file.as_deref())?;
+            let version = store.set(&name, SecretValue::from_zeroizing(value))?;
+            eprintln!(
+                "dso: secret {name:?} stored in {} (version {version})",
+                settings.path.display()
+            );
+            Ok(())
+        }
+        SecretCommand::Get { name, store } => {
+            let settings = local_settings(config_path, store.provider.as_deref())?;
+            let store = Store::open(&settings.path, &settings.key_file)?;
+            let (value, _) = store
+                .get(&name)
+                .ok_or_else(|| not_found(&name, &settings.path))?;
+            write_stdout(value.expose()).map_err(|e| anyhow!("cannot write to stdout: {e}"))
+        }
+        SecretCommand::Ls { json, store } => {
+            let settings = local_settings(config_path, store.provider.as_deref())?;
+            let store = Store::open(&settings.path, &settings.key_file)?;
+            let entries = store.list();
+            if json {
+                println!("{}", list_json(&entries));
+            } else if entries.is_empty() {
+                eprintln!("dso: no secrets in {}", settings.path.display());
+            } else {
+                print!("{}", list_table(&entries));
+            }
+            Ok(())
+        }
+        SecretCommand::Rm { name, store } => {
+            validate_name(&name)?;
+            let settings = local_settings(config_path, store.provider.as_deref())?;
+            let mut store = Store::open(&settings.path, &settings.key_file)?;
+            if !store.remove(&name)? {
+                return Err(not_found(&name, &settings.path));
+            }
+            eprintln!(
+                "dso: secret {name:?} removed from {}",
+                settings.path.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn not_found(name: &str, store: &Path) -> anyhow::Error {
+    anyhow!("secret {name:?} not found in store {}", store.display())
+}
+
+/// The store of the config's `type: local` provider: the one named by `--provider`, else the
+/// only one there is.
+fn local_settings(config_path: &Path, provider: Option<&str>) -> anyhow::Result<LocalSettings> {
+    let cfg = super::load_config(config_path)?;
+    let shown = config_path.display();
+    let (name, pc) = match provider {
+        Some(name) => {
+            let pc = cfg
+                .providers
+                .get(name)
+                .ok_or_else(|| anyhow!("config {shown} has no provider {name:?}"))?;
+            if pc.kind != ProviderKind::Local {
+                bail!(
+                    "provider {name:?} in {shown} is of type {}; `dso secret` manages local stores only",
+                    pc.kind.as_str()
+                );
+            }
+            (name, pc)
+        }
+        None => {
+            let mut locals = cfg
+                .providers
+                .iter()
+                .filter(|(_, pc)| pc.kind == ProviderKind::Local);
+            match (locals.next(), locals.next()) {
+                (Some((name, pc)), None) => (name.as_str(), pc),
+                (None, _) => bail!(
+                    "config {shown} declares no provider of type local; add one (see `dso init`)"
+                ),
+                (Some(_), Some(_)) => bail!(
+                    "config {shown} declares several local providers; choose one with --provider NAME"
+                ),
+            }
+        }
+    };
+    LocalSettings::from_config(pc)
+        .map_err(|detail| anyhow!("provider {name:?} in {shown}: {detail}"))
+}
+
+/// The value to store: all of stdin, or of `from_file`, byte for byte.
+fn read_value(name: &str, from_file: Option<&Path>) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let value = match from_file {
+        Some(path) if path != Path::new("-") => {
+            let file =
+                File::open(path).map_err(|e| anyhow!("cannot open {}: {e}", path.display()))?;
+            read_to_limit(file).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?
+        }
+        _ => {
+            if io::stdin().is_terminal() {
+                eprintln!("dso: reading the value of {name:?} from stdin; end it with Ctrl-D");
+            }
+            read_to_limit(RawStdin).map_err(|e| anyhow!("cannot read stdin: {e}"))?
+        }
+    };
+    if value.len() > MAX_VALUE_LEN {
+        bail!("the value of {name:?} is larger than {MAX_VALUE_LEN} bytes; nothing stored");
+    }
+    if value.is_empty() {
+        bail!("the value of {name:?} is empty; nothing stored");
+    }
+    Ok(value)
+}
+
+/// Reads at most `MAX_VALUE_LEN + 1` bytes into zeroizing memory. The buffer grows by copying
+/// into a new zeroizing buffer, so no stale copy of the value is left in freed memory.
+fn read_to_limit(mut reader: impl Read) -> io::Result<Zeroizing<Vec<u8>>> {
+    let limit = MAX_VALUE_LEN + 1;
+    let mut buf = Zeroizing::new(vec![0u8; 8192]);
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            if len >= limit {
+                break;
+            }
+            let mut bigger = Zeroizing::new(vec![0u8; (len * 2).min(limit)]);
+            bigger[..len].copy_from_slice(&buf[..len]);
+            buf = bigger;
+        }
+        match reader.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// Stdin without std's buffer (which would keep a copy of the value in static memory).
+struct RawStdin;
+
+impl Read for RawStdin {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        nix::unistd::read(libc::STDIN_FILENO, buf).map_err(io::Error::from)
+    }
+}
+
+/// Writes to fd 1 directly, bypassing std's stdout buffer for the same reason.
+fn write_stdout(mut bytes: &[u8]) -> io::Result<()> {
+    let stdout = io::stdout();
+    while !bytes.is_empty() {
+        match nix::unistd::write(stdout.as_fd(), bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn list_table(entries: &[EntryInfo]) -> String {
+    let width = entries
+        .iter()
+        .map(|e| e.name.len())
+        .max()
+        .unwrap_or(0)
+        .max("NAME".len());
+    let mut out = format!("{:<width$}  {:>7}  UPDATED\n", "NAME", "VERSION");
+    for e in entries {
+        out.push_str(&format!(
+            "{:<width$}  {:>7}  {}\n",
+            e.name,
+            e.version,
+            format_utc(e.updated)
+        ));
+    }
+    out
+}
+
+fn list_json(entries: &[EntryInfo]) -> String {
+    let items: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "name": e.name,
+                "version": e.version,
+                "updated": format_utc(e.updated),
+                "updated_unix": e.updated,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(items).to_string()
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC), without a date crate.
+fn format_utc(secs: u64) -> String {
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_format() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn read_to_limit_keeps_bytes_and_stops_past_limit() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(&read_to_limit(&data[..]).unwrap()[..], &data[..]);
+        let big = vec![1u8; MAX_VALUE_LEN + 100];
+        assert_eq!(read_to_limit(&big[..]).unwrap().len(), MAX_VALUE_LEN + 1);
+        assert!(read_to_limit(&b""[..]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn table_and_json_show_no_values() {
+        let entries = vec![EntryInfo {
+            name: "db_password".into(),
+            version: 3,
+            updated: 1_700_000_000,
+        }];
+        let table = list_table(&entries);
+        assert!(table.starts_with("NAME "));
+        assert!(
+            table.contains("db_password        3  2023-11-14T22:13:20Z"),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&list_json(&entries)).unwrap();
+        assert_eq!(json[0]["name"], "db_password");
+        assert_eq!(json[0]["version"], 3);
+        assert_eq!(json[0]["updated_unix"], 1_700_000_000u64);
+    }
+}

@@ -37,6 +37,11 @@ fn ready() -> bool {
     ok
 }
 
+struct Created {
+    status: std::process::ExitStatus,
+    stderr: String,
+}
+
 struct Lab {
     dir: tempfile::TempDir,
     n: usize,
@@ -144,10 +149,12 @@ impl Lab {
         self.path("runc-root")
     }
 
-    /// `dso-runc create`, the container's stdout/stderr going to files in the bundle.
-    fn create(&self, bundle: &Path, id: &str) -> Output {
+    /// `dso-runc create`, the container's stdout/stderr going to files in the bundle (a pipe
+    /// would be held open by the container's init and never reach EOF).
+    fn create(&self, bundle: &Path, id: &str) -> Created {
         let stdout = fs::File::create(bundle.join("stdout")).unwrap();
-        Command::new(DSO_RUNC)
+        let stderr = fs::File::create(bundle.join("stderr")).unwrap();
+        let status = Command::new(DSO_RUNC)
             .arg(format!("--dso-config={}", self.path("dso.yaml").display()))
             .arg("--root")
             .arg(self.runc_root())
@@ -160,9 +167,13 @@ impl Lab {
             .arg(id)
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap()
+            .stderr(stderr)
+            .status()
+            .unwrap();
+        Created {
+            status,
+            stderr: fs::read_to_string(bundle.join("stderr")).unwrap_or_default(),
+        }
     }
 
     fn runc(&self, args: &[&str]) -> Output {
@@ -229,7 +240,7 @@ fn file_and_env_secrets_reach_the_container() {
     assert!(
         out.status.success(),
         "create failed: {}\nlog: {}",
-        String::from_utf8_lossy(&out.stderr),
+        out.stderr,
         fs::read_to_string(lab.path("runc.log")).unwrap_or_default()
     );
 
@@ -290,11 +301,7 @@ fn no_references_is_plain_passthrough() {
     let b = lab.bundle("echo plain", &[], (0, 0));
     let before = fs::read(b.join("config.json")).unwrap();
     let out = lab.create(&b, "t-plain");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(
         fs::read(b.join("config.json")).unwrap(),
         before,
@@ -421,11 +428,7 @@ fn owner_follows_the_container_user() {
         (1000, 1000),
     );
     let out = lab.create(&b, "t-owner");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", out.stderr);
     let pid: i32 = fs::read_to_string(b.join("pid"))
         .unwrap()
         .trim()

@@ -8,6 +8,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 
 use pathrs::Root;
 use pathrs::flags::OpenFlags;
@@ -22,7 +23,7 @@ pub enum InjectError {
     Root {
         pid: i32,
         #[source]
-        source: pathrs::error::Error,
+        source: std::io::Error,
     },
     #[error("cannot resolve {dir} inside the container: {source}")]
     Resolve {
@@ -60,9 +61,14 @@ pub struct SecretsDir {
 impl SecretsDir {
     /// Opens `secrets_dir` inside the root of process `pid` and checks it is a tmpfs.
     pub fn open(pid: i32, secrets_dir: &str) -> Result<SecretsDir, InjectError> {
-        let root = Root::open(format!("/proc/{pid}/root"))
+        // /proc/<pid>/root is a magic link into the container's mount namespace: it is opened
+        // (followed) here, once, and everything below is resolved relative to that handle.
+        let root_fd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(format!("/proc/{pid}/root"))
             .map_err(|source| InjectError::Root { pid, source })?;
-        Self::open_in(&root, secrets_dir)
+        Self::open_in(&Root::from_fd(root_fd), secrets_dir)
     }
 
     /// Opens `secrets_dir` inside an already opened root.

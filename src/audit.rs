@@ -121,7 +121,8 @@ pub fn now_rfc3339() -> String {
     format_rfc3339(now.as_secs() as i64, now.subsec_millis())
 }
 
-fn format_rfc3339(secs: i64, millis: u32) -> String {
+/// Unix time as RFC 3339 UTC with milliseconds.
+pub fn format_rfc3339(secs: i64, millis: u32) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil-from-days (Howard Hinnant's algorithm).

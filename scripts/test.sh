@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run): dependencies (when root), format, lint,
+# build, and every test target (unit, real runc, end-to-end against private dockerds).
+# Runs every step even after a failure and exits non-zero if any step failed.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+failed=()
+summary=()
+
+step() {
+    local name=$1
+    shift
+    printf '\n==================== %s ====================\n' "$name"
+    printf '$ %s\n' "$*"
+    local start=$SECONDS
+    if "$@"; then
+        summary+=("ok      $name ($((SECONDS - start))s)")
+    else
+        local rc=$?
+        summary+=("FAILED  $name ($((SECONDS - start))s, exit $rc)")
+        failed+=("$name")
+    fi
+}
+
+if [[ $(id -u) -eq 0 ]]; then
+    step "install dependencies" scripts/install-deps.sh
+else
+    printf '\n(not root: skipping scripts/install-deps.sh; root-only tests will be skipped)\n'
+fi
+step "format" cargo fmt --all -- --check
+step "clippy" cargo clippy --all-targets -- -D warnings
+step "build" cargo build
+# Every target, like `--all-targets`, except that `test = false` is honoured: `--bins` would
+# also build dso-init (a no_std binary that cannot link the test harness) as a test.
+step "tests" cargo test --lib --tests --benches --examples --no-fail-fast
+
+printf '\n==================== summary ====================\n'
+printf '%s\n' "${summary[@]}"
+if ((${#failed[@]})); then
+    printf '\n%d step(s) failed: %s\n' "${#failed[@]}" "${failed[*]}"
+    exit 1
+fi
+printf '\nall steps passed\n'

@@ -152,8 +152,13 @@ impl Lab {
     /// `dso-runc create`, the container's stdout/stderr going to files in the bundle (a pipe
     /// would be held open by the container's init and never reach EOF).
     fn create(&self, bundle: &Path, id: &str) -> Created {
-        let stdout = fs::File::create(bundle.join("stdout")).unwrap();
-        let stderr = fs::File::create(bundle.join("stderr")).unwrap();
+        self.create_in(bundle, bundle, id)
+    }
+
+    /// Like `create`, with the container's output files in `out_dir`.
+    fn create_in(&self, out_dir: &Path, bundle: &Path, id: &str) -> Created {
+        let stdout = fs::File::create(out_dir.join("stdout")).unwrap();
+        let stderr = fs::File::create(out_dir.join("stderr")).unwrap();
         let status = Command::new(DSO_RUNC)
             .arg(format!("--dso-config={}", self.path("dso.yaml").display()))
             .arg("--root")
@@ -172,7 +177,7 @@ impl Lab {
             .unwrap();
         Created {
             status,
-            stderr: fs::read_to_string(bundle.join("stderr")).unwrap_or_default(),
+            stderr: fs::read_to_string(out_dir.join("stderr")).unwrap_or_default(),
         }
     }
 
@@ -438,4 +443,76 @@ fn owner_follows_the_container_user() {
     assert_eq!((meta.uid(), meta.gid()), (1234, 55));
     let stdout = lab.start_and_wait(&b, "t-owner");
     assert_eq!(stdout, "440 1234 55\n711\n");
+}
+
+/// Bad input: a one-line error that says what and where, non-zero exit, nothing created or
+/// written.
+#[test]
+fn bad_inputs_are_one_line_errors() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"v");
+    let last_log_msg = |lab: &Lab| -> String {
+        let log = fs::read_to_string(lab.path("runc.log")).unwrap_or_default();
+        let line = log.lines().last().unwrap_or("{}").to_string();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["msg"].as_str().unwrap_or_default().to_string()
+    };
+
+    // Missing bundle.
+    let missing = lab.path("no-such-bundle");
+    fs::create_dir_all(lab.path("tmp-out")).unwrap();
+    let out = lab.create_in(&lab.path("tmp-out"), &missing, "t-missing");
+    assert!(!out.status.success());
+    let msg = last_log_msg(&lab);
+    assert!(msg.contains("no-such-bundle/config.json"), "{msg}");
+
+    // Malformed config.json.
+    let b = lab.bundle("true", &["DB_FILE=dsofile://db"], (0, 0));
+    fs::write(b.join("config.json"), "{\"ociVersion\": ").unwrap();
+    let out = lab.create(&b, "t-badjson");
+    assert!(!out.status.success());
+    let msg = last_log_msg(&lab);
+    assert!(
+        msg.contains("config.json: not a valid OCI runtime spec"),
+        "{msg}"
+    );
+    assert_eq!(
+        fs::read_to_string(b.join("config.json")).unwrap(),
+        "{\"ociVersion\": "
+    );
+
+    // dso.yaml that does not parse: the line is named; the spec is untouched.
+    let b = lab.bundle("true", &["DB_FILE=dsofile://db"], (0, 0));
+    let before = fs::read(b.join("config.json")).unwrap();
+    let good_cfg = fs::read_to_string(lab.path("dso.yaml")).unwrap();
+    fs::write(lab.path("dso.yaml"), "secrets:\n  db: {\n  x: [\n").unwrap();
+    let out = lab.create(&b, "t-badyaml");
+    assert!(!out.status.success());
+    let msg = last_log_msg(&lab);
+    assert!(msg.contains("dso.yaml") && msg.contains("line "), "{msg}");
+    assert_eq!(fs::read(b.join("config.json")).unwrap(), before);
+
+    // Key file missing.
+    fs::write(lab.path("dso.yaml"), &good_cfg).unwrap();
+    fs::rename(lab.path("key"), lab.path("key.moved")).unwrap();
+    let out = lab.create(&b, "t-nokey");
+    assert!(!out.status.success());
+    let msg = last_log_msg(&lab);
+    assert!(msg.contains("key"), "{msg}");
+    assert!(!msg.contains('\n'));
+    assert_eq!(fs::read(b.join("config.json")).unwrap(), before);
+
+    // Garbage argv: a dso flag without its value.
+    let out = Command::new(DSO_RUNC).arg("--dso-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "dso: flag --dso-config needs a value\n"
+    );
+
+    assert_eq!(lab.list(), "");
 }

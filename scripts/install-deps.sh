@@ -70,7 +70,7 @@ else
 fi
 
 # Python packages for the benchmark and any Python test helpers, if the repo lists some.
-for req in bench/requirements.txt integration/requirements.txt; do
+for req in bench/requirements.txt integration/requirements.txt tests/requirements.txt; do
     if [[ -f $req ]]; then
         log "pip install -r $req"
         python3 -m pip install -q -r "$req" ||

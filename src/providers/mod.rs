@@ -1,7 +1,11 @@
 //! Secret providers: one trait, one module per backend. `build` turns a dso.yaml provider entry
 //! into a live provider.
 
+pub mod aws;
+pub mod azure;
+pub mod http;
 pub mod local;
+pub mod vault;
 
 use crate::config::{Config, ProviderConfig, ProviderKind};
 use crate::secrets::SecretValue;
@@ -59,6 +63,14 @@ pub enum ProviderError {
         provider: String,
         detail: String,
     },
+    /// The TLS handshake failed: untrusted, expired or misnamed certificate, no common
+    /// protocol version (TLS 1.2+ only), refused client certificate.
+    #[error("{kind} {provider:?}: {detail}")]
+    Tls {
+        kind: &'static str,
+        provider: String,
+        detail: String,
+    },
     #[error("{kind} {provider:?}: {detail}")]
     Config {
         kind: &'static str,
@@ -90,13 +102,12 @@ pub fn build(
 ) -> Result<Box<dyn Provider>, ProviderError> {
     match cfg.kind {
         ProviderKind::Local => Ok(Box::new(local::LocalProvider::from_config(name, cfg)?)),
-        other => Err(ProviderError::Config {
-            kind: other.as_str(),
-            provider: name.to_string(),
-            detail: format!(
-                "the {} provider is not available in this build",
-                other.as_str()
-            ),
-        }),
+        ProviderKind::Aws => Ok(Box::new(aws::AwsProvider::from_config(name, cfg, _config)?)),
+        ProviderKind::Vault => Ok(Box::new(vault::VaultProvider::from_config(
+            name, cfg, _config,
+        )?)),
+        ProviderKind::Azure => Ok(Box::new(azure::AzureProvider::from_config(
+            name, cfg, _config,
+        )?)),
     }
 }

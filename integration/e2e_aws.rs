@@ -1,0 +1,307 @@
+//! End to end through a real dockerd with the AWS provider: moto plays Secrets Manager (IAM
+//! authentication enforced), `tests/fakes/imds_fake.py` plays the instance metadata service
+//! handing out the instance role's temporary credentials (issued by moto's STS), and
+//! `docker run --runtime dso` gets a file and an env secret. A missing secret and wrong
+//! credentials fail the run with a clear error and leave no container behind.
+//!
+//! Needs root, dockerd, runc, busybox-static (see [`harness`]) and python3 with moto; skipped
+//! elsewhere, a failure under `CI=true`.
+
+#[path = "../tests/fakes/aws_support.rs"]
+mod aws_support;
+mod harness;
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+use std::sync::{MutexGuard, OnceLock};
+
+use aws_support::{Imds, Moto, REGION};
+use harness::{ContainerGuard, Harness, IMAGE};
+
+/// Random values, so the host's filesystem can be searched for them.
+struct Values {
+    db_password: String,
+    api_token: String,
+}
+
+fn values() -> &'static Values {
+    static VALUES: OnceLock<Values> = OnceLock::new();
+    VALUES.get_or_init(|| Values {
+        db_password: harness::random_token("aws-db-"),
+        api_token: harness::random_token("aws-api-"),
+    })
+}
+
+fn moto() -> &'static Moto {
+    let v = values();
+    let db = serde_json::json!({ "username": "app", "password": v.db_password }).to_string();
+    aws_support::moto(&serde_json::json!({
+        "app/db": db,
+        "plain/token": v.api_token,
+    }))
+}
+
+/// Gates, daemon, serial lock, moto, and two IMDS fakes: one serving the role's credentials,
+/// one serving them with a wrong secret key. dso.yaml names both as providers `aws` and
+/// `aws_bad`.
+fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>, Imds, Imds)> {
+    if !harness::require_root() || !aws_support::require_moto() {
+        return None;
+    }
+    let h = Harness::get();
+    let serial = h.serial();
+    let m = moto();
+    let expiration = m.seed["role"]["expiration"]
+        .as_str()
+        .expect("role expiration")
+        .to_string();
+    let good = Imds::start(&aws_support::role_imds_config(m, &expiration));
+    let mut wrong = aws_support::role_imds_config(m, &expiration);
+    wrong["secret_access_key"] = serde_json::Value::String("wrong-secret-key-for-e2e".into());
+    let bad = Imds::start(&wrong);
+
+    let q = |p: std::path::PathBuf| serde_json::Value::String(p.display().to_string()).to_string();
+    let provider = |imds: &Imds| {
+        format!(
+            "{{ type: aws, region: {REGION}, endpoint: \"{}\", imds_endpoint: \"{}\" }}",
+            m.endpoint,
+            imds.endpoint()
+        )
+    };
+    h.write_dso_yaml(&format!(
+        "providers:\n  aws: {}\n  aws_bad: {}\n\
+         secrets:\n\
+         \x20 aws_db_password: {{ provider: aws, path: app/db, key: password }}\n\
+         \x20 aws_api_token: {{ provider: aws, path: plain/token }}\n\
+         \x20 aws_missing: {{ provider: aws, path: does/not/exist }}\n\
+         \x20 aws_badcreds: {{ provider: aws_bad, path: plain/token }}\n\
+         audit: {{ path: {} }}\n\
+         runtime: {{ state_dir: {}, fetch_timeout: 10s }}\n",
+        provider(&good),
+        provider(&bad),
+        q(h.audit_path()),
+        q(h.state_dir()),
+    ));
+    Some((h, serial, good, bad))
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    let prefix = format!("{key}=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no `{key}=` line in:\n{text}"))
+}
+
+fn container_id(h: &Harness, name: &str) -> Option<String> {
+    let out = h.docker(&["inspect", "--format", "{{.Id}}", name]);
+    out.status
+        .success()
+        .then(|| stdout(&out).trim().to_string())
+        .filter(|id| !id.is_empty())
+}
+
+/// The runc root dockerd gives the dso runtime (from a container started through it).
+fn dso_runc_root(h: &Harness) -> std::path::PathBuf {
+    let c = ContainerGuard::new(h, "dso-e2e-aws-root-probe");
+    let out = h.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &c.name,
+        "--runtime",
+        "dso",
+        "--network",
+        "none",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    assert!(out.status.success(), "probe container: {}", stderr(&out));
+    let id = stdout(&out);
+    h.runc_root_of(id.trim())
+        .or_else(|| h.runc_root("dso"))
+        .unwrap_or_else(|| panic!("no runc root for runtime dso under {:?}", h.exec_root()))
+}
+
+/// The run failed, said `expect` (all of it), printed nothing of the command, and left no runc
+/// container and no dso state behind.
+fn assert_failed_closed(h: &Harness, root: &Path, name: &str, out: &Output, expect: &[&str]) {
+    assert!(
+        !out.status.success(),
+        "docker run succeeded: {}",
+        stdout(out)
+    );
+    assert!(!stdout(out).contains("must not run"));
+    let err = stderr(out);
+    eprintln!("docker run said: {err}");
+    for e in expect {
+        assert!(err.contains(e), "the error does not say {e:?}: {err}");
+    }
+    let id = container_id(h, name);
+    let listed = h.runc_list(root);
+    match &id {
+        Some(id) => assert!(
+            !listed.iter().any(|l| l == id),
+            "runc still has container {id}: {listed:?}"
+        ),
+        None => assert!(listed.is_empty(), "runc has containers left: {listed:?}"),
+    }
+    if let Some(id) = &id {
+        let state: Vec<String> = fs::read_dir(h.state_dir())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            !state.iter().any(|n| n.contains(id.as_str())),
+            "dso kept state for the failed container: {state:?}"
+        );
+    }
+}
+
+#[test]
+fn aws_file_and_env_secrets_reach_the_container() {
+    let Some((h, _serial, good, _bad)) = begin() else {
+        return;
+    };
+    let v = values();
+    let c = ContainerGuard::new(h, "dso-e2e-aws-ok");
+    // Hashes, not values: the container's output lands in dockerd's json log on the host.
+    let script = r#"echo "path=$DB_PASSWORD_FILE"
+stat -c 'stat=%a' "$DB_PASSWORD_FILE"
+echo "file=$(sha256sum < "$DB_PASSWORD_FILE" | cut -d' ' -f1)"
+echo "env=$(printf %s "$API_TOKEN" | sha256sum | cut -d' ' -f1)""#;
+    let out = h.docker(&[
+        "run",
+        "--name",
+        &c.name,
+        "--runtime",
+        "dso",
+        "--network",
+        "none",
+        "-e",
+        "DB_PASSWORD_FILE=dsofile://aws_db_password",
+        "-e",
+        "API_TOKEN=dso://aws_api_token",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(
+        out.status.success(),
+        "docker run failed: {}\n--- dockerd log ---\n{}",
+        stderr(&out),
+        h.dockerd_log_tail(30)
+    );
+    let text = stdout(&out);
+    assert_eq!(field(&text, "path"), "/run/secrets/aws_db_password");
+    assert_eq!(field(&text, "stat"), "400");
+    assert_eq!(field(&text, "file"), sha256_hex(&v.db_password));
+    assert_eq!(field(&text, "env"), sha256_hex(&v.api_token));
+
+    // The credentials came from the instance role, through IMDSv2.
+    let stats = good.stats();
+    assert!(stats["token_puts"].as_u64().unwrap_or(0) >= 1, "{stats}");
+    assert!(
+        stats["credential_gets"].as_u64().unwrap_or(0) >= 1,
+        "{stats}"
+    );
+
+    // Nothing of either value in `docker inspect` or on the host's disk.
+    let inspect = h.docker(&["inspect", &c.name]);
+    let inspect = stdout(&inspect);
+    for value in [&v.db_password, &v.api_token] {
+        assert!(!inspect.contains(value.as_str()), "value in docker inspect");
+        let found = harness::host_files_containing(value);
+        assert!(
+            found.is_empty(),
+            "a value is on the host's filesystem: {found:?}"
+        );
+    }
+}
+
+#[test]
+fn aws_missing_secret_fails_closed() {
+    let Some((h, _serial, _good, _bad)) = begin() else {
+        return;
+    };
+    let root = dso_runc_root(h);
+    let c = ContainerGuard::new(h, "dso-e2e-aws-missing");
+    let out = h.docker(&[
+        "run",
+        "--name",
+        &c.name,
+        "--runtime",
+        "dso",
+        "--network",
+        "none",
+        "-e",
+        "X_FILE=dsofile://aws_missing",
+        IMAGE,
+        "echo",
+        "must not run",
+    ]);
+    assert_failed_closed(
+        h,
+        &root,
+        &c.name,
+        &out,
+        &["aws_missing", "does/not/exist", "not found"],
+    );
+}
+
+#[test]
+fn aws_wrong_credentials_fail_closed() {
+    let Some((h, _serial, _good, bad)) = begin() else {
+        return;
+    };
+    let root = dso_runc_root(h);
+    let c = ContainerGuard::new(h, "dso-e2e-aws-badcreds");
+    let out = h.docker(&[
+        "run",
+        "--name",
+        &c.name,
+        "--runtime",
+        "dso",
+        "--network",
+        "none",
+        "-e",
+        "TOKEN=dso://aws_badcreds",
+        IMAGE,
+        "echo",
+        "must not run",
+    ]);
+    assert_failed_closed(
+        h,
+        &root,
+        &c.name,
+        &out,
+        &["aws_badcreds", "permission denied", "SignatureDoesNotMatch"],
+    );
+    assert!(
+        !stderr(&out).contains("wrong-secret-key-for-e2e"),
+        "the secret key is in the error: {}",
+        stderr(&out)
+    );
+    assert!(bad.stats()["credential_gets"].as_u64().unwrap_or(0) >= 1);
+}

@@ -1,0 +1,1313 @@
+//! The one HTTP client every network provider uses: rustls (ring) with TLS 1.2/1.3 only, the
+//! system roots plus a per-provider `ca_file`, an optional client certificate, the
+//! `runtime.fetch_timeout` deadline, bounded retries with backoff, and the mapping of HTTP and
+//! transport failures onto [`ProviderError`].
+//!
+//! There is deliberately no way to turn certificate verification off. Plain `http://` is allowed
+//! only to a loopback host, or to a cloud metadata address (`169.254.169.254`,
+//! `fd00:ec2::254`) for requests marked with [`Request::metadata_endpoint`].
+//!
+//! Proxies from the environment (`HTTPS_PROXY`, ...) are ignored: the shim inherits dockerd's
+//! environment, whose proxy is meant for image pulls, and sending provider credentials (or
+//! metadata-service requests) through it would widen who sees them. Provider endpoints are
+//! reached directly.
+//!
+//! Uses `reqwest::blocking`: call it from plain threads, not from inside an async runtime.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+pub use reqwest::{Method, Url};
+use serde_json::value::RawValue;
+use zeroize::Zeroizing;
+
+use super::ProviderError;
+use crate::secrets::SecretValue;
+
+/// Largest response body accepted (secrets are small; this bounds memory against a hostile or
+/// broken server).
+pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
+/// Connect timeout when the total timeout is longer than this.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest server-supplied text put into an error message.
+const MAX_DETAIL_CHARS: usize = 200;
+const USER_AGENT: &str = concat!("dso/", env!("CARGO_PKG_VERSION"));
+
+/// TLS settings of one provider: extra trusted CAs and an optional client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file of CA certificates trusted in addition to the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS; needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+impl TlsOptions {
+    /// Reads `ca_file`, `client_cert` and `client_key` from a provider's dso.yaml settings.
+    pub fn from_settings(
+        kind: &'static str,
+        provider: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, ProviderError> {
+        let path = |key: &str| -> Result<Option<PathBuf>, ProviderError> {
+            match settings.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(PathBuf::from(s))),
+                Some(_) => Err(config_error(
+                    kind,
+                    provider,
+                    format!("{key}: expected a file path"),
+                )),
+            }
+        };
+        Ok(Self {
+            ca_file: path("ca_file")?,
+            client_cert: path("client_cert")?,
+            client_key: path("client_key")?,
+        })
+    }
+}
+
+/// Retries on throttling (429), server errors (5xx) and connection failures; never on other
+/// 4xx. Delays grow exponentially with jitter, and no retry starts past the deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = no retries).
+    pub max_attempts: u32,
+    /// Delay before the first retry (before jitter).
+    pub base_delay: Duration,
+    /// Upper bound of any one delay, `Retry-After` included.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub fn none() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The delay before retry number `retry` (1-based): `base * 2^(retry-1)`, capped, then
+    /// jittered into `[d/2, d]` so that concurrent clients do not retry in lockstep.
+    pub fn delay(&self, retry: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(16));
+        let capped = exp.min(self.max_delay);
+        let half = capped / 2;
+        half + half.mul_f64(jitter_fraction())
+    }
+}
+
+/// A uniformly random fraction in [0, 1), from the OS (falls back to 0.5).
+fn jitter_fraction() -> f64 {
+    let mut b = [0u8; 4];
+    match getrandom::getrandom(&mut b) {
+        Ok(()) => f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0),
+        Err(_) => 0.5,
+    }
+}
+
+/// How a provider's client is built.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Total time for one logical operation (all attempts); normally `runtime.fetch_timeout`.
+    pub timeout: Duration,
+    /// Connect timeout; default `min(timeout, DEFAULT_CONNECT_TIMEOUT)`.
+    pub connect_timeout: Option<Duration>,
+    pub tls: TlsOptions,
+    pub retry: RetryPolicy,
+}
+
+impl ClientOptions {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            connect_timeout: None,
+            tls: TlsOptions::default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = Some(d);
+        self
+    }
+}
+
+/// Which plain-http URLs a setting may hold. https is always fine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlPolicy {
+    /// http only for loopback hosts (development, tests).
+    HttpsOrLoopback,
+    /// Also http to a cloud metadata address (IMDS is plain http by design: link-local,
+    /// unroutable, hop-limited).
+    AllowMetadataHttp,
+}
+
+/// True for `localhost`, `127.0.0.0/8` and `::1` (`host` as in a URL: IPv6 in brackets or not).
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// True for the well-known instance metadata addresses (`169.254.169.254`, `fd00:ec2::254`).
+pub fn is_metadata_host(host: &str) -> bool {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4 == std::net::Ipv4Addr::new(169, 254, 169, 254),
+        Ok(std::net::IpAddr::V6(v6)) => {
+            v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Parses a URL from a provider setting and enforces the transport rules: `https`, or `http`
+/// to a host `policy` allows; no `user:password@`; a host present.
+pub fn parse_url(
+    kind: &'static str,
+    provider: &str,
+    setting: &str,
+    url: &str,
+    policy: UrlPolicy,
+) -> Result<Url, ProviderError> {
+    let parsed = Url::parse(url)
+        .map_err(|e| config_error(kind, provider, format!("{setting}: not a URL: {e}")))?;
+    check_url(&parsed, policy)
+        .map_err(|why| config_error(kind, provider, format!("{setting}: {why}")))?;
+    Ok(parsed)
+}
+
+/// The transport rules of [`parse_url`], on a parsed URL; `Err` says why not.
+pub fn check_url(url: &Url, policy: UrlPolicy) -> Result<(), String> {
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL are not accepted".into());
+    }
+    let Some(host) = url.host_str() else {
+        return Err("the URL has no host".into());
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback_host(host) => Ok(()),
+        "http" if policy == UrlPolicy::AllowMetadataHttp && is_metadata_host(host) => Ok(()),
+        "http" => Err(format!(
+            "https is required (http only for a loopback host), got http://{host}"
+        )),
+        other => Err(format!("unsupported URL scheme {other:?}")),
+    }
+}
+
+/// One HTTP request. Header values marked secret are flagged sensitive (never in `Debug`).
+#[derive(Clone)]
+pub struct Request {
+    method: Method,
+    url: Url,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Option<Arc<Zeroizing<Vec<u8>>>>,
+    metadata_http: bool,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("url", &redacted_url(&self.url))
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("body_len", &self.body.as_ref().map(|b| b.len()))
+            .finish()
+    }
+}
+
+impl Request {
+    pub fn new(method: Method, url: Url) -> Self {
+        Self {
+            method,
+            url,
+            headers: Vec::new(),
+            body: None,
+            metadata_http: false,
+        }
+    }
+
+    pub fn get(url: Url) -> Self {
+        Self::new(Method::GET, url)
+    }
+
+    pub fn post(url: Url) -> Self {
+        Self::new(Method::POST, url)
+    }
+
+    pub fn put(url: Url) -> Self {
+        Self::new(Method::PUT, url)
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// A non-secret header. Fails on a name or value HTTP does not allow (e.g. a newline in a
+    /// configured namespace).
+    pub fn header(self, name: &str, value: &str) -> Result<Self, InvalidHeader> {
+        self.add_header(name, value, false)
+    }
+
+    /// A header holding a credential: marked sensitive (hidden from `Debug`, not indexed by
+    /// HPACK).
+    pub fn secret_header(self, name: &str, value: &str) -> Result<Self, InvalidHeader> {
+        self.add_header(name, value, true)
+    }
+
+    /// `Authorization: Bearer <token>`, sensitive.
+    pub fn bearer(self, token: &str) -> Result<Self, InvalidHeader> {
+        let value = Zeroizing::new(format!("Bearer {token}"));
+        self.add_header("authorization", &value, true)
+    }
+
+    fn add_header(mut self, name: &str, value: &str, secret: bool) -> Result<Self, InvalidHeader> {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| InvalidHeader {
+            name: name.to_string(),
+        })?;
+        let mut value = HeaderValue::from_str(value).map_err(|_| InvalidHeader {
+            name: name.to_string(),
+        })?;
+        value.set_sensitive(secret);
+        self.headers.push((name, value));
+        Ok(self)
+    }
+
+    /// A body with its content type. The bytes stay in a zeroizing buffer on our side.
+    pub fn body(self, content_type: &str, body: Zeroizing<Vec<u8>>) -> Result<Self, InvalidHeader> {
+        let mut me = self.header("content-type", content_type)?;
+        me.body = Some(Arc::new(body));
+        Ok(me)
+    }
+
+    /// A JSON body (`application/json`).
+    pub fn json_body(self, value: &serde_json::Value) -> Result<Self, InvalidHeader> {
+        let bytes = Zeroizing::new(serde_json::to_vec(value).unwrap_or_default());
+        self.body("application/json", bytes)
+    }
+
+    /// An `application/x-www-form-urlencoded` body.
+    pub fn form_body(self, pairs: &[(&str, &str)]) -> Result<Self, InvalidHeader> {
+        let form = form_urlencode(pairs);
+        let mut body = Zeroizing::new(Vec::with_capacity(form.len()));
+        body.extend_from_slice(form.as_bytes());
+        self.body("application/x-www-form-urlencoded", body)
+    }
+
+    /// Allows plain http to a cloud metadata address for this request (IMDS only).
+    pub fn metadata_endpoint(mut self) -> Self {
+        self.metadata_http = true;
+        self
+    }
+}
+
+/// A header name or value HTTP cannot carry. Names the header, never the value.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("header {name:?}: invalid name or value")]
+pub struct InvalidHeader {
+    pub name: String,
+}
+
+/// `application/x-www-form-urlencoded` of `pairs`, built in zeroizing memory sized up front (so
+/// it never reallocates and leaves a copy of a credential behind).
+pub fn form_urlencode(pairs: &[(&str, &str)]) -> Zeroizing<String> {
+    let cap: usize = pairs.iter().map(|(k, v)| 3 * (k.len() + v.len()) + 2).sum();
+    let mut out = Zeroizing::new(String::with_capacity(cap));
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        percent_encode_form(k, &mut out);
+        out.push('=');
+        percent_encode_form(v, &mut out);
+    }
+    out
+}
+
+fn percent_encode_form(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.push('%');
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 15)] as char);
+            }
+        }
+    }
+}
+
+/// Percent-encodes one URL path segment (everything but unreserved characters).
+pub fn encode_path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.push('%');
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 15)] as char);
+            }
+        }
+    }
+    out
+}
+
+/// A response: status, headers and the whole body in a zeroizing buffer.
+pub struct Response {
+    pub status: u16,
+    headers: HeaderMap,
+    /// The body, read straight into memory that is zeroized on drop. Parse from here.
+    pub body: Zeroizing<Vec<u8>>,
+    /// Attempts it took (1 = no retry).
+    pub attempts: u32,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Response {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// A response header as text (first value), if present and visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// All values of a header (e.g. several `WWW-Authenticate`).
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    }
+
+    /// Parses the body as JSON. Strings in `T` are copies the caller must treat as secret
+    /// (e.g. hold them in `Zeroizing`) when the body carries a value or a token.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+}
+
+/// The shared client of one provider. Cheap to clone; one connection pool per provider, shared
+/// by all threads (reqwest's blocking client is `Send + Sync`).
+#[derive(Clone)]
+pub struct HttpClient {
+    client: reqwest::blocking::Client,
+    kind: &'static str,
+    provider: Arc<str>,
+    timeout: Duration,
+    retry: RetryPolicy,
+    /// Until one request has completed, requests go one at a time, so that concurrent fetches
+    /// at startup share one TLS handshake (HTTP/2) or resume its session (HTTP/1.1) instead of
+    /// each doing a full handshake.
+    warmed: Arc<AtomicBool>,
+    warm_gate: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("kind", &self.kind)
+            .field("provider", &self.provider)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    /// Builds the client for provider `provider` of type `kind` (both used in every error).
+    /// Reads `ca_file`, `client_cert` and `client_key` now, so a bad file fails at build time.
+    pub fn new(
+        kind: &'static str,
+        provider: &str,
+        opts: &ClientOptions,
+    ) -> Result<Self, ProviderError> {
+        let connect_timeout = opts
+            .connect_timeout
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+            .min(opts.timeout);
+        let mut builder = reqwest::blocking::Client::builder()
+            .use_rustls_tls()
+            .min_tls_version(reqwest::tls::Version::TLS_1_2)
+            .tls_built_in_root_certs(true)
+            .https_only(false) // checked per request: http only to loopback (or IMDS)
+            .no_proxy()
+            .user_agent(USER_AGENT)
+            .connect_timeout(connect_timeout)
+            .timeout(opts.timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.previous().len() >= 5 {
+                    attempt.error("too many redirects")
+                } else if check_url(attempt.url(), UrlPolicy::HttpsOrLoopback).is_ok() {
+                    attempt.follow()
+                } else {
+                    // Never follow a redirect from https to plain http elsewhere: the 3xx comes
+                    // back to the provider, which reports it.
+                    attempt.stop()
+                }
+            }));
+
+        if let Some(ca) = &opts.tls.ca_file {
+            let pem = read_file(kind, provider, "ca_file", ca)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                config_error(
+                    kind,
+                    provider,
+                    format!("ca_file {}: not PEM certificates: {e}", ca.display()),
+                )
+            })?;
+            if certs.is_empty() {
+                return Err(config_error(
+                    kind,
+                    provider,
+                    format!("ca_file {}: no certificate in it", ca.display()),
+                ));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        match (&opts.tls.client_cert, &opts.tls.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read_file(kind, provider, "client_cert", cert)?;
+                let key_pem = read_file(kind, provider, "client_key", key)?;
+                pem.push(b'\n');
+                pem.extend_from_slice(&key_pem);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    config_error(
+                        kind,
+                        provider,
+                        format!(
+                            "client_cert {} / client_key {}: not a PEM certificate and key: {}",
+                            cert.display(),
+                            key.display(),
+                            error_chain(&e)
+                        ),
+                    )
+                })?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(config_error(
+                    kind,
+                    provider,
+                    "client_cert and client_key go together",
+                ));
+            }
+        }
+        let client = builder.build().map_err(|e| {
+            config_error(
+                kind,
+                provider,
+                format!("cannot build the HTTPS client: {}", error_chain(&e)),
+            )
+        })?;
+        Ok(Self {
+            client,
+            kind,
+            provider: Arc::from(provider),
+            timeout: opts.timeout,
+            retry: opts.retry.clone(),
+            warmed: Arc::new(AtomicBool::new(false)),
+            warm_gate: Arc::new(Mutex::new(())),
+        })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The configured total timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A deadline `timeout` from now: pass it to every request of one logical operation
+    /// (login + read), so the whole operation fits in the timeout.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    /// One attempt, no retry. `Ok` for any HTTP status; `Err` for transport failures (refused,
+    /// reset, TLS, timeout) and for a URL that breaks the transport rules.
+    pub fn send(&self, req: &Request, deadline: Instant) -> Result<Response, ProviderError> {
+        self.send_once(req, deadline).map_err(|f| f.error)
+    }
+
+    /// [`send`](Self::send) with the retry policy: retries 429, 5xx and connection failures.
+    /// After the last attempt, a 429/5xx response is returned as `Ok` (map it with
+    /// [`status_error`](Self::status_error)); the last transport failure as `Err`.
+    pub fn send_with_retries(
+        &self,
+        req: &Request,
+        deadline: Instant,
+    ) -> Result<Response, ProviderError> {
+        self.send_with_retries_if(req, deadline, |r| is_retryable_status(r.status))
+    }
+
+    /// Like [`send_with_retries`](Self::send_with_retries) with the caller deciding which
+    /// responses are worth retrying (e.g. AWS's `400 ThrottlingException`). Transport failures
+    /// that may be transient (connect, reset) are always retried; TLS failures never.
+    pub fn send_with_retries_if(
+        &self,
+        req: &Request,
+        deadline: Instant,
+        retry_on: impl Fn(&Response) -> bool,
+    ) -> Result<Response, ProviderError> {
+        let max = self.retry.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let outcome = self.send_once(req, deadline);
+            let wait = match &outcome {
+                Ok(resp) if retry_on(resp) => retry_after(resp),
+                Ok(_) => return outcome.map_err(|f| f.error),
+                Err(f) if f.retryable => None,
+                Err(_) => return outcome.map_err(|f| f.error),
+            };
+            if attempt >= max {
+                return finish(outcome, attempt);
+            }
+            let delay = wait
+                .unwrap_or_else(|| self.retry.delay(attempt))
+                .min(self.retry.max_delay);
+            // No retry that could not complete in time: report what we have.
+            if Instant::now() + delay >= deadline {
+                return finish(outcome, attempt);
+            }
+            tracing::debug!(
+                kind = self.kind,
+                provider = %self.provider,
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                "retrying provider request"
+            );
+            std::thread::sleep(delay);
+            attempt += 1;
+        }
+
+        fn finish(
+            outcome: Result<Response, Failure>,
+            attempts: u32,
+        ) -> Result<Response, ProviderError> {
+            match outcome {
+                Ok(mut r) => {
+                    r.attempts = attempts;
+                    Ok(r)
+                }
+                Err(f) => Err(f.error),
+            }
+        }
+    }
+
+    fn send_once(&self, req: &Request, deadline: Instant) -> Result<Response, Failure> {
+        let policy = if req.metadata_http {
+            UrlPolicy::AllowMetadataHttp
+        } else {
+            UrlPolicy::HttpsOrLoopback
+        };
+        if let Err(why) = check_url(&req.url, policy) {
+            return Err(Failure::fatal(self.config_error(why)));
+        }
+        if !self.warmed.load(Ordering::Acquire) {
+            // Poisoning only means another thread panicked mid-request; the gate is still fine.
+            let _gate = self
+                .warm_gate
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !self.warmed.load(Ordering::Acquire) {
+                let out = self.attempt(req, deadline);
+                if out.is_ok() {
+                    self.warmed.store(true, Ordering::Release);
+                }
+                return out;
+            }
+        }
+        self.attempt(req, deadline)
+    }
+
+    fn attempt(&self, req: &Request, deadline: Instant) -> Result<Response, Failure> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(Failure::fatal(self.timeout_error()));
+        }
+        let mut builder = self
+            .client
+            .request(req.method.clone(), req.url.clone())
+            .timeout(remaining);
+        for (name, value) in &req.headers {
+            builder = builder.header(name.clone(), value.clone());
+        }
+        if let Some(body) = &req.body {
+            // reqwest owns its copy of the body; ours stays zeroizing.
+            builder = builder.body(body.to_vec());
+        }
+        let mut resp = builder.send().map_err(|e| self.classify(&e, deadline))?;
+        let status = resp.status().as_u16();
+        let headers = std::mem::take(resp.headers_mut());
+        let hint = resp
+            .content_length()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0);
+        if hint > MAX_RESPONSE_BYTES {
+            return Err(Failure::fatal(
+                self.unavailable(format!("response too large ({hint} bytes)")),
+            ));
+        }
+        let body = read_zeroizing(&mut resp, hint, MAX_RESPONSE_BYTES).map_err(|e| {
+            if Instant::now() >= deadline || e.kind() == std::io::ErrorKind::TimedOut {
+                Failure::fatal(self.timeout_error())
+            } else if e.kind() == std::io::ErrorKind::InvalidData {
+                Failure::fatal(self.unavailable(e.to_string()))
+            } else {
+                // Reset while reading the body: transient, like a failed connect.
+                Failure::retryable(self.unavailable(format!(
+                    "connection failed while reading the response: {}",
+                    io_error_detail(&e)
+                )))
+            }
+        })?;
+        Ok(Response {
+            status,
+            headers,
+            body,
+            attempts: 1,
+        })
+    }
+
+    fn classify(&self, e: &reqwest::Error, deadline: Instant) -> Failure {
+        let chain = error_chain(e);
+        if let Some(tls) = tls_failure(e) {
+            return Failure::fatal(ProviderError::Tls {
+                kind: self.kind,
+                provider: self.provider.to_string(),
+                detail: tls,
+            });
+        }
+        if e.is_timeout() || Instant::now() >= deadline {
+            return Failure::fatal(self.timeout_error());
+        }
+        if e.is_builder() || e.is_redirect() {
+            return Failure::fatal(self.unavailable(chain));
+        }
+        // Connect errors (refused, unreachable, DNS) and request errors (reset, closed
+        // mid-request) may be transient.
+        let what = if e.is_connect() {
+            "cannot connect"
+        } else {
+            "connection failed"
+        };
+        Failure::retryable(self.unavailable(format!("{what}: {chain}")))
+    }
+
+    /// Maps a non-success HTTP status to an error: 401/403 → `Denied`, 404 → `NotFound`,
+    /// anything else → `Unavailable`. `path` names the secret; `detail` is the server's
+    /// message (run it through [`sanitize_detail`] first).
+    pub fn status_error(&self, status: u16, path: &str, detail: &str) -> ProviderError {
+        status_error(self.kind, &self.provider, status, path, detail)
+    }
+
+    pub fn timeout_error(&self) -> ProviderError {
+        ProviderError::Timeout {
+            kind: self.kind,
+            provider: self.provider.to_string(),
+            seconds: self.timeout.as_secs().max(1),
+        }
+    }
+
+    pub fn unavailable(&self, detail: impl Into<String>) -> ProviderError {
+        ProviderError::Unavailable {
+            kind: self.kind,
+            provider: self.provider.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn config_error(&self, detail: impl Into<String>) -> ProviderError {
+        config_error(self.kind, &self.provider, detail)
+    }
+}
+
+/// A transport failure and whether retrying could help.
+struct Failure {
+    error: ProviderError,
+    retryable: bool,
+}
+
+impl Failure {
+    fn fatal(error: ProviderError) -> Self {
+        Self {
+            error,
+            retryable: false,
+        }
+    }
+    fn retryable(error: ProviderError) -> Self {
+        Self {
+            error,
+            retryable: true,
+        }
+    }
+}
+
+/// 429 and 5xx.
+pub fn is_retryable_status(status: u16) -> bool {
+    status == 429 || (500..=599).contains(&status)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is ignored), if the server sent one.
+fn retry_after(resp: &Response) -> Option<Duration> {
+    resp.header("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// See [`HttpClient::status_error`].
+pub fn status_error(
+    kind: &'static str,
+    provider: &str,
+    status: u16,
+    path: &str,
+    detail: &str,
+) -> ProviderError {
+    let with = |what: &str| {
+        if detail.is_empty() {
+            what.to_string()
+        } else {
+            format!("{what}: {detail}")
+        }
+    };
+    match status {
+        401 | 403 => ProviderError::Denied {
+            kind,
+            provider: provider.to_string(),
+            detail: with(&format!("HTTP {status} for {path:?}")),
+        },
+        404 => ProviderError::NotFound {
+            kind,
+            provider: provider.to_string(),
+            path: path.to_string(),
+        },
+        429 => ProviderError::Unavailable {
+            kind,
+            provider: provider.to_string(),
+            detail: with("throttled (HTTP 429), retries exhausted"),
+        },
+        500..=599 => ProviderError::Unavailable {
+            kind,
+            provider: provider.to_string(),
+            detail: with(&format!("server error (HTTP {status}), retries exhausted")),
+        },
+        300..=399 => ProviderError::Unavailable {
+            kind,
+            provider: provider.to_string(),
+            detail: format!("redirect (HTTP {status}) not followed: only https targets are"),
+        },
+        _ => ProviderError::Unavailable {
+            kind,
+            provider: provider.to_string(),
+            detail: with(&format!("unexpected HTTP {status} for {path:?}")),
+        },
+    }
+}
+
+/// Makes server-supplied text fit for an error message: drops control characters, removes
+/// every occurrence of the given credentials (a server may echo what it was sent), truncates.
+pub fn sanitize_detail(text: &str, credentials: &[&str]) -> String {
+    let mut s: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    for cred in credentials.iter().filter(|c| c.len() >= 4) {
+        if s.contains(cred) {
+            s = s.replace(cred, "[redacted]");
+        }
+    }
+    let s = s.trim();
+    if s.chars().count() > MAX_DETAIL_CHARS {
+        let cut: String = s.chars().take(MAX_DETAIL_CHARS).collect();
+        format!("{cut}…")
+    } else {
+        s.to_string()
+    }
+}
+
+/// Reads all of `r` into a zeroizing buffer, at most `limit` bytes (`InvalidData` beyond).
+/// Grows by allocating a new zeroizing buffer and copying, so no freed allocation keeps a copy.
+pub fn read_zeroizing(
+    r: &mut impl Read,
+    size_hint: usize,
+    limit: usize,
+) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(size_hint.clamp(256, limit.max(256))));
+    let mut chunk = Zeroizing::new([0u8; 8192]);
+    loop {
+        let n = match r.read(&mut chunk[..]) {
+            Ok(0) => return Ok(buf),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.len() + n > limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("response larger than {limit} bytes"),
+            ));
+        }
+        if buf.len() + n > buf.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(
+                (buf.capacity() * 2).max(buf.len() + n).min(limit),
+            ));
+            bigger.extend_from_slice(&buf);
+            buf = bigger; // the old one is zeroized as it drops
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+// Zeroizing JSON: parse response bodies with `&RawValue` fields borrowed from the body
+// (`#[serde(borrow)]`), then turn the pieces into values with these helpers.
+
+/// A raw JSON value as secret bytes: a string's text (unescaped), else compact JSON.
+pub fn raw_json_value(raw: &RawValue) -> SecretValue {
+    let text = raw.get();
+    if text.starts_with('"') {
+        if let Some(s) = json_string(raw) {
+            let s: Zeroizing<String> = s;
+            let mut bytes = Zeroizing::new(Vec::with_capacity(s.len()));
+            bytes.extend_from_slice(s.as_bytes());
+            return SecretValue::from_zeroizing(bytes);
+        }
+    }
+    SecretValue::from_zeroizing(compact_json(text))
+}
+
+/// A JSON string's text in zeroizing memory. Borrowed straight from the (zeroizing) body when
+/// it has no escapes; otherwise serde's unescaped copy is moved into `Zeroizing`.
+pub fn json_string(raw: &RawValue) -> Option<Zeroizing<String>> {
+    if let Ok(s) = serde_json::from_str::<&str>(raw.get()) {
+        let mut out = Zeroizing::new(String::with_capacity(s.len()));
+        out.push_str(s);
+        return Some(out);
+    }
+    serde_json::from_str::<String>(raw.get())
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// Removes insignificant whitespace from JSON text, into zeroizing memory.
+pub fn compact_json(text: &str) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(text.len()));
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+            out.push(b);
+        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// Reads a credential file (token, secret id, client secret): whole file, surrounding
+/// whitespace trimmed, must not be empty. `setting` names the dso.yaml key for messages.
+pub fn read_credential_file(
+    kind: &'static str,
+    provider: &str,
+    setting: &str,
+    path: &Path,
+) -> Result<Zeroizing<String>, ProviderError> {
+    let bytes = read_file(kind, provider, setting, path)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        config_error(
+            kind,
+            provider,
+            format!("{setting} {}: not UTF-8 text", path.display()),
+        )
+    })?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(config_error(
+            kind,
+            provider,
+            format!("{setting} {}: the file is empty", path.display()),
+        ));
+    }
+    Ok(Zeroizing::new(trimmed.to_string()))
+}
+
+fn read_file(
+    kind: &'static str,
+    provider: &str,
+    setting: &str,
+    path: &Path,
+) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| config_error(kind, provider, format!("{setting} {}: {e}", path.display())))?;
+    read_zeroizing(&mut f, 4096, 1 << 20)
+        .map_err(|e| config_error(kind, provider, format!("{setting} {}: {e}", path.display())))
+}
+
+fn config_error(kind: &'static str, provider: &str, detail: impl Into<String>) -> ProviderError {
+    ProviderError::Config {
+        kind,
+        provider: provider.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// Scheme, host and path of a URL (no query: it may carry ids that do not belong in logs).
+fn redacted_url(url: &Url) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.path()
+    )
+}
+
+/// The error and its sources, `a: b: c`, without reqwest's URL (which may carry query ids).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = match err.downcast_ref::<reqwest::Error>() {
+            Some(re) => describe_reqwest(re),
+            None => match err.downcast_ref::<std::io::Error>() {
+                Some(io) => io_error_detail(io),
+                None => err.to_string(),
+            },
+        };
+        // hyper-util's "client error (Connect)" wrappers add nothing a user can act on.
+        let noise = text.starts_with("client error (") && text.ends_with(')');
+        if !text.is_empty() && !noise && parts.last().is_none_or(|p| !p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connect error".into()
+    } else if e.is_body() || e.is_decode() {
+        "error reading the response body".into()
+    } else if e.is_request() {
+        "error sending the request".into()
+    } else {
+        String::new()
+    }
+}
+
+/// An io::Error's text including the error it wraps (io::Error::source skips that one).
+fn io_error_detail(e: &std::io::Error) -> String {
+    match e.get_ref() {
+        Some(inner) => inner.to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// If a rustls error (certificate or handshake) is anywhere in the chain, its description.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(describe_tls(tls));
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(describe_tls(tls));
+            }
+            if let Some(found) = tls_failure(inner) {
+                return Some(found);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn describe_tls(e: &rustls::Error) -> String {
+    use rustls::{AlertDescription, CertificateError, Error};
+    let what = match e {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "the server's certificate is not signed by a trusted CA (set ca_file?)"
+        }
+        Error::InvalidCertificate(CertificateError::Expired)
+        | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+            "the server's certificate has expired"
+        }
+        Error::InvalidCertificate(CertificateError::NotValidYet)
+        | Error::InvalidCertificate(CertificateError::NotValidYetContext { .. }) => {
+            "the server's certificate is not valid yet"
+        }
+        Error::InvalidCertificate(CertificateError::NotValidForName)
+        | Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
+            "the server's certificate is not valid for this host name"
+        }
+        Error::InvalidCertificate(CertificateError::Revoked) => {
+            "the server's certificate is revoked"
+        }
+        Error::InvalidCertificate(_) => "the server's certificate is invalid",
+        Error::PeerIncompatible(_) | Error::AlertReceived(AlertDescription::ProtocolVersion) => {
+            "no common TLS version or cipher (dso requires TLS 1.2 or 1.3)"
+        }
+        Error::AlertReceived(AlertDescription::BadCertificate)
+        | Error::AlertReceived(AlertDescription::CertificateRequired)
+        | Error::AlertReceived(AlertDescription::UnknownCA)
+        | Error::AlertReceived(AlertDescription::CertificateUnknown) => {
+            "the server refused our client certificate (client_cert/client_key)"
+        }
+        _ => "TLS handshake failed",
+    };
+    format!("TLS certificate/handshake error: {what} ({e})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_and_metadata_hosts() {
+        for h in [
+            "localhost",
+            "127.0.0.1",
+            "127.1.2.3",
+            "[::1]",
+            "::1",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in ["10.0.0.1", "vault", "169.254.169.254", "localhost.evil.com"] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+        assert!(is_metadata_host("169.254.169.254"));
+        assert!(is_metadata_host("[fd00:ec2::254]"));
+        assert!(!is_metadata_host("169.254.169.253"));
+    }
+
+    #[test]
+    fn url_policy() {
+        let ok = |u: &str, p| parse_url("vault", "v", "address", u, p).is_ok();
+        assert!(ok("https://vault.example:8200", UrlPolicy::HttpsOrLoopback));
+        assert!(ok("http://127.0.0.1:8200", UrlPolicy::HttpsOrLoopback));
+        assert!(ok("http://[::1]:8200", UrlPolicy::HttpsOrLoopback));
+        assert!(!ok("http://vault.example:8200", UrlPolicy::HttpsOrLoopback));
+        assert!(!ok("http://169.254.169.254/x", UrlPolicy::HttpsOrLoopback));
+        assert!(ok("http://169.254.169.254/x", UrlPolicy::AllowMetadataHttp));
+        assert!(!ok("http://10.1.1.1/x", UrlPolicy::AllowMetadataHttp));
+        assert!(!ok("https://u:p@vault", UrlPolicy::HttpsOrLoopback));
+        assert!(!ok("ftp://vault", UrlPolicy::HttpsOrLoopback));
+        assert!(!ok("not a url", UrlPolicy::HttpsOrLoopback));
+        let err = parse_url(
+            "vault",
+            "v",
+            "address",
+            "http://vault:8200",
+            UrlPolicy::HttpsOrLoopback,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("https is required"), "{err}");
+    }
+
+    #[test]
+    fn retry_delays_grow_and_stay_bounded() {
+        let p = RetryPolicy::default();
+        for retry in 1..=10 {
+            let d = p.delay(retry);
+            let nominal = (p.base_delay * 2u32.pow(retry - 1)).min(p.max_delay);
+            assert!(d >= nominal / 2 && d <= nominal, "{retry}: {d:?}");
+        }
+        assert!(is_retryable_status(429));
+        assert!(is_retryable_status(503));
+        assert!(!is_retryable_status(404));
+        assert!(!is_retryable_status(403));
+        assert!(!is_retryable_status(400));
+    }
+
+    #[test]
+    fn status_mapping() {
+        assert!(matches!(
+            status_error("vault", "v", 403, "a/b", "permission denied"),
+            ProviderError::Denied { .. }
+        ));
+        assert!(matches!(
+            status_error("vault", "v", 401, "a/b", ""),
+            ProviderError::Denied { .. }
+        ));
+        assert!(matches!(
+            status_error("vault", "v", 404, "a/b", ""),
+            ProviderError::NotFound { .. }
+        ));
+        assert!(matches!(
+            status_error("vault", "v", 503, "a/b", ""),
+            ProviderError::Unavailable { .. }
+        ));
+        assert!(matches!(
+            status_error("vault", "v", 400, "a/b", ""),
+            ProviderError::Unavailable { .. }
+        ));
+    }
+
+    #[test]
+    fn sanitize_removes_credentials_and_control_chars() {
+        let s = sanitize_detail("bad token s.abcdef\nline2", &["s.abcdef"]);
+        assert_eq!(s, "bad token [redacted] line2");
+        let long = "x".repeat(1000);
+        assert!(sanitize_detail(&long, &[]).chars().count() <= MAX_DETAIL_CHARS + 1);
+    }
+
+    #[test]
+    fn form_encoding() {
+        assert_eq!(
+            form_urlencode(&[
+                ("scope", "https://vault.azure.net/.default"),
+                ("a b", "c&d")
+            ])
+            .as_str(),
+            "scope=https%3A%2F%2Fvault.azure.net%2F.default&a+b=c%26d"
+        );
+        assert_eq!(encode_path_segment("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn zeroizing_reader_limits_and_reads_all() {
+        let data = vec![7u8; 20_000];
+        let got = read_zeroizing(&mut &data[..], 0, 1 << 20).unwrap();
+        assert_eq!(&got[..], &data[..]);
+        let err = read_zeroizing(&mut &data[..], 0, 1000).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn debug_hides_secret_headers_and_bodies() {
+        let url = Url::parse("https://vault.example/v1/secret/data/x?token=t").unwrap();
+        let req = Request::get(url)
+            .secret_header("x-vault-token", "s.supersecret")
+            .unwrap()
+            .body(
+                "application/json",
+                Zeroizing::new(b"{\"pw\":\"v\"}".to_vec()),
+            )
+            .unwrap();
+        let dbg = format!("{req:?}");
+        assert!(!dbg.contains("supersecret"), "{dbg}");
+        assert!(!dbg.contains("token=t"), "{dbg}");
+        assert!(!dbg.contains("pw"), "{dbg}");
+    }
+
+    #[test]
+    fn plain_http_refused_at_send_time() {
+        let client = HttpClient::new("vault", "v", &ClientOptions::new(Duration::from_secs(2)))
+            .expect("client");
+        let req = Request::get(Url::parse("http://vault.example:8200/v1/x").unwrap());
+        let err = client.send(&req, client.deadline()).unwrap_err();
+        assert!(matches!(err, ProviderError::Config { .. }), "{err}");
+        // IMDS over http only when the request says it is one.
+        let req = Request::get(Url::parse("http://169.254.169.254/metadata").unwrap());
+        let err = client.send(&req, client.deadline()).unwrap_err();
+        assert!(matches!(err, ProviderError::Config { .. }), "{err}");
+    }
+
+    #[test]
+    fn client_cert_without_key_is_refused() {
+        let opts = ClientOptions::new(Duration::from_secs(1)).tls(TlsOptions {
+            ca_file: None,
+            client_cert: Some("/nonexistent/cert.pem".into()),
+            client_key: None,
+        });
+        assert!(matches!(
+            HttpClient::new("vault", "v", &opts),
+            Err(ProviderError::Config { .. })
+        ));
+    }
+}

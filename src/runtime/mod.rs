@@ -11,6 +11,7 @@ pub mod runclog;
 pub mod spec;
 
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 
 use argv::Invocation;
 use runclog::RuncLog;
@@ -18,9 +19,18 @@ use spec::Spec;
 
 pub use create::{CreateError, StateRecord};
 
-/// Runs dso-runc with the whole argv (argv[0] included); returns the exit code.
+/// The hidden `dso` subcommand that runs a create with secrets (see [`main`]).
+pub const CREATE_ENTRY: &str = "__dso-runc-create";
+
+/// `dso-runc`: runs with the whole argv (argv[0] included); returns the exit code on failure
+/// (on success it has exec'd).
+///
+/// This path is kept thin on purpose: it is on every runc call Docker makes. It reads argv and,
+/// for `create`/`run` only, scans config.json for references; then it execs runc, or — when
+/// there are references — execs `dso` (next to this executable) to do the heavy work. So the
+/// providers, TLS stack and config schema are never even loaded for a passthrough call.
 pub fn main(args: Vec<OsString>) -> i32 {
-    let inv = match Invocation::parse(args.into_iter().skip(1)) {
+    let inv = match Invocation::parse(args.iter().skip(1).cloned()) {
         Ok(inv) => inv,
         Err(e) => {
             eprintln!("dso: {e}");
@@ -28,19 +38,51 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     let delegate = delegate::resolve(&inv);
-    let passthrough = |inv: &Invocation| -> i32 {
-        let err = delegate::exec(&delegate, &inv.args);
-        RuncLog::from_invocation(inv).error(&format!("dso: cannot run {delegate:?}: {err}"));
-        127
-    };
-    if !inv.is_create_or_run() {
-        return passthrough(&inv);
+    let log = RuncLog::from_invocation(&inv);
+    if inv.is_create_or_run() {
+        let refs = inv
+            .bundle_dir()
+            .map_err(|e| format!("cannot find the bundle: {e}"))
+            .and_then(|b| spec::has_references(&b).map_err(|e| e.to_string()));
+        match refs {
+            Ok(false) => {}
+            Ok(true) => {
+                let dso = std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| exe.parent().map(|d| d.join("dso")))
+                    .unwrap_or_else(|| "/usr/bin/dso".into());
+                let err = std::process::Command::new(&dso)
+                    .arg(CREATE_ENTRY)
+                    .args(&args[1..])
+                    .exec();
+                log.error(&format!("dso: cannot run {}: {err}", dso.display()));
+                return 127;
+            }
+            Err(msg) => {
+                log.error(&format!("dso: {msg}"));
+                return 1;
+            }
+        }
     }
+    let err = delegate::exec(&delegate, &inv.args);
+    log.error(&format!("dso: cannot run {delegate:?}: {err}"));
+    127
+}
 
+/// `dso __dso-runc-create <runc argv>`: a `create`/`run` whose spec has references.
+pub fn create_main(args: Vec<OsString>) -> i32 {
+    let inv = match Invocation::parse(args) {
+        Ok(inv) => inv,
+        Err(e) => {
+            eprintln!("dso: {e}");
+            return 2;
+        }
+    };
+    let delegate = delegate::resolve(&inv);
     let log = RuncLog::from_invocation(&inv);
     let spec = match inv
         .bundle_dir()
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("cannot find the bundle: {e}"))
         .and_then(|b| Spec::load(&b).map_err(|e| e.to_string()))
     {
         Ok(spec) => spec,
@@ -49,15 +91,6 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return 1;
         }
     };
-    let annotations = spec.annotations();
-    let env = spec.env();
-    if !crate::secrets::has_refs(
-        env.iter().map(String::as_str),
-        annotations.keys().map(String::as_str),
-    ) {
-        return passthrough(&inv);
-    }
-
     log.install_tracing();
     match create::create_with_secrets(&inv, &delegate, spec, &log) {
         Ok(code) => code,

@@ -35,6 +35,30 @@ pub enum SpecError {
     Shape { path: PathBuf, what: String },
 }
 
+/// Cheap check for the passthrough decision: does `<bundle>/config.json` hold any secret
+/// reference (env value or `dso.secrets/` annotation)? Parses JSON only, no typed spec.
+pub fn has_references(bundle: &Path) -> Result<bool, SpecError> {
+    let path = bundle.join("config.json");
+    let bytes = fs::read(&path).map_err(|source| SpecError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let doc: Value =
+        serde_json::from_slice(&bytes).map_err(|source| SpecError::Parse { path, source })?;
+    let env = doc
+        .pointer("/process/env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    let annotations = doc
+        .get("annotations")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|m| m.keys().map(String::as_str));
+    Ok(crate::secrets::has_refs(env, annotations))
+}
+
 /// A runtime spec: the JSON document as the engine wrote it, plus a typed view of it.
 pub struct Spec {
     path: PathBuf,

@@ -15,6 +15,7 @@ use serde_json::json;
 use support::{Fake, Pki, assert_clean, build, config, req};
 
 const APP_TOKEN: &str = "s.apptoken-0123456789abcdef";
+const DATA_ONLY_TOKEN: &str = "s.dataonly-5e6f7a8b9c";
 const ROLE_ID: &str = "role-id-7f3a9c";
 const SECRET_ID: &str = "secret-id-e81b44d0";
 const VALUES: &[&str] = &["pw-v1", "pw-v2", "only-value", "legacy-value", "ns-pw"];
@@ -34,10 +35,18 @@ fn seed() -> serde_json::Value {
         "policies": {
             "app": "path \"secret/data/app/*\" { capabilities = [\"read\"] }\n\
                     path \"secret/metadata/app/*\" { capabilities = [\"read\"] }\n\
-                    path \"kv/*\" { capabilities = [\"read\"] }"
+                    path \"kv/*\" { capabilities = [\"read\"] }",
+            "dataonly": "path \"secret/data/app/*\" { capabilities = [\"read\"] }"
         },
-        "tokens": {APP_TOKEN: {"policies": ["app"], "ttl": 3600}},
-        "approles": {"web": {"role_id": ROLE_ID, "secret_id": SECRET_ID, "policies": ["app"], "ttl": 60}},
+        "tokens": {
+            APP_TOKEN: {"policies": ["app"], "ttl": 3600},
+            DATA_ONLY_TOKEN: {"policies": ["dataonly"], "ttl": 3600}
+        },
+        "approles": {
+            "web": {"role_id": ROLE_ID, "secret_id": SECRET_ID, "policies": ["app"], "ttl": 60},
+            "short": {"role_id": "short-role", "secret_id": "short-secret", "policies": ["app"],
+                      "ttl": 3, "max_ttl": 4}
+        },
         "namespaces": {"team-a": {"secrets": {"secret": {"app/db": [{"password": "ns-pw"}]}}}}
     })
 }
@@ -150,12 +159,18 @@ fn kv2_keys_whole_objects_versions_and_pins() {
         "5432"
     );
     assert_eq!(
-        text(&p.fetch(&req("app/cfg", Some("nested"), None)).unwrap().value),
+        text(
+            &p.fetch(&req("app/cfg", Some("nested"), None))
+                .unwrap()
+                .value
+        ),
         r#"{"a":[1,2]}"#
     );
 
     // A pinned version.
-    let f = p.fetch(&req("app/db", Some("password"), Some("1"))).unwrap();
+    let f = p
+        .fetch(&req("app/db", Some("password"), Some("1")))
+        .unwrap();
     assert_eq!(text(&f.value), "pw-v1");
     assert_eq!(f.version.as_deref(), Some("1"));
 
@@ -248,7 +263,11 @@ fn namespace_header_selects_the_namespace() {
     let Some(env) = start(&[]) else { return };
     let p = env.provider(", namespace: team-a", "5s");
     assert_eq!(
-        text(&p.fetch(&req("app/db", Some("password"), None)).unwrap().value),
+        text(
+            &p.fetch(&req("app/db", Some("password"), None))
+                .unwrap()
+                .value
+        ),
         "ns-pw"
     );
 }
@@ -275,16 +294,16 @@ fn token_from_the_environment_value() {
     )
     .unwrap();
     assert_eq!(
-        text(&p.fetch(&req("app/db", Some("password"), None)).unwrap().value),
+        text(
+            &p.fetch(&req("app/db", Some("password"), None))
+                .unwrap()
+                .value
+        ),
         "pw-v2"
     );
-    let none = dso::providers::vault::VaultProvider::new(
-        "vault",
-        &settings,
-        None,
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let none =
+        dso::providers::vault::VaultProvider::new("vault", &settings, None, Duration::from_secs(5))
+            .unwrap();
     let e = none.fetch(&req("app/db", None, None)).unwrap_err();
     assert!(e.to_string().contains("VAULT_TOKEN"), "{e}");
 }
@@ -310,7 +329,11 @@ fn plain_http_on_loopback() {
     );
     let p = build(&config(&[("vault", entry)], "5s"), "vault");
     assert_eq!(
-        text(&p.fetch(&req("app/db", Some("password"), None)).unwrap().value),
+        text(
+            &p.fetch(&req("app/db", Some("password"), None))
+                .unwrap()
+                .value
+        ),
         "pw-v2"
     );
 }
@@ -353,10 +376,17 @@ fn mutual_tls_client_certificate() {
     );
     let p = build(&config(&[("vault", with)], "5s"), "vault");
     assert_eq!(
-        text(&p.fetch(&req("app/db", Some("password"), None)).unwrap().value),
+        text(
+            &p.fetch(&req("app/db", Some("password"), None))
+                .unwrap()
+                .value
+        ),
         "pw-v2"
     );
-    let without = build(&config(&[("vault", format!("{{ {base} }}"))], "5s"), "vault");
+    let without = build(
+        &config(&[("vault", format!("{{ {base} }}"))], "5s"),
+        "vault",
+    );
     let e = without.fetch(&req("app/db", None, None)).unwrap_err();
     assert!(
         matches!(
@@ -402,7 +432,11 @@ fn server_errors_are_retried_then_fail() {
     // A passing storm: two 500s, then success on the third attempt.
     env.fake.admin_post("/_fake/faults", json!({"fail500": 2}));
     assert_eq!(
-        text(&p.fetch(&req("app/db", Some("password"), None)).unwrap().value),
+        text(
+            &p.fetch(&req("app/db", Some("password"), None))
+                .unwrap()
+                .value
+        ),
         "pw-v2"
     );
     // A lasting storm: three attempts, then an error that says so.
@@ -424,16 +458,18 @@ fn server_errors_are_retried_then_fail() {
 fn connection_resets_fail_closed() {
     let Some(env) = start(&[]) else { return };
     let p = env.provider("", "10s");
-    env.fake
-        .admin_post("/_fake/faults", json!({"reset": 1000}));
+    env.fake.admin_post("/_fake/faults", json!({"reset": 1000}));
     let e = p.fetch(&req("app/db", None, None)).unwrap_err();
     assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
     assert_clean(&format!("{e} {e:?}"), &secrets_in_errors());
     // One reset, then the retry gets through.
-    env.fake
-        .admin_post("/_fake/faults", json!({"reset": 1}));
+    env.fake.admin_post("/_fake/faults", json!({"reset": 1}));
     assert_eq!(
-        text(&p.fetch(&req("app/db", Some("password"), None)).unwrap().value),
+        text(
+            &p.fetch(&req("app/db", Some("password"), None))
+                .unwrap()
+                .value
+        ),
         "pw-v2"
     );
 }
@@ -452,4 +488,59 @@ fn untrusted_server_certificate_is_a_tls_error() {
     let e = p.fetch(&req("app/db", None, None)).unwrap_err();
     assert!(matches!(e, ProviderError::Tls { .. }), "{e}");
     assert!(e.to_string().contains("certificate"), "{e}");
+}
+
+#[test]
+fn version_check_falls_back_when_metadata_is_denied() {
+    let Some(env) = start(&[]) else { return };
+    std::fs::write(&env.token_file, DATA_ONLY_TOKEN).unwrap();
+    let p = env.provider("", "5s");
+    for _ in 0..2 {
+        assert_eq!(
+            p.version(&req("app/db", None, None)).unwrap().as_deref(),
+            Some("2")
+        );
+    }
+    // Metadata was tried once, then left alone.
+    let stats = env.fake.stats();
+    assert_eq!(stats["by_path"]["/v1/secret/metadata/app/db"], 1, "{stats}");
+    assert_eq!(stats["by_path"]["/v1/secret/data/app/db"], 2, "{stats}");
+}
+
+#[test]
+fn session_renews_then_logs_in_again_at_max_ttl() {
+    use dso::providers::vault::{Renewal, VaultAuthSettings, VaultProvider, VaultSettings};
+    let Some(env) = start(&[]) else { return };
+    let settings = VaultSettings {
+        address: env.fake.https_url(),
+        mount: "secret".into(),
+        kv_version: 2,
+        namespace: None,
+        auth: VaultAuthSettings::Approle {
+            role_id_file: env.pki.file("short_role", "short-role"),
+            secret_id_file: Some(env.pki.file("short_secret", "short-secret")),
+            mount: "approle".into(),
+        },
+        ca_file: Some(env.pki.ca_pem.clone()),
+        client_cert: None,
+        client_key: None,
+    };
+    let p = VaultProvider::new("vault", &settings, None, Duration::from_secs(5)).unwrap();
+    assert_eq!(p.renew_if_needed().unwrap(), None, "no session yet");
+    p.fetch(&req("app/db", Some("password"), None)).unwrap();
+    assert_eq!(p.renew_if_needed().unwrap(), Some(Renewal::NotNeeded));
+    // Two thirds of the 3 s TTL: renewed with renew-self (the max TTL leaves ~2 s).
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = p.renew_if_needed().unwrap();
+    let stats = env.fake.stats();
+    assert_eq!(stats["renewals"], 1, "{stats}");
+    // Either renewed, or (if the max TTL already cut the renewal short) logged in again.
+    assert!(
+        matches!(r, Some(Renewal::Renewed | Renewal::LoggedIn)),
+        "{r:?}"
+    );
+    // Past the max TTL the token is dead; the session logs in again and fetching still works.
+    std::thread::sleep(Duration::from_millis(2100));
+    p.fetch(&req("app/db", Some("password"), None)).unwrap();
+    assert!(env.fake.stats()["logins"].as_u64().unwrap() >= 2);
 }

@@ -94,6 +94,28 @@ pub enum ProviderError {
     },
 }
 
+impl ProviderError {
+    /// A short, stable name for the kind of failure (audit events, metrics).
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            ProviderError::NotFound { .. } => "not_found",
+            ProviderError::Denied { .. } => "denied",
+            ProviderError::Timeout { .. } => "timeout",
+            ProviderError::Unavailable { .. } => "unavailable",
+            ProviderError::Tls { .. } => "tls",
+            ProviderError::Config { .. } => "config",
+            ProviderError::Key { .. } => "key",
+            ProviderError::Local { .. } => "local",
+        }
+    }
+
+    /// True when the provider refused our credentials or their permissions (an `auth_failed`
+    /// audit event), as opposed to the secret or the network being the problem.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self, ProviderError::Denied { .. })
+    }
+}
+
 /// Builds the provider called `name` from its dso.yaml entry.
 pub fn build(
     name: &str,

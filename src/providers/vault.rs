@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -507,6 +508,9 @@ pub struct VaultProvider {
     mount: String,
     kv_version: u8,
     session: Mutex<Option<VaultSession>>,
+    /// Cleared once reading KV metadata was refused (a policy may grant `data/` only): version
+    /// checks then read the secret itself.
+    metadata_allowed: AtomicBool,
 }
 
 impl std::fmt::Debug for VaultProvider {
@@ -600,6 +604,7 @@ impl VaultProvider {
             mount: settings.mount.clone(),
             kv_version: settings.kv_version,
             session: Mutex::new(None),
+            metadata_allowed: AtomicBool::new(true),
         })
     }
 
@@ -776,9 +781,19 @@ impl Provider for VaultProvider {
         if let Some(v) = &req.version {
             return Ok(Some(v.clone()));
         }
+        if !self.metadata_allowed.load(Ordering::Relaxed) {
+            return self.fetch(req).map(|f| f.version);
+        }
         let deadline = self.api.client.deadline();
         let path = req.path.as_str();
-        let (resp, _token) = self.get(self.kv_url("metadata", path)?, path, deadline)?;
+        let resp = match self.get(self.kv_url("metadata", path)?, path, deadline) {
+            Ok((resp, _token)) => resp,
+            Err(ProviderError::Denied { .. }) => {
+                self.metadata_allowed.store(false, Ordering::Relaxed);
+                return self.fetch(req).map(|f| f.version);
+            }
+            Err(e) => return Err(e),
+        };
         #[derive(Deserialize)]
         struct Meta {
             data: Option<MetaData>,

@@ -90,10 +90,9 @@ impl Pki {
         validity: Validity,
         usage: ExtendedKeyUsagePurpose,
     ) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::new(
-            sans.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        )
-        .expect("params");
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
         params
             .distinguished_name
             .push(DnType::CommonName, cn.to_string());
@@ -140,7 +139,12 @@ impl Pki {
 
     /// A client certificate for mutual TLS.
     pub fn client(&self, cn: &str) -> (PathBuf, PathBuf) {
-        self.issue(cn, &[], Validity::Current, ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(
+            cn,
+            &[],
+            Validity::Current,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
     }
 
     /// Writes `contents` to a file in the temp dir (mode 0600) and returns its path.
@@ -234,7 +238,11 @@ impl Fake {
             .json(&body)
             .send()
             .expect("admin post");
-        assert!(resp.status().is_success(), "admin {path}: {}", resp.status());
+        assert!(
+            resp.status().is_success(),
+            "admin {path}: {}",
+            resp.status()
+        );
     }
 
     /// `GET /_fake/stats`.

@@ -1,0 +1,452 @@
+//! End to end through a real dockerd with the Vault and Azure Key Vault providers:
+//! `tests/fakes/vault_fake.py` and `tests/fakes/azure_fake.py` serve over TLS with a CA made
+//! for the run (trusted through `ca_file`), and `docker run --runtime dso` gets a file and an
+//! env secret from each. A missing secret fails the run with a clear error and leaves no
+//! container behind.
+//!
+//! Needs root, dockerd, runc, busybox-static (see [`harness`]) and python3; skipped elsewhere,
+//! a failure under `CI=true`.
+
+mod harness;
+#[path = "../tests/fakes/support.rs"]
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+use std::sync::{MutexGuard, OnceLock};
+
+use harness::{ContainerGuard, Harness, IMAGE};
+use support::{Fake, Pki};
+
+const VAULT_TOKEN: &str = "s.e2e-app-token-4b1d";
+const WRONG_TOKEN: &str = "s.e2e-wrong-token-93c2";
+const FETCH_TIMEOUT_SECS: u64 = 5;
+const AZURE_TENANT: &str = "5f0c2a9e-1b3d-4c5e-8f7a-9b0c1d2e3f40";
+
+/// Random values, so the host's filesystem can be searched for them.
+struct Values {
+    vault_password: String,
+    vault_token: String,
+    azure_password: String,
+    azure_api_key: String,
+}
+
+fn values() -> &'static Values {
+    static VALUES: OnceLock<Values> = OnceLock::new();
+    VALUES.get_or_init(|| Values {
+        vault_password: harness::random_token("vault-db-"),
+        vault_token: harness::random_token("vault-api-"),
+        azure_password: harness::random_token("azure-db-"),
+        azure_api_key: harness::random_token("azure-api-"),
+    })
+}
+
+/// What one test holds: the daemon, the serial lock, the fakes and their CA (dropping them
+/// stops the fakes and removes the files).
+struct Setup {
+    h: &'static Harness,
+    _serial: MutexGuard<'static, ()>,
+    _vault: Fake,
+    azure: Fake,
+    _pki: Pki,
+}
+
+fn begin() -> Option<Setup> {
+    if !harness::require_root() || !support::python_available(&[]) {
+        return None;
+    }
+    let h = Harness::get();
+    let serial = h.serial();
+    let v = values();
+
+    let pki = Pki::new("dso e2e providers CA");
+    let (cert, key) = pki.localhost();
+    let vault_seed = serde_json::json!({
+        "secrets": {"secret": {
+            "app/db": [{"username": "app", "password": v.vault_password}],
+            "app/token": [{"value": v.vault_token}]
+        }},
+        "policies": {"app": "path \"secret/data/app/*\" { capabilities = [\"read\"] }"},
+        "tokens": {VAULT_TOKEN: {"policies": ["app"], "ttl": 3600}}
+    });
+    let vault = Fake::start(
+        "vault_fake.py",
+        &["--cert", path_str(&cert), "--key", path_str(&key)],
+        1,
+        Some(&pki.ca_pem),
+    );
+    let azure_seed = serde_json::json!({
+        "secrets": {
+            "db-password": [v.azure_password.clone()],
+            "app-config": [serde_json::json!({"api_key": v.azure_api_key, "region": "westeurope"}).to_string()]
+        },
+        "managed_identities": ["system"]
+    });
+    let azure = Fake::start(
+        "azure_fake.py",
+        &[
+            "--cert",
+            path_str(&cert),
+            "--key",
+            path_str(&key),
+            "--also-http",
+            "--tenant",
+            AZURE_TENANT,
+        ],
+        2,
+        Some(&pki.ca_pem),
+    );
+    // Seeded over the admin endpoints, not from files: the values must be nowhere on disk (the
+    // tests search the host's filesystem for them).
+    vault.admin_post("/_fake/seed", vault_seed);
+    azure.admin_post("/_fake/seed", azure_seed);
+    let token_file = pki.file("vault.token", VAULT_TOKEN);
+    let wrong_token_file = pki.file("wrong.token", WRONG_TOKEN);
+
+    let q = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
+    h.write_dso_yaml(&format!(
+        "providers:\n\
+         \x20 vault: {{ type: vault, address: \"{vault_url}\", ca_file: {ca}, auth: {{ method: token, token_file: {token} }} }}\n\
+         \x20 vault_bad: {{ type: vault, address: \"{vault_url}\", ca_file: {ca}, auth: {{ method: token, token_file: {wrong} }} }}\n\
+         \x20 vault_down: {{ type: vault, address: \"https://127.0.0.1:{down}\", ca_file: {ca}, auth: {{ method: token, token_file: {token} }} }}\n\
+         \x20 azure: {{ type: azure, vault_url: \"{azure_url}\", ca_file: {ca}, auth: {{ method: managed_identity, endpoint: \"http://127.0.0.1:{imds}/metadata/identity/oauth2/token\" }} }}\n\
+         secrets:\n\
+         \x20 vault_db_password: {{ provider: vault, path: app/db, key: password }}\n\
+         \x20 vault_api_token: {{ provider: vault, path: app/token }}\n\
+         \x20 vault_missing: {{ provider: vault, path: app/nope }}\n\
+         \x20 vault_badcreds: {{ provider: vault_bad, path: app/db, key: password }}\n\
+         \x20 vault_down_secret: {{ provider: vault_down, path: app/db, key: password }}\n\
+         \x20 azure_db_password: {{ provider: azure, path: db-password }}\n\
+         \x20 azure_api_key: {{ provider: azure, path: app-config, key: api_key }}\n\
+         \x20 azure_missing: {{ provider: azure, path: no-such-secret }}\n\
+         \x20 azure_missing_key: {{ provider: azure, path: app-config, key: nope }}\n\
+         audit: {{ path: {audit} }}\n\
+         runtime: {{ state_dir: {state}, fetch_timeout: {timeout}s }}\n",
+        vault_url = vault.https_url(),
+        azure_url = azure.https_url(),
+        imds = azure.more_ports[0],
+        ca = q(&pki.ca_pem),
+        token = q(&token_file),
+        wrong = q(&wrong_token_file),
+        down = support::closed_port(),
+        timeout = FETCH_TIMEOUT_SECS,
+        audit = q(&h.audit_path()),
+        state = q(&h.state_dir()),
+    ));
+    Some(Setup {
+        h,
+        _serial: serial,
+        _vault: vault,
+        azure,
+        _pki: pki,
+    })
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    let prefix = format!("{key}=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no `{key}=` line in:\n{text}"))
+}
+
+fn container_id(h: &Harness, name: &str) -> Option<String> {
+    let out = h.docker(&["inspect", "--format", "{{.Id}}", name]);
+    out.status
+        .success()
+        .then(|| stdout(&out).trim().to_string())
+        .filter(|id| !id.is_empty())
+}
+
+/// The runc root dockerd gives the dso runtime (from a container started through it).
+fn dso_runc_root(h: &Harness) -> std::path::PathBuf {
+    let c = ContainerGuard::new(h, "dso-e2e-providers-root-probe");
+    let out = h.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &c.name,
+        "--runtime",
+        "dso",
+        "--network",
+        "none",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    assert!(out.status.success(), "probe container: {}", stderr(&out));
+    let id = stdout(&out);
+    h.runc_root_of(id.trim())
+        .or_else(|| h.runc_root("dso"))
+        .unwrap_or_else(|| panic!("no runc root for runtime dso under {:?}", h.exec_root()))
+}
+
+/// Runs a container that reports the file secret's path, mode and hash and the env secret's
+/// hash, and checks them against `file_value` and `env_value`.
+fn run_and_check(
+    h: &Harness,
+    name: &str,
+    file_ref: &str,
+    env_ref: &str,
+    file_value: &str,
+    env_value: &str,
+) {
+    let c = ContainerGuard::new(h, name);
+    // Hashes, not values: the container's output lands in dockerd's json log on the host.
+    let script = r#"echo "path=$SECRET_FILE"
+stat -c 'stat=%a' "$SECRET_FILE"
+echo "file=$(sha256sum < "$SECRET_FILE" | cut -d' ' -f1)"
+echo "env=$(printf %s "$SECRET_ENV" | sha256sum | cut -d' ' -f1)""#;
+    let file_env = format!("SECRET_FILE=dsofile://{file_ref}");
+    let env_env = format!("SECRET_ENV=dso://{env_ref}");
+    let out = h.docker(&[
+        "run",
+        "--name",
+        &c.name,
+        "--runtime",
+        "dso",
+        "--network",
+        "none",
+        "-e",
+        &file_env,
+        "-e",
+        &env_env,
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(
+        out.status.success(),
+        "docker run failed: {}\n--- dockerd log ---\n{}",
+        stderr(&out),
+        h.dockerd_log_tail(30)
+    );
+    let text = stdout(&out);
+    assert_eq!(field(&text, "path"), format!("/run/secrets/{file_ref}"));
+    assert_eq!(field(&text, "stat"), "400");
+    assert_eq!(field(&text, "file"), sha256_hex(file_value));
+    assert_eq!(field(&text, "env"), sha256_hex(env_value));
+
+    let inspect = h.docker(&["inspect", &c.name]);
+    let inspect = stdout(&inspect);
+    for value in [file_value, env_value] {
+        assert!(!inspect.contains(value), "value in docker inspect");
+        let found = harness::host_files_containing(value);
+        assert!(
+            found.is_empty(),
+            "a value is on the host's filesystem: {found:?}"
+        );
+    }
+}
+
+/// The run failed, said `expect` (all of it), ran nothing, and left no runc container and no
+/// dso state behind.
+fn assert_failed_closed(h: &Harness, root: &Path, name: &str, out: &Output, expect: &[&str]) {
+    assert!(
+        !out.status.success(),
+        "docker run succeeded: {}",
+        stdout(out)
+    );
+    assert!(!stdout(out).contains("must not run"));
+    let err = stderr(out);
+    eprintln!("docker run said: {err}");
+    for e in expect {
+        assert!(err.contains(e), "the error does not say {e:?}: {err}");
+    }
+    let id = container_id(h, name);
+    let listed = h.runc_list(root);
+    match &id {
+        Some(id) => assert!(
+            !listed.iter().any(|l| l == id),
+            "runc still has container {id}: {listed:?}"
+        ),
+        None => assert!(listed.is_empty(), "runc has containers left: {listed:?}"),
+    }
+    if let Some(id) = &id {
+        let state: Vec<String> = fs::read_dir(h.state_dir())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            !state.iter().any(|n| n.contains(id.as_str())),
+            "dso kept state for the failed container: {state:?}"
+        );
+    }
+}
+
+fn run_missing(h: &Harness, name: &str, reference: &str) -> Output {
+    let env = format!("X_FILE=dsofile://{reference}");
+    h.docker(&[
+        "run",
+        "--name",
+        name,
+        "--runtime",
+        "dso",
+        "--network",
+        "none",
+        "-e",
+        &env,
+        IMAGE,
+        "echo",
+        "must not run",
+    ])
+}
+
+#[test]
+fn vault_file_and_env_secrets_reach_the_container() {
+    let Some(s) = begin() else { return };
+    let v = values();
+    run_and_check(
+        s.h,
+        "dso-e2e-vault-ok",
+        "vault_db_password",
+        "vault_api_token",
+        &v.vault_password,
+        &v.vault_token,
+    );
+}
+
+#[test]
+fn vault_missing_secret_fails_closed() {
+    let Some(s) = begin() else { return };
+    let root = dso_runc_root(s.h);
+    let c = ContainerGuard::new(s.h, "dso-e2e-vault-missing");
+    let out = run_missing(s.h, &c.name, "vault_missing");
+    assert_failed_closed(
+        s.h,
+        &root,
+        &c.name,
+        &out,
+        &["vault_missing", "app/nope", "not found"],
+    );
+    assert!(
+        !stderr(&out).contains(VAULT_TOKEN),
+        "the token is in the error"
+    );
+}
+
+#[test]
+fn azure_file_and_env_secrets_reach_the_container() {
+    let Some(s) = begin() else { return };
+    let v = values();
+    run_and_check(
+        s.h,
+        "dso-e2e-azure-ok",
+        "azure_db_password",
+        "azure_api_key",
+        &v.azure_password,
+        &v.azure_api_key,
+    );
+}
+
+#[test]
+fn azure_missing_secret_fails_closed() {
+    let Some(s) = begin() else { return };
+    let root = dso_runc_root(s.h);
+    let c = ContainerGuard::new(s.h, "dso-e2e-azure-missing");
+    let out = run_missing(s.h, &c.name, "azure_missing");
+    assert_failed_closed(
+        s.h,
+        &root,
+        &c.name,
+        &out,
+        &["azure_missing", "no-such-secret", "not found"],
+    );
+}
+
+#[test]
+fn vault_wrong_token_fails_closed() {
+    let Some(s) = begin() else { return };
+    let root = dso_runc_root(s.h);
+    let c = ContainerGuard::new(s.h, "dso-e2e-vault-badcreds");
+    let out = run_missing(s.h, &c.name, "vault_badcreds");
+    assert_failed_closed(
+        s.h,
+        &root,
+        &c.name,
+        &out,
+        &["vault_badcreds", "vault_bad", "permission denied"],
+    );
+    for t in [WRONG_TOKEN, VAULT_TOKEN] {
+        assert!(!stderr(&out).contains(t), "a token is in the error");
+    }
+}
+
+#[test]
+fn vault_down_fails_closed() {
+    let Some(s) = begin() else { return };
+    let root = dso_runc_root(s.h);
+    let c = ContainerGuard::new(s.h, "dso-e2e-vault-down");
+    let out = run_missing(s.h, &c.name, "vault_down_secret");
+    assert_failed_closed(
+        s.h,
+        &root,
+        &c.name,
+        &out,
+        &["vault_down_secret", "vault_down", "cannot connect"],
+    );
+}
+
+#[test]
+fn azure_missing_json_key_fails_closed() {
+    let Some(s) = begin() else { return };
+    let root = dso_runc_root(s.h);
+    let c = ContainerGuard::new(s.h, "dso-e2e-azure-nokey");
+    let out = run_missing(s.h, &c.name, "azure_missing_key");
+    assert_failed_closed(
+        s.h,
+        &root,
+        &c.name,
+        &out,
+        &["azure_missing_key", "app-config", "JSON key", "nope"],
+    );
+    assert!(
+        !stderr(&out).contains(&values().azure_api_key),
+        "the value is in the error"
+    );
+}
+
+#[test]
+fn azure_slower_than_the_timeout_fails_closed() {
+    let Some(s) = begin() else { return };
+    let root = dso_runc_root(s.h);
+    s.azure.admin_post(
+        "/_fake/faults",
+        serde_json::json!({"slow": FETCH_TIMEOUT_SECS * 3, "only": "/secrets/"}),
+    );
+    let c = ContainerGuard::new(s.h, "dso-e2e-azure-slow");
+    let out = run_missing(s.h, &c.name, "azure_db_password");
+    assert_failed_closed(
+        s.h,
+        &root,
+        &c.name,
+        &out,
+        // The shim's own deadline ("no answer ... within 5s") or the provider's ("timed out
+        // after 5s"), whichever fires first.
+        &["azure_db_password", &format!("{FETCH_TIMEOUT_SECS}s")],
+    );
+}

@@ -1,9 +1,11 @@
 //! dso: a secrets-injecting OCI runtime. `dso-runc` wraps runc (see [`runtime`]), `dso` is the
 //! CLI (see [`cli`]), `dso-init` runs inside containers for env injection.
 
+pub mod agent;
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod providers;
+pub mod rotation;
 pub mod runtime;
 pub mod secrets;

@@ -1,7 +1,9 @@
 //! The `dso` command line: local store (`secret`), `init`, `config validate`.
 //! Errors are one line, `dso: <what>`, on stderr; exit 1, or 2 for a usage error.
 
+mod agent;
 mod init;
+mod rotate;
 mod secret;
 
 use std::ffi::OsString;
@@ -36,6 +38,13 @@ enum Command {
     /// Work with dso.yaml
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the agent in the foreground: keep secrets fresh in running containers
+    Agent(agent::AgentArgs),
+    /// Re-fetch a secret and re-inject it into the running containers that use it, now
+    Rotate(rotate::RotateArgs),
+    /// Managed containers, their secrets and versions (never values)
+    #[command(visible_alias = "ps")]
+    Status(rotate::StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +68,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Init(args) => init::run(&config_path, &args).map(|()| 0),
         Command::Secret(cmd) => secret::run(&config_path, cmd).map(|()| 0),
         Command::Config(ConfigCommand::Validate) => Ok(validate(&config_path)),
+        Command::Agent(args) => agent::run(&config_path, &args),
+        Command::Rotate(args) => rotate::rotate(&config_path, &args),
+        Command::Status(args) => rotate::status(&config_path, &args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,66 @@
+//! `dso agent`: the foreground daemon (systemd: packaging/dso-agent.service). Polls the versions
+//! of the secrets in use every `watch.interval`, re-injects what changed, and serves the signed
+//! rotation webhook when `agent.webhook` is configured. Logs go to stderr (journald).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+
+use anyhow::anyhow;
+use clap::Args;
+
+use crate::agent::{self, webhook};
+use crate::audit::Audit;
+use crate::rotation::{Mode, Options, Rotator, Selector};
+
+#[derive(Debug, Args)]
+pub(super) struct AgentArgs {
+    /// Docker Engine socket for the restart strategy [default: $DOCKER_HOST, else /var/run/docker.sock]
+    #[arg(long, value_name = "PATH")]
+    docker_socket: Option<PathBuf>,
+    /// Run one watch cycle and exit
+    #[arg(long)]
+    once: bool,
+}
+
+pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
+    let cfg = super::load_config(config_path)?;
+    let mut opts = Options::default();
+    if let Some(s) = &args.docker_socket {
+        opts.docker_socket = s.clone();
+    }
+    let audit = Arc::new(Audit::new(&cfg.audit));
+    let webhook_cfg = cfg.agent.webhook.clone();
+    let interval = cfg.watch.interval;
+    let rotator = Rotator::new(cfg, opts);
+    if args.once {
+        for o in rotator.rotate(&Selector::All, Mode::IfChanged) {
+            if let crate::rotation::OutcomeStatus::Failed(msg) = &o.status {
+                eprintln!("dso agent: {}: {}: {msg}", o.container, o.secret);
+            }
+        }
+        return Ok(0);
+    }
+    let (tx, rx) = mpsc::channel();
+    if let Some(v) = webhook_cfg {
+        let settings = webhook::WebhookSettings::from_value(&v).map_err(|e| anyhow!(e))?;
+        let key = webhook::read_key(&settings.secret_file).map_err(|e| anyhow!(e))?;
+        let hook = webhook::Webhook::bind(&settings.listen, key, audit, tx)
+            .map_err(|e| anyhow!("webhook listener {}: {e}", settings.listen))?;
+        eprintln!(
+            "dso agent: webhook on http://{}/v1/webhook",
+            hook.local_addr()?
+        );
+        hook.spawn();
+    } else {
+        drop(tx);
+    }
+    eprintln!(
+        "dso agent: watching {} every {:?}",
+        rotator.state_dir().display(),
+        interval
+    );
+    agent::run(&rotator, rx, Arc::new(AtomicBool::new(false)));
+    Ok(0)
+}

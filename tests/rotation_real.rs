@@ -1,0 +1,674 @@
+//! Rotation against the real runc, on a busybox bundle: `dso secret set` + `dso rotate` rewrite
+//! the file inside a running container in place (mode and owner kept); a reader looping inside
+//! the container never sees an empty or partial value; the `signal` strategy reaches the init's
+//! trap; records of containers that are gone are dropped. Needs root, runc and busybox-static:
+//! skipped outside CI when missing, a failure under `CI=true`.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DSO_RUNC: &str = env!("CARGO_BIN_EXE_dso-runc");
+const DSO: &str = env!("CARGO_BIN_EXE_dso");
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// True when the test can run; panics under CI=true when it cannot.
+fn ready() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let ok = root && have("runc") && Path::new("/bin/busybox").exists();
+    if !ok {
+        let why = format!(
+            "needs root ({root}), runc ({}) and busybox-static ({})",
+            have("runc"),
+            Path::new("/bin/busybox").exists()
+        );
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("runc tests cannot run under CI: {why}");
+        }
+        eprintln!("skipping runc test: {why}");
+    }
+    ok
+}
+
+struct Created {
+    status: std::process::ExitStatus,
+    stderr: String,
+}
+
+struct Lab {
+    dir: tempfile::TempDir,
+    n: usize,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let dir = tempfile::Builder::new()
+            .prefix("dso-runc-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let lab = Lab { dir, n: 0 };
+        let cfg = lab.path("dso.yaml");
+        let out = Command::new(DSO)
+            .args(["--config", cfg.to_str().unwrap(), "init", "--store"])
+            .arg(lab.path("store"))
+            .arg("--key-file")
+            .arg(lab.path("key"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dso init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn write_config(&self, extra_secrets: &str, runtime: &str) {
+        let text = format!(
+            "providers:\n  local: {{ type: local, path: {}, key_file: {} }}\nsecrets:\n  db: {{}}\n  api: {{}}\n{extra_secrets}audit: {{ path: {} }}\nruntime: {{ state_dir: {}{runtime} }}\n",
+            self.path("store").display(),
+            self.path("key").display(),
+            self.path("audit.log").display(),
+            self.path("state").display(),
+        );
+        fs::write(self.path("dso.yaml"), text).unwrap();
+    }
+
+    fn set_secret(&self, name: &str, value: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new(DSO)
+            .arg("--config")
+            .arg(self.path("dso.yaml"))
+            .args(["secret", "set", name])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(value).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "secret set: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A bundle with a busybox rootfs running `script` as `user`, with extra env entries.
+    fn bundle(&mut self, script: &str, env: &[&str], user: (u32, u32)) -> PathBuf {
+        self.n += 1;
+        let b = self.path(&format!("bundle{}", self.n));
+        let rootfs = b.join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "run", "tmp", "etc"] {
+            fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "cat", "ls", "stat", "grep", "echo", "sleep", "id", "env",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        let out = Command::new("runc")
+            .arg("spec")
+            .current_dir(&b)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = serde_json::json!(["sh", "-c", script]);
+        spec["process"]["user"] = serde_json::json!({"uid": user.0, "gid": user.1});
+        let envs = spec["process"]["env"].as_array_mut().unwrap();
+        for e in env {
+            envs.push((*e).into());
+        }
+        // Not needed for these tests, and absent on some CI kernels.
+        spec["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}
+        ]);
+        fs::write(
+            b.join("config.json"),
+            serde_json::to_vec_pretty(&spec).unwrap(),
+        )
+        .unwrap();
+        b
+    }
+
+    fn runc_root(&self) -> PathBuf {
+        self.path("runc-root")
+    }
+
+    /// `dso-runc create`, the container's stdout/stderr going to files in the bundle (a pipe
+    /// would be held open by the container's init and never reach EOF).
+    fn create(&self, bundle: &Path, id: &str) -> Created {
+        self.create_in(bundle, bundle, id)
+    }
+
+    /// Like `create`, with the container's output files in `out_dir`.
+    fn create_in(&self, out_dir: &Path, bundle: &Path, id: &str) -> Created {
+        let stdout = fs::File::create(out_dir.join("stdout")).unwrap();
+        let stderr = fs::File::create(out_dir.join("stderr")).unwrap();
+        let status = Command::new(DSO_RUNC)
+            .arg(format!("--dso-config={}", self.path("dso.yaml").display()))
+            .arg("--root")
+            .arg(self.runc_root())
+            .arg("--log")
+            .arg(self.path("runc.log"))
+            .args(["--log-format", "json", "create", "--bundle"])
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(bundle.join("pid"))
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .status()
+            .unwrap();
+        Created {
+            status,
+            stderr: fs::read_to_string(out_dir.join("stderr")).unwrap_or_default(),
+        }
+    }
+
+    fn runc(&self, args: &[&str]) -> Output {
+        Command::new("runc")
+            .arg("--root")
+            .arg(self.runc_root())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn list(&self) -> String {
+        String::from_utf8_lossy(&self.runc(&["list", "-q"]).stdout).into_owned()
+    }
+
+    /// `dso --config <lab config> args...`.
+    fn dso(&self, args: &[&str]) -> Output {
+        Command::new(DSO)
+            .arg("--config")
+            .arg(self.path("dso.yaml"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Creates (with dso-runc) and starts a long-running container; returns its init pid.
+    fn run_detached(&self, bundle: &Path, id: &str) -> i32 {
+        let out = self.create(bundle, id);
+        assert!(
+            out.status.success(),
+            "create failed: {}\nlog: {}",
+            out.stderr,
+            fs::read_to_string(self.path("runc.log")).unwrap_or_default()
+        );
+        let out = self.runc(&["start", id]);
+        assert!(
+            out.status.success(),
+            "start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::read_to_string(bundle.join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Kills the container and waits until runc calls it stopped.
+    fn kill(&self, id: &str) {
+        self.runc(&["kill", id, "KILL"]);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            let st = self.runc(&["state", id]);
+            let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+            if v["status"] == "stopped" || !st.status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("container {id} did not stop");
+    }
+}
+
+/// Waits until `file` contains `needle`; returns its text.
+fn wait_for(file: &Path, needle: &str, timeout: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        if t0.elapsed() > timeout {
+            panic!(
+                "{needle:?} not seen in {} within {timeout:?}: {text:?}",
+                file.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for id in self.list().lines() {
+            self.runc(&["delete", "--force", id]);
+        }
+    }
+}
+
+#[test]
+fn rotate_rewrites_the_file_in_place_and_status_shows_versions() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"old-value");
+    lab.set_secret("api", b"api-1");
+    let b = lab.bundle(
+        "echo ready; while :; do sleep 1; done",
+        &["DB_FILE=dsofile://db", "API=dso://api"],
+        (1000, 1000),
+    );
+    let pid = lab.run_detached(&b, "t-rot");
+    let file = format!("/proc/{pid}/root/run/secrets/db");
+    assert_eq!(fs::read(&file).unwrap(), b"old-value");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&lab.dso(&["status", "--json"]))).unwrap();
+    assert_eq!(status[0]["id"], "t-rot");
+    assert_eq!(status[0]["pid"], pid);
+    let db = status[0]["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "db")
+        .unwrap()
+        .clone();
+    assert_eq!(db["version"], "1");
+    assert_eq!(db["file"], "db");
+
+    lab.set_secret("db", b"new-value\n");
+    let out = ok(&lab.dso(&["rotate", "db"]));
+    assert!(out.contains("t-rot: db: rotated (version 2)"), "{out}");
+    assert_eq!(fs::read(&file).unwrap(), b"new-value\n");
+    let meta = fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o400);
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    // No temp file left in the container's tmpfs.
+    let names: Vec<_> = fs::read_dir(format!("/proc/{pid}/root/run/secrets"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["db"], "{names:?}");
+
+    // The record holds the new version (and still no value).
+    let state = fs::read_to_string(lab.path("state/t-rot.json")).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let v = rec["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "db")
+        .unwrap()["version"]
+        .clone();
+    assert_eq!(v, "2");
+    assert!(!state.contains("new-value"));
+    let table = ok(&lab.dso(&["ps"]));
+    assert!(
+        table.contains("t-rot") && table.contains("file /run/secrets/db"),
+        "{table}"
+    );
+    assert!(!table.contains("new-value"));
+
+    // An env-injected secret cannot change without restart: said so, nothing fails.
+    lab.set_secret("api", b"api-2");
+    let out = ok(&lab.dso(&["rotate", "--container", "t-rot"]));
+    assert!(out.contains("t-rot: api: env-injected"), "{out}");
+    assert!(out.contains("t-rot: db: rotated"), "{out}");
+
+    let audit = fs::read_to_string(lab.path("audit.log")).unwrap();
+    let events: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "rotation_started" && e["secret"] == "db")
+    );
+    let done = events
+        .iter()
+        .find(|e| e["event"] == "rotation_completed" && e["secret"] == "db")
+        .unwrap();
+    assert_eq!(done["container"], "t-rot");
+    assert_eq!(done["status"], "success");
+    assert!(done["duration_ms"].is_u64(), "{done}");
+    assert!(!audit.contains("new-value") && !audit.contains("api-2"));
+
+    // Unknown secret: a clear error.
+    let out = lab.dso(&["rotate", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"nope\""));
+
+    // A container that is gone: its record is dropped.
+    lab.kill("t-rot");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&lab.dso(&["status", "--json"]))).unwrap();
+    assert_eq!(status, serde_json::json!([]));
+    assert!(!lab.path("state/t-rot.json").exists());
+    lab.runc(&["delete", "--force", "t-rot"]);
+}
+
+#[test]
+fn readers_never_see_an_empty_or_partial_value() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"old");
+    let b = lab.bundle(
+        "n=0; while :; do v=$(cat /run/secrets/db); \
+         case \"$v\" in old|new*END) ;; *) echo \"BAD:${#v}\";; esac; \
+         n=$((n+1)); [ $((n % 20)) = 0 ] && echo tick; done",
+        &["DB_FILE=dsofile://db"],
+        (1000, 1000),
+    );
+    let pid = lab.run_detached(&b, "t-torn");
+    wait_for(&b.join("stdout"), "tick", Duration::from_secs(20));
+
+    let cfg = dso::config::Config::load(&lab.path("dso.yaml")).unwrap();
+    let mut store =
+        dso::providers::local::Store::open(&lab.path("store"), &lab.path("key")).unwrap();
+    let rotator = dso::rotation::Rotator::new(cfg, dso::rotation::Options::default());
+    let sel = dso::rotation::Selector::Secret("db".into());
+    for i in 0..200 {
+        // Big enough that a torn write would show: a value is only whole with its END.
+        let value = format!("new{i}-{}END", "x".repeat(3000 + i));
+        store
+            .set("db", dso::secrets::SecretValue::new(value.into_bytes()))
+            .unwrap();
+        let out = rotator.rotate(&sel, dso::rotation::Mode::IfChanged);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].status,
+            dso::rotation::OutcomeStatus::Rotated,
+            "{out:?}"
+        );
+    }
+    let last = fs::read_to_string(format!("/proc/{pid}/root/run/secrets/db")).unwrap();
+    assert!(last.starts_with("new199-") && last.ends_with("END"));
+    // Unchanged version: nothing is rewritten.
+    let out = rotator.rotate(&sel, dso::rotation::Mode::IfChanged);
+    assert_eq!(out[0].status, dso::rotation::OutcomeStatus::Unchanged);
+    let ticks_before = fs::read_to_string(b.join("stdout"))
+        .unwrap()
+        .matches("tick")
+        .count();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.kill("t-torn");
+    let stdout = fs::read_to_string(b.join("stdout")).unwrap();
+    assert!(
+        !stdout.contains("BAD"),
+        "a reader saw a torn value: {stdout}"
+    );
+    assert!(ticks_before >= 2, "the reader did not run: {stdout}");
+    lab.runc(&["delete", "--force", "t-torn"]);
+}
+
+#[test]
+fn signal_strategy_reaches_the_init() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config(
+        "  sig: { provider: local, rotation: { strategy: signal } }\n  usr: { provider: local, rotation: { strategy: signal, signal: USR1 } }\n",
+        "",
+    );
+    lab.set_secret("sig", b"s1");
+    lab.set_secret("usr", b"u1");
+    let b = lab.bundle(
+        "trap 'echo got-hup' HUP; trap 'echo got-usr1' USR1; echo ready; \
+         while :; do sleep 0.1; done",
+        &["S_FILE=dsofile://sig", "U_FILE=dsofile://usr"],
+        (0, 0),
+    );
+    let pid = lab.run_detached(&b, "t-sig");
+    wait_for(&b.join("stdout"), "ready", Duration::from_secs(20));
+    lab.set_secret("sig", b"s2");
+    ok(&lab.dso(&["rotate", "sig"]));
+    wait_for(&b.join("stdout"), "got-hup", Duration::from_secs(10));
+    assert_eq!(
+        fs::read(format!("/proc/{pid}/root/run/secrets/sig")).unwrap(),
+        b"s2"
+    );
+    ok(&lab.dso(&["rotate", "usr"]));
+    let out = wait_for(&b.join("stdout"), "got-usr1", Duration::from_secs(10));
+    assert_eq!(out.matches("got-hup").count(), 1, "{out}");
+    lab.kill("t-sig");
+    lab.runc(&["delete", "--force", "t-sig"]);
+}
+
+/// A `dso agent` child, killed on drop.
+struct AgentProc(std::process::Child);
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(lab: &Lab) -> AgentProc {
+    AgentProc(
+        Command::new(DSO)
+            .arg("--config")
+            .arg(lab.path("dso.yaml"))
+            .arg("agent")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(lab.path("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Appends top-level sections to the lab's dso.yaml.
+fn append_config(lab: &Lab, text: &str) {
+    let mut cfg = fs::read_to_string(lab.path("dso.yaml")).unwrap();
+    cfg.push_str(text);
+    fs::write(lab.path("dso.yaml"), cfg).unwrap();
+}
+
+fn wait_file(path: &str, want: &[u8], timeout: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if fs::read(path).ok().as_deref() == Some(want) {
+            return t0.elapsed();
+        }
+        if t0.elapsed() > timeout {
+            panic!(
+                "{path} did not become {:?} within {timeout:?}",
+                String::from_utf8_lossy(want)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn agent_polls_and_rotates_within_the_interval() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    append_config(&lab, "watch: { interval: 1s }\n");
+    lab.set_secret("db", b"v1");
+    let b = lab.bundle(
+        "while :; do sleep 1; done",
+        &["DB_FILE=dsofile://db"],
+        (1000, 1000),
+    );
+    let pid = lab.run_detached(&b, "t-agent");
+    let _agent = start_agent(&lab);
+    let file = format!("/proc/{pid}/root/run/secrets/db");
+    for v in [&b"v2"[..], b"v3-longer"] {
+        lab.set_secret("db", v);
+        // interval (1 s, ± 10 % jitter) + 1 s.
+        let took = wait_file(&file, v, Duration::from_millis(2200));
+        eprintln!("agent rotation seen after {took:?}");
+    }
+    let meta = fs::metadata(&file).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.permissions().mode() & 0o777),
+        (1000, 0o400)
+    );
+    lab.kill("t-agent");
+    // The agent drops the record of the gone container on its next cycle.
+    let t0 = Instant::now();
+    while lab.path("state/t-agent.json").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "record not dropped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.runc(&["delete", "--force", "t-agent"]);
+}
+
+fn post_webhook(port: u16, ts: &str, sig: &str, body: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let head = format!(
+        "POST /v1/webhook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-DSO-Timestamp: {ts}\r\nX-DSO-Signature: {sig}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    let _ = c.write_all(body);
+    let mut resp = String::new();
+    let _ = c.read_to_string(&mut resp);
+    resp.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn hmac_sig(key: &[u8], ts: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(format!("{ts}.").as_bytes());
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+#[test]
+fn signed_webhook_rotates_at_once_and_refusals_are_audited() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    let port = free_port();
+    fs::write(lab.path("webhook.key"), "s3cret-hook-key\n").unwrap();
+    append_config(
+        &lab,
+        &format!(
+            "watch: {{ interval: 1h }}\nagent: {{ webhook: {{ listen: \"127.0.0.1:{port}\", secret_file: {} }} }}\n",
+            lab.path("webhook.key").display()
+        ),
+    );
+    lab.set_secret("db", b"w1");
+    let b = lab.bundle(
+        "while :; do sleep 1; done",
+        &["DB_FILE=dsofile://db"],
+        (0, 0),
+    );
+    let pid = lab.run_detached(&b, "t-hook");
+    let _agent = start_agent(&lab);
+    wait_for(
+        &lab.path("agent.log"),
+        "webhook on",
+        Duration::from_secs(10),
+    );
+    let file = format!("/proc/{pid}/root/run/secrets/db");
+    lab.set_secret("db", b"w2");
+    let key = b"s3cret-hook-key";
+    let body = br#"{"secrets":["db"]}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ts = now.to_string();
+
+    // Refusals first: nothing may change.
+    assert_eq!(
+        post_webhook(port, &ts, &hmac_sig(b"wrong", &ts, body), body),
+        401
+    );
+    let stale = (now - 301).to_string();
+    assert_eq!(
+        post_webhook(port, &stale, &hmac_sig(key, &stale, body), body),
+        401
+    );
+    let big = vec![b' '; 64 * 1024 + 1];
+    assert_eq!(
+        post_webhook(port, &ts, &hmac_sig(key, &ts, &big), &big),
+        413
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fs::read(&file).unwrap(), b"w1");
+
+    let t0 = Instant::now();
+    assert_eq!(
+        post_webhook(port, &ts, &hmac_sig(key, &ts, body), body),
+        202
+    );
+    wait_file(&file, b"w2", Duration::from_secs(5));
+    eprintln!("webhook → new file in {:?}", t0.elapsed());
+
+    let audit = fs::read_to_string(lab.path("audit.log")).unwrap();
+    let rejected = audit
+        .lines()
+        .filter(|l| l.contains("\"event\":\"webhook_rejected\""))
+        .count();
+    assert_eq!(rejected, 3, "{audit}");
+    assert!(audit.contains("\"event\":\"rotation_completed\""));
+    assert!(!audit.contains("s3cret-hook-key") && !audit.contains("w2\""));
+    lab.kill("t-hook");
+    lab.runc(&["delete", "--force", "t-hook"]);
+}

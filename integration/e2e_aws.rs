@@ -19,6 +19,49 @@ use std::sync::{MutexGuard, OnceLock};
 use aws_support::{Imds, Moto, REGION};
 use harness::{ContainerGuard, Harness, IMAGE};
 
+const FETCH_TIMEOUT_SECS: u64 = 5;
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A loopback port that accepts connections and never answers (for the whole test run).
+fn silent_port() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in l.incoming().flatten() {
+                held.push(conn);
+            }
+        });
+        port
+    })
+}
+
+/// Runs a container whose only reference is `X_FILE=dsofile://<secret>`; it must not start.
+fn run_failing(h: &Harness, name: &str, secret: &str) -> Output {
+    let env = format!("X_FILE=dsofile://{secret}");
+    h.docker(&[
+        "run",
+        "--name",
+        name,
+        "--runtime",
+        "dso",
+        "--network",
+        "none",
+        "-e",
+        &env,
+        IMAGE,
+        "echo",
+        "must not run",
+    ])
+}
+
 /// Random values, so the host's filesystem can be searched for them.
 struct Values {
     db_password: String,
@@ -69,15 +112,26 @@ fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>, Imds, Imds)> {
             imds.endpoint()
         )
     };
+    let at = |endpoint: String| {
+        format!(
+            "{{ type: aws, region: {REGION}, endpoint: \"{endpoint}\", imds_endpoint: \"{}\" }}",
+            good.endpoint()
+        )
+    };
+    let down = at(format!("http://127.0.0.1:{}", closed_port()));
+    let slow = at(format!("http://127.0.0.1:{}", silent_port()));
     h.write_dso_yaml(&format!(
-        "providers:\n  aws: {}\n  aws_bad: {}\n\
+        "providers:\n  aws: {}\n  aws_bad: {}\n  aws_down: {down}\n  aws_slow: {slow}\n\
          secrets:\n\
          \x20 aws_db_password: {{ provider: aws, path: app/db, key: password }}\n\
          \x20 aws_api_token: {{ provider: aws, path: plain/token }}\n\
          \x20 aws_missing: {{ provider: aws, path: does/not/exist }}\n\
          \x20 aws_badcreds: {{ provider: aws_bad, path: plain/token }}\n\
+         \x20 aws_missing_key: {{ provider: aws, path: app/db, key: nope }}\n\
+         \x20 aws_down_secret: {{ provider: aws_down, path: app/db, key: password }}\n\
+         \x20 aws_slow_secret: {{ provider: aws_slow, path: app/db, key: password }}\n\
          audit: {{ path: {} }}\n\
-         runtime: {{ state_dir: {}, fetch_timeout: 10s }}\n",
+         runtime: {{ state_dir: {}, fetch_timeout: {FETCH_TIMEOUT_SECS}s }}\n",
         provider(&good),
         provider(&bad),
         q(h.audit_path()),
@@ -304,4 +358,73 @@ fn aws_wrong_credentials_fail_closed() {
         stderr(&out)
     );
     assert!(bad.stats()["credential_gets"].as_u64().unwrap_or(0) >= 1);
+    let audit = fs::read_to_string(h.audit_path()).unwrap_or_default();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains(r#""event":"auth_failed""#)
+                && l.contains(r#""secret":"aws_badcreds""#)),
+        "no auth_failed audit event for aws_badcreds"
+    );
+}
+
+#[test]
+fn aws_missing_json_key_fails_closed() {
+    let Some((h, _serial, _good, _bad)) = begin() else {
+        return;
+    };
+    let root = dso_runc_root(h);
+    let c = ContainerGuard::new(h, "dso-e2e-aws-nokey");
+    let out = run_failing(h, &c.name, "aws_missing_key");
+    assert_failed_closed(
+        h,
+        &root,
+        &c.name,
+        &out,
+        &["aws_missing_key", "app/db", "JSON key", "nope"],
+    );
+    assert!(
+        !stderr(&out).contains(&values().db_password),
+        "the value is in the error"
+    );
+}
+
+#[test]
+fn aws_down_fails_closed() {
+    let Some((h, _serial, _good, _bad)) = begin() else {
+        return;
+    };
+    let root = dso_runc_root(h);
+    let c = ContainerGuard::new(h, "dso-e2e-aws-down");
+    let out = run_failing(h, &c.name, "aws_down_secret");
+    assert_failed_closed(
+        h,
+        &root,
+        &c.name,
+        &out,
+        &["aws_down_secret", "aws_down", "cannot connect"],
+    );
+}
+
+#[test]
+fn aws_slower_than_the_timeout_fails_closed() {
+    let Some((h, _serial, _good, _bad)) = begin() else {
+        return;
+    };
+    let root = dso_runc_root(h);
+    let c = ContainerGuard::new(h, "dso-e2e-aws-slow");
+    let started = std::time::Instant::now();
+    let out = run_failing(h, &c.name, "aws_slow_secret");
+    assert_failed_closed(
+        h,
+        &root,
+        &c.name,
+        &out,
+        &["aws_slow_secret", &format!("{FETCH_TIMEOUT_SECS}s")],
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(FETCH_TIMEOUT_SECS * 2 + 5),
+        "took {:?}",
+        started.elapsed()
+    );
 }

@@ -23,6 +23,9 @@ const VAULT_TOKEN: &str = "s.e2e-app-token-4b1d";
 const WRONG_TOKEN: &str = "s.e2e-wrong-token-93c2";
 const FETCH_TIMEOUT_SECS: u64 = 5;
 const AZURE_TENANT: &str = "5f0c2a9e-1b3d-4c5e-8f7a-9b0c1d2e3f40";
+const AZURE_CLIENT: &str = "0d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+const AZURE_CLIENT_SECRET: &str = "e2e-right-client-secret-7a1f";
+const AZURE_WRONG_SECRET: &str = "e2e-wrong-client-secret-58c0";
 
 /// Random values, so the host's filesystem can be searched for them.
 struct Values {
@@ -47,7 +50,7 @@ fn values() -> &'static Values {
 struct Setup {
     h: &'static Harness,
     _serial: MutexGuard<'static, ()>,
-    _vault: Fake,
+    vault: Fake,
     azure: Fake,
     _pki: Pki,
 }
@@ -81,7 +84,8 @@ fn begin() -> Option<Setup> {
             "db-password": [v.azure_password.clone()],
             "app-config": [serde_json::json!({"api_key": v.azure_api_key, "region": "westeurope"}).to_string()]
         },
-        "managed_identities": ["system"]
+        "managed_identities": ["system"],
+        "clients": {AZURE_CLIENT: {"secret": AZURE_CLIENT_SECRET, "tenant": AZURE_TENANT}}
     });
     let azure = Fake::start(
         "azure_fake.py",
@@ -103,6 +107,7 @@ fn begin() -> Option<Setup> {
     azure.admin_post("/_fake/seed", azure_seed);
     let token_file = pki.file("vault.token", VAULT_TOKEN);
     let wrong_token_file = pki.file("wrong.token", WRONG_TOKEN);
+    let wrong_client_secret = pki.file("wrong.client-secret", AZURE_WRONG_SECRET);
 
     let q = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
     h.write_dso_yaml(&format!(
@@ -111,16 +116,21 @@ fn begin() -> Option<Setup> {
          \x20 vault_bad: {{ type: vault, address: \"{vault_url}\", ca_file: {ca}, auth: {{ method: token, token_file: {wrong} }} }}\n\
          \x20 vault_down: {{ type: vault, address: \"https://127.0.0.1:{down}\", ca_file: {ca}, auth: {{ method: token, token_file: {token} }} }}\n\
          \x20 azure: {{ type: azure, vault_url: \"{azure_url}\", ca_file: {ca}, auth: {{ method: managed_identity, endpoint: \"http://127.0.0.1:{imds}/metadata/identity/oauth2/token\" }} }}\n\
+         \x20 azure_bad: {{ type: azure, vault_url: \"{azure_url}\", ca_file: {ca}, auth: {{ method: client_secret, tenant_id: {AZURE_TENANT}, client_id: {AZURE_CLIENT}, client_secret_file: {wrong_cs}, authority_host: \"{azure_url}\" }} }}\n\
+         \x20 azure_down: {{ type: azure, vault_url: \"https://127.0.0.1:{down}\", ca_file: {ca}, auth: {{ method: managed_identity, endpoint: \"http://127.0.0.1:{down}/metadata/identity/oauth2/token\" }} }}\n\
          secrets:\n\
          \x20 vault_db_password: {{ provider: vault, path: app/db, key: password }}\n\
          \x20 vault_api_token: {{ provider: vault, path: app/token }}\n\
          \x20 vault_missing: {{ provider: vault, path: app/nope }}\n\
          \x20 vault_badcreds: {{ provider: vault_bad, path: app/db, key: password }}\n\
          \x20 vault_down_secret: {{ provider: vault_down, path: app/db, key: password }}\n\
+         \x20 vault_missing_key: {{ provider: vault, path: app/db, key: nope }}\n\
          \x20 azure_db_password: {{ provider: azure, path: db-password }}\n\
          \x20 azure_api_key: {{ provider: azure, path: app-config, key: api_key }}\n\
          \x20 azure_missing: {{ provider: azure, path: no-such-secret }}\n\
          \x20 azure_missing_key: {{ provider: azure, path: app-config, key: nope }}\n\
+         \x20 azure_badcreds: {{ provider: azure_bad, path: db-password }}\n\
+         \x20 azure_down_secret: {{ provider: azure_down, path: db-password }}\n\
          audit: {{ path: {audit} }}\n\
          runtime: {{ state_dir: {state}, fetch_timeout: {timeout}s }}\n",
         vault_url = vault.https_url(),
@@ -129,6 +139,7 @@ fn begin() -> Option<Setup> {
         ca = q(&pki.ca_pem),
         token = q(&token_file),
         wrong = q(&wrong_token_file),
+        wrong_cs = q(&wrong_client_secret),
         down = support::closed_port(),
         timeout = FETCH_TIMEOUT_SECS,
         audit = q(&h.audit_path()),
@@ -137,7 +148,7 @@ fn begin() -> Option<Setup> {
     Some(Setup {
         h,
         _serial: serial,
-        _vault: vault,
+        vault,
         azure,
         _pki: pki,
     })
@@ -394,6 +405,12 @@ fn vault_wrong_token_fails_closed() {
     for t in [WRONG_TOKEN, VAULT_TOKEN] {
         assert!(!stderr(&out).contains(t), "a token is in the error");
     }
+    let audit = fs::read_to_string(s.h.audit_path()).unwrap_or_default();
+    assert!(
+        audit.lines().any(|l| l.contains(r#""event":"auth_failed""#)
+            && l.contains(r#""secret":"vault_badcreds""#)),
+        "no auth_failed audit event for vault_badcreds"
+    );
 }
 
 #[test]
@@ -448,5 +465,84 @@ fn azure_slower_than_the_timeout_fails_closed() {
         // The shim's own deadline ("no answer ... within 5s") or the provider's ("timed out
         // after 5s"), whichever fires first.
         &["azure_db_password", &format!("{FETCH_TIMEOUT_SECS}s")],
+    );
+}
+
+#[test]
+fn vault_missing_json_key_fails_closed() {
+    let Some(s) = begin() else { return };
+    let root = dso_runc_root(s.h);
+    let c = ContainerGuard::new(s.h, "dso-e2e-vault-nokey");
+    let out = run_missing(s.h, &c.name, "vault_missing_key");
+    assert_failed_closed(
+        s.h,
+        &root,
+        &c.name,
+        &out,
+        &["vault_missing_key", "app/db", "JSON key", "nope"],
+    );
+    assert!(
+        !stderr(&out).contains(&values().vault_password),
+        "the value is in the error"
+    );
+}
+
+#[test]
+fn vault_slower_than_the_timeout_fails_closed() {
+    let Some(s) = begin() else { return };
+    let root = dso_runc_root(s.h);
+    s.vault.admin_post(
+        "/_fake/faults",
+        serde_json::json!({"slow": FETCH_TIMEOUT_SECS * 3, "only": "/v1/secret/"}),
+    );
+    let c = ContainerGuard::new(s.h, "dso-e2e-vault-slow");
+    let started = std::time::Instant::now();
+    let out = run_missing(s.h, &c.name, "vault_db_password");
+    s.vault
+        .admin_post("/_fake/faults", serde_json::json!({"slow": 0, "only": ""}));
+    assert_failed_closed(
+        s.h,
+        &root,
+        &c.name,
+        &out,
+        &["vault_db_password", &format!("{FETCH_TIMEOUT_SECS}s")],
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(FETCH_TIMEOUT_SECS * 2 + 5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn azure_wrong_client_secret_fails_closed() {
+    let Some(s) = begin() else { return };
+    let root = dso_runc_root(s.h);
+    let c = ContainerGuard::new(s.h, "dso-e2e-azure-badcreds");
+    let out = run_missing(s.h, &c.name, "azure_badcreds");
+    assert_failed_closed(
+        s.h,
+        &root,
+        &c.name,
+        &out,
+        &["azure_badcreds", "azure_bad", "AADSTS7000215"],
+    );
+    for t in [AZURE_WRONG_SECRET, AZURE_CLIENT_SECRET] {
+        assert!(!stderr(&out).contains(t), "a client secret is in the error");
+    }
+}
+
+#[test]
+fn azure_down_fails_closed() {
+    let Some(s) = begin() else { return };
+    let root = dso_runc_root(s.h);
+    let c = ContainerGuard::new(s.h, "dso-e2e-azure-down");
+    let out = run_missing(s.h, &c.name, "azure_down_secret");
+    assert_failed_closed(
+        s.h,
+        &root,
+        &c.name,
+        &out,
+        &["azure_down_secret", "azure_down", "cannot connect"],
     );
 }

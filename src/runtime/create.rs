@@ -317,6 +317,14 @@ fn fetch_all(
             }
             Err(source) => {
                 let msg = source.to_string();
+                if source.is_auth_failure() {
+                    audit.record(
+                        &Event::new("auth_failed", "failure")
+                            .secret(&p.label)
+                            .provider(&p.provider)
+                            .error(&msg),
+                    );
+                }
                 audit.record(
                     &Event::new("secret_fetched", "failure")
                         .secret(&p.label)

@@ -1007,12 +1007,42 @@ impl LocalSettings {
     }
 }
 
-/// The `type: local` provider. Opens the store on first use and re-reads it on every fetch
-/// (cheap; the derived key stays in memory), so a `dso secret set` is seen at once.
+/// The `type: local` provider. Opens the store on first use and re-reads it whenever the store
+/// or the key file changed since (the derived key stays in memory), so a `dso secret set` is
+/// seen at once while the fetches of one create decrypt the store once.
 pub struct LocalProvider {
     name: String,
     settings: LocalSettings,
-    store: Mutex<Option<Store>>,
+    store: Mutex<Option<(Store, Stamp)>>,
+}
+
+/// What identifies the contents of the store and the key file without reading them: device,
+/// inode, size, mtime and ctime of each. Every write of the store is a rename of a new file (a
+/// new inode); an edit, chmod or chown of the key file moves its ctime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp([i64; 14]);
+
+impl Stamp {
+    fn of(store: &Path, key_file: &Path) -> Option<Stamp> {
+        let a = fs::metadata(store).ok()?;
+        let b = fs::metadata(key_file).ok()?;
+        let f = |m: &fs::Metadata| {
+            [
+                m.dev() as i64,
+                m.ino() as i64,
+                m.size() as i64,
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            ]
+        };
+        let (a, b) = (f(&a), f(&b));
+        let mut out = [0i64; 14];
+        out[..7].copy_from_slice(&a);
+        out[7..].copy_from_slice(&b);
+        Some(Stamp(out))
+    }
 }
 
 impl LocalProvider {
@@ -1050,15 +1080,24 @@ impl Provider for LocalProvider {
     fn fetch(&self, req: &FetchRequest) -> Result<Fetched, ProviderError> {
         // One fetch at a time: concurrent first fetches must not each derive the key.
         let mut guard = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        // Stat before reading: a change racing with the read shows as a new stamp next time.
+        let now = Stamp::of(&self.settings.path, &self.settings.key_file);
         let store = match &mut *guard {
-            Some(store) => {
-                store.reload().map_err(|e| self.store_error(e))?;
+            Some((store, stamp)) => {
+                if now.is_none() || now != Some(*stamp) {
+                    store.reload().map_err(|e| self.store_error(e))?;
+                    if let Some(now) = now {
+                        *stamp = now;
+                    }
+                }
                 store
             }
-            slot @ None => slot.insert(
-                Store::open(&self.settings.path, &self.settings.key_file)
-                    .map_err(|e| self.store_error(e))?,
-            ),
+            slot @ None => {
+                let store = Store::open(&self.settings.path, &self.settings.key_file)
+                    .map_err(|e| self.store_error(e))?;
+                let stamp = now.unwrap_or(Stamp([-1; 14]));
+                &mut slot.insert((store, stamp)).0
+            }
         };
         let (value, version) = store
             .get(&req.path)

@@ -3,7 +3,7 @@
 //! written back atomically (temp file in the bundle, fsync, rename, same mode).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -208,8 +208,12 @@ impl Spec {
             })
     }
 
-    /// Writes the document back: a temp file next to config.json with the same mode, fsync,
-    /// rename over config.json, fsync the directory. A failure leaves the old file intact.
+    /// Writes the document back: a temp file next to config.json with the same mode, renamed
+    /// over config.json, so a reader sees the old spec or the new one, never a torn one; a
+    /// failure leaves the old file intact. No fsync: a bundle lives only as long as its
+    /// container (containerd keeps it under /run), runc reads it back within the same boot, and
+    /// an fsync here costs milliseconds on every create (and stalls runc's own writes behind the
+    /// journal commit).
     pub fn flush(&self) -> Result<(), SpecError> {
         let werr = |source| SpecError::Write {
             path: self.path.clone(),
@@ -230,9 +234,7 @@ impl Spec {
                 .open(&tmp)?;
             f.write_all(&bytes)?;
             f.set_permissions(fs::Permissions::from_mode(mode))?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            File::open(dir)?.sync_all()
+            fs::rename(&tmp, &self.path)
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);

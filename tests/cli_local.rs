@@ -61,7 +61,11 @@ fn run_dso(config: &Path, args: &[&str], stdin: &[u8]) -> Output {
     let mut input = child.stdin.take().unwrap();
     // dso may refuse (and exit) before it reads its input: a broken pipe is not our failure.
     if let Err(e) = input.write_all(stdin) {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing stdin: {e}");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "writing stdin: {e}"
+        );
     }
     drop(input);
     child.wait_with_output().unwrap()

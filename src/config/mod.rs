@@ -326,11 +326,17 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_str_at(&text, path)
+        Self::parse(&text, path, true)
     }
 
     /// Parses and validates config text; `path` is used in messages only.
     pub fn from_str_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Self::parse(text, path, false)
+    }
+
+    /// `remember`: look the text up in, and add it to, the cache of configs this build has
+    /// validated (see [`validated_marker`]), which spares a create the schema compilation.
+    fn parse(text: &str, path: &Path, remember: bool) -> Result<Config, ConfigError> {
         let doc: serde_json::Value = if text.trim().is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
@@ -344,10 +350,19 @@ impl Config {
                 doc => doc,
             }
         };
-        validate_document(&doc, text).map_err(|errors| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            errors,
-        })?;
+        let marker = remember.then(|| validated_marker(text));
+        let known_good = marker
+            .as_deref()
+            .is_some_and(|m| crate::keyring::read_exact(m, &mut [0u8; 2]).is_some());
+        if !known_good {
+            validate_document(&doc, text).map_err(|errors| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                errors,
+            })?;
+            if let Some(m) = &marker {
+                crate::keyring::store(m, b"ok", VALIDATED_MARKER_TTL);
+            }
+        }
         let mut cfg: Config = serde_json::from_value(doc).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             errors: vec![e.to_string()],
@@ -369,9 +384,59 @@ impl Config {
     }
 }
 
+/// How long a config stays known-good in the keyring after it passed validation.
+const VALIDATED_MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The keyring description that says "this exact text passed this build's schema and semantic
+/// checks": a SHA-256 over dso's version, the schema and the text. Validation is a pure function
+/// of those, so a marker is as good as running it again; any change to the text (or a new dso)
+/// is a new digest and is validated afresh. Nothing of the text can be read from the marker.
+/// Only the uid's own processes (root, for dso-runc) can add keys to its user keyring.
+fn validated_marker(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        "dso config validated".as_bytes(),
+        env!("CARGO_PKG_VERSION").as_bytes(),
+        schema::SCHEMA_JSON.as_bytes(),
+        text.as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("dso:config-ok:{digest}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validated_marker_depends_on_every_byte_of_the_text() {
+        let a = validated_marker("providers: {}\n");
+        assert_eq!(a, validated_marker("providers: {}\n"));
+        assert_ne!(a, validated_marker("providers: {} \n"));
+        assert!(a.starts_with("dso:config-ok:") && a.len() == "dso:config-ok:".len() + 64);
+    }
+
+    #[test]
+    fn a_cached_config_is_still_parsed_and_a_changed_one_validated_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dso.yaml");
+        let good = "providers:\n  l: { type: local, path: /s, key_file: /k }\nsecrets:\n  a: {}\n";
+        std::fs::write(&path, good).unwrap();
+        let cfg = Config::load(&path).unwrap();
+        assert!(cfg.secrets.contains_key("a"));
+        // Second load: possibly from the marker; same result.
+        let cfg = Config::load(&path).unwrap();
+        assert!(cfg.secrets.contains_key("a"));
+        // One byte more: a new digest, validated again, and refused.
+        std::fs::write(&path, good.replace("local", "lcoal")).unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("not one of"), "{err}");
+        crate::keyring::forget(&validated_marker(good));
+    }
 
     #[test]
     fn durations_and_sizes() {

@@ -919,68 +919,28 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The derived-key cache in the kernel user keyring of the calling uid. Every failure (no
-/// keyring in this sandbox, EPERM from seccomp, quota) just means "derive the key again".
+/// The derived-key cache in the kernel user keyring of the calling uid (see [`crate::keyring`]).
+/// Every failure (no keyring in this sandbox, EPERM from seccomp, quota) just means "derive the
+/// key again".
 mod keycache {
     use std::time::Duration;
 
-    use linux_keyutils::{KeyPermissionsBuilder, KeyRing, KeyRingIdentifier, Permission};
     use zeroize::Zeroizing;
 
     use super::KEY_LEN;
 
     pub(super) fn lookup(description: &str) -> Option<Zeroizing<[u8; KEY_LEN]>> {
-        let ring = KeyRing::from_special_id(KeyRingIdentifier::User, false).ok()?;
-        let key = ring.search(description).ok()?;
-        // One spare byte to notice a payload of the wrong size.
-        let mut buf = Zeroizing::new([0u8; KEY_LEN + 1]);
-        let len = key.read(&mut *buf).ok()?;
-        if len != KEY_LEN {
-            return None;
-        }
         let mut out = Zeroizing::new([0u8; KEY_LEN]);
-        out.copy_from_slice(&buf[..KEY_LEN]);
+        crate::keyring::read_exact(description, &mut *out)?;
         Some(out)
     }
 
-    /// Adds the key to the user keyring with a timeout, readable by possessor and uid only.
-    /// It is created in the process keyring first, so that this process possesses it (and may
-    /// set its timeout and permissions) even when the user keyring is not linked into its
-    /// session keyring (systemd services); only then is it linked into the user keyring.
     pub(super) fn store(description: &str, key: &[u8; KEY_LEN], ttl: Duration) {
-        let _ = (|| -> Result<(), linux_keyutils::KeyError> {
-            let process = KeyRing::from_special_id(KeyRingIdentifier::Process, true)?;
-            let user = KeyRing::from_special_id(KeyRingIdentifier::User, true)?;
-            let k = process.add_key(description, &key[..])?;
-            let perms = KeyPermissionsBuilder::builder()
-                .posessor(Permission::ALL)
-                .user(
-                    Permission::VIEW
-                        | Permission::READ
-                        | Permission::WRITE
-                        | Permission::SEARCH
-                        | Permission::SETATTR,
-                )
-                .build();
-            let secs = usize::try_from(ttl.as_secs().max(1)).unwrap_or(usize::MAX);
-            let linked = k
-                .set_timeout(secs)
-                .and_then(|()| k.set_perms(perms))
-                .and_then(|()| user.link_key(k));
-            let _ = process.unlink_key(k);
-            if linked.is_err() {
-                let _ = k.invalidate();
-            }
-            linked
-        })();
+        crate::keyring::store(description, &key[..], ttl);
     }
 
     pub(super) fn forget(description: &str) {
-        if let Ok(ring) = KeyRing::from_special_id(KeyRingIdentifier::User, false)
-            && let Ok(key) = ring.search(description)
-        {
-            let _ = key.invalidate();
-        }
+        crate::keyring::forget(description);
     }
 }
 

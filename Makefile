@@ -14,12 +14,8 @@ test:
 demo:
 	scripts/demo.sh
 
-# Benchmarks: scripts/bench.sh if present, else bench/bench.py (on release binaries).
+# Benchmarks against plain runc in the same run (release binaries): runtime cost, then rotation.
 bench:
-	@if [ -x scripts/bench.sh ]; then \
-		scripts/bench.sh; \
-	elif [ -f bench/bench.py ]; then \
-		cargo build --release && python3 bench/bench.py; \
-	else \
-		echo "no benchmark yet (scripts/bench.sh or bench/bench.py)"; \
-	fi
+	cargo build --release
+	python3 bench/bench.py
+	python3 bench/rotation.py

@@ -30,6 +30,7 @@ def sh(*args, check=True, **kw):
 class Lab:
     def __init__(self, bindir):
         self.dir = tempfile.mkdtemp(prefix="dso-bench-", dir="/tmp")
+        bindir = os.path.abspath(bindir)
         self.dso_runc = os.path.join(bindir, "dso-runc")
         self.dso = os.path.join(bindir, "dso")
         self.cfg = os.path.join(self.dir, "dso.yaml")

@@ -37,6 +37,12 @@ step "build" cargo build
 # Every target, like `--all-targets`, except that `test = false` is honoured: `--bins` would
 # also build dso-init (a no_std binary that cannot link the test harness) as a test.
 step "tests" cargo test --lib --tests --benches --examples --no-fail-fast
+# The benchmarks are not pass/fail on their figures, but they must keep working: a short run of
+# each with the debug binaries (root only: they run containers).
+if [[ $(id -u) -eq 0 ]]; then
+    step "bench smoke (runtime)" python3 bench/bench.py --smoke --bindir target/debug
+    step "bench smoke (rotation)" python3 bench/rotation.py --smoke --bindir target/debug
+fi
 
 printf '\n==================== summary ====================\n'
 printf '%s\n' "${summary[@]}"

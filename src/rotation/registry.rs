@@ -45,12 +45,62 @@ impl Record {
         if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
             return false;
         }
-        match delegate_state(&self.rec) {
+        // runc's own record first (a file read); asking the delegate costs an exec per
+        // container, which a rotation of many containers cannot afford.
+        let state = runc_state_file(&self.rec).unwrap_or_else(|| delegate_state(&self.rec));
+        match state {
             DelegateState::Running { pid: p } => p == 0 || p == pid,
             DelegateState::Gone => false,
             DelegateState::Unknown => true,
         }
     }
+}
+
+/// runc's root when none was recorded (runc's default for root).
+const RUNC_DEFAULT_ROOT: &str = "/run/runc";
+
+/// What runc's `<root>/<id>/state.json` says: the container is there with this init (pid and
+/// start time both match the live process, so a recycled pid is not mistaken for it), or it
+/// is gone. `None` when that file cannot tell (another delegate, an unreadable file): the
+/// caller then asks the delegate.
+fn runc_state_file(rec: &StateRecord) -> Option<DelegateState> {
+    let is_runc = Path::new(&rec.delegate)
+        .file_name()
+        .is_some_and(|n| n == "runc");
+    let root = match &rec.runc_root {
+        Some(r) => r.clone(),
+        // Another delegate keeps its state elsewhere, in its own format.
+        None if is_runc => PathBuf::from(RUNC_DEFAULT_ROOT),
+        None => return None,
+    };
+    if rec.id.is_empty() || rec.id.contains('/') || rec.id.starts_with('.') {
+        return None;
+    }
+    let dir = root.join(&rec.id);
+    let bytes = match fs::read(dir.join("state.json")) {
+        Ok(b) => b,
+        // The root is there but the container's dir is not: deleted.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (root.is_dir() && !dir.exists()).then_some(DelegateState::Gone);
+        }
+        Err(_) => return None,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let pid = v.get("init_process_pid")?.as_i64()?;
+    let start = v.get("init_process_start")?.as_u64()?;
+    let pid = i32::try_from(pid).ok()?;
+    match proc_start_time(pid) {
+        Some(t) if t == start => Some(DelegateState::Running { pid }),
+        _ => Some(DelegateState::Gone),
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: the process's start time in clock ticks since boot.
+fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 enum DelegateState {
@@ -174,6 +224,59 @@ pub fn write_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<(
 
 #[cfg(test)]
 mod tests {
+    fn record(id: &str, root: &Path, pid: i32) -> StateRecord {
+        StateRecord {
+            id: id.into(),
+            bundle: "/nonexistent".into(),
+            runc_root: Some(root.to_path_buf()),
+            delegate: "/nonexistent/runc".into(),
+            pid,
+            config: "/nonexistent/dso.yaml".into(),
+            secrets_dir: "/run/secrets".into(),
+            secrets: Vec::new(),
+            created: String::new(),
+        }
+    }
+
+    #[test]
+    fn runc_state_file_decides_liveness_without_an_exec() {
+        let root = tempfile::tempdir().unwrap();
+        let me = std::process::id() as i32;
+        let start = super::proc_start_time(me).expect("own start time");
+        let write = |id: &str, pid: i32, start: u64| {
+            fs::create_dir_all(root.path().join(id)).unwrap();
+            fs::write(
+                root.path().join(id).join("state.json"),
+                format!(r#"{{"id":"{id}","init_process_pid":{pid},"init_process_start":{start}}}"#),
+            )
+            .unwrap();
+        };
+        write("live", me, start);
+        assert!(matches!(
+            super::runc_state_file(&record("live", root.path(), me)),
+            Some(DelegateState::Running { pid }) if pid == me
+        ));
+        let rec = Record {
+            path: root.path().join("live.json"),
+            raw: serde_json::Value::Null,
+            rec: record("live", root.path(), me),
+        };
+        assert!(rec.is_alive());
+        // Same pid, another start time: a recycled pid, not our container.
+        write("recycled", me, start + 1);
+        assert!(matches!(
+            super::runc_state_file(&record("recycled", root.path(), me)),
+            Some(DelegateState::Gone)
+        ));
+        // Deleted from runc's root.
+        assert!(matches!(
+            super::runc_state_file(&record("deleted", root.path(), me)),
+            Some(DelegateState::Gone)
+        ));
+        // No such root: runc's file cannot tell (another delegate); ask it.
+        assert!(super::runc_state_file(&record("x", &root.path().join("nope"), me)).is_none());
+    }
+
     use super::*;
 
     fn record_json(id: &str, pid: i32) -> serde_json::Value {

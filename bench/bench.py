@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,10 @@ class Lab:
         self.cfg = os.path.join(self.dir, "dso.yaml")
         self.runc_root = os.path.join(self.dir, "runc-root")
         self.rootfs = os.path.join(self.dir, "rootfs")
+        # dso's state where it is by default: on a tmpfs (/run).
+        self.state = tempfile.mkdtemp(prefix="dso-bench-state-", dir="/run")
+        self.procs = []
+        self.env = dict(os.environ)
         self.make_rootfs()
         sh(self.dso, "--config", self.cfg, "init", "--store", os.path.join(self.dir, "store"),
            "--key-file", os.path.join(self.dir, "key"))
@@ -44,12 +49,96 @@ class Lab:
             f.write(f"providers:\n  local: {{ type: local, path: {self.dir}/store, key_file: {self.dir}/key }}\n")
             f.write("secrets:\n")
             for n in names:
-                f.write(f"  {n}: {{}}\n")
-            f.write(f"runtime: {{ state_dir: {self.dir}/state }}\naudit: {{ path: {self.dir}/audit.log }}\n")
+                f.write(f"  {n}: {{ provider: local }}\n")
+            f.write(f"runtime: {{ state_dir: {self.state} }}\naudit: {{ path: {self.dir}/audit.log }}\n")
         for n in names:
             subprocess.run([self.dso, "--config", self.cfg, "secret", "set", n],
                            input=os.urandom(32).hex().encode(), check=True, capture_output=True)
         self.n = 0
+
+    def start_providers(self):
+        """Starts the Vault stand-in (TLS, a CA made here) and moto on loopback, each holding
+        10 secrets, and adds them to dso.yaml as providers `vault` and `aws` with secrets v0..v9
+        and a0..a9. Returns the names of what could not be started."""
+        missing = []
+        fakes = os.path.join(ROOT, "tests", "fakes")
+        d = self.dir
+        try:
+            sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+               "-nodes", "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.pem", "-days", "1",
+               "-subj", "/CN=dso bench CA")
+            sh("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+               "-keyout", f"{d}/srv.key", "-out", f"{d}/srv.csr", "-subj", "/CN=localhost")
+            with open(f"{d}/ext", "w") as f:
+                f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+            sh("openssl", "x509", "-req", "-in", f"{d}/srv.csr", "-CA", f"{d}/ca.pem", "-CAkey",
+               f"{d}/ca.key", "-CAcreateserial", "-out", f"{d}/srv.pem", "-days", "1",
+               "-extfile", f"{d}/ext")
+            seed = {"secrets": {"secret": {f"bench/s{i}": [{"value": os.urandom(16).hex()}]
+                                           for i in range(10)}}}
+            with open(f"{d}/vault-seed.json", "w") as f:
+                json.dump(seed, f)
+            p = subprocess.Popen([sys.executable, os.path.join(fakes, "vault_fake.py"), "--cert",
+                                  f"{d}/srv.pem", "--key", f"{d}/srv.key", "--seed",
+                                  f"{d}/vault-seed.json"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True)
+            self.procs.append(p)
+            vport = int(p.stdout.readline())
+            with open(f"{d}/vault.token", "w") as f:
+                f.write("root")
+            os.chmod(f"{d}/vault.token", 0o600)
+            with open(self.cfg) as f:
+                text = f.read()
+            text = text.replace("providers:\n", "providers:\n  vault: { type: vault, address: "
+                                f"\"https://localhost:{vport}\", ca_file: {d}/ca.pem, auth: "
+                                f"{{ method: token, token_file: {d}/vault.token }} }}\n", 1)
+            text = text.replace("secrets:\n", "secrets:\n" + "".join(
+                f"  v{i}: {{ provider: vault, path: bench/s{i}, key: value }}\n" for i in range(10)), 1)
+            with open(self.cfg, "w") as f:
+                f.write(text)
+        except (OSError, subprocess.CalledProcessError, ValueError) as e:
+            missing.append(f"Vault stand-in ({e})")
+        try:
+            import boto3  # noqa: F401  (moto's own dependency)
+            port = free_port()
+            p = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.procs.append(p)
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            self.env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                             "AWS_EC2_METADATA_DISABLED": "true"})
+            import boto3 as b3
+            sm = b3.client("secretsmanager", region_name="us-east-1",
+                           endpoint_url=f"http://127.0.0.1:{port}",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+            for i in range(10):
+                sm.create_secret(Name=f"bench/s{i}", SecretString=os.urandom(16).hex())
+            with open(self.cfg) as f:
+                text = f.read()
+            text = text.replace("providers:\n", "providers:\n  aws: { type: aws, region: us-east-1, "
+                                f"endpoint: \"http://127.0.0.1:{port}\" }}\n", 1)
+            text = text.replace("secrets:\n", "secrets:\n" + "".join(
+                f"  a{i}: {{ provider: aws, path: bench/s{i} }}\n" for i in range(10)), 1)
+            with open(self.cfg, "w") as f:
+                f.write(text)
+        except Exception as e:  # noqa: BLE001  (any failure: the rows are skipped, with why)
+            missing.append(f"moto ({e})")
+        return missing
+
+    def close(self):
+        for p in self.procs:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.state, ignore_errors=True)
 
     def make_rootfs(self):
         os.makedirs(os.path.join(self.rootfs, "bin"))
@@ -89,7 +178,7 @@ class Lab:
         # Not captured: the container's init inherits create's stdio and would hold a pipe open.
         subprocess.run([*base, "create", "--bundle", b, "--pid-file", os.path.join(b, "pid"), cid],
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, check=True)
+                       stderr=subprocess.DEVNULL, check=True, env=self.env)
         sh(*base, "start", cid)
         sh(*base, "delete", "--force", cid)
         t = time.perf_counter() - t0
@@ -97,8 +186,16 @@ class Lab:
         return t
 
 
-def file_env(k):
-    return [f"S{i}_FILE=dsofile://s{i}" for i in range(k)]
+def file_env(k, prefix="s"):
+    return [f"S{i}_FILE=dsofile://{prefix}{i}" for i in range(k)]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def env_env(k):
@@ -171,6 +268,13 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root (runc, dockerd)")
     lab = Lab(a.bindir)
+    try:
+        return run(a, lab, rounds)
+    finally:
+        lab.close()
+
+
+def run(a, lab, rounds):
     runc = shutil.which("runc")
 
     rows = [
@@ -181,9 +285,18 @@ def main():
         ("10 env secrets (local)", env_env(10), None),
         ("100 file secrets (local)", file_env(100), None),
     ]
+    missing = lab.start_providers()
+    if not any(m.startswith("Vault") for m in missing):
+        rows.append(("10 file secrets (Vault, TLS)", file_env(10, "v"), None))
+    if not any(m.startswith("moto") for m in missing):
+        rows.append(("10 file secrets (AWS, moto)", file_env(10, "a"), None))
+    for m in missing:
+        print(f"bench: skipping a provider row: {m}", file=sys.stderr)
     results = {name: ([], []) for name, _, _ in rows}
     lab.cycle(runc, [])  # warm caches (page cache, keyring-cached key)
     lab.cycle(lab.dso_runc, file_env(1))
+    for name, env, _ in rows:
+        lab.cycle(lab.dso_runc, env)  # each provider once: a failure shows before the timing
     for _ in range(rounds):
         for name, env, _ in rows:
             results[name][0].append(lab.cycle(runc, []))
@@ -221,7 +334,6 @@ def main():
         print(f"{name:32} {bs:>22} {ds:>22} {ratio:7.3f} {g:>6}{mark}")
     if failed and not a.smoke:
         print("\ngoals missed: " + ", ".join(failed))
-    shutil.rmtree(lab.dir, ignore_errors=True)
     return 0
 
 

@@ -220,7 +220,7 @@ def main():
             rotations = 3 if a.smoke else (50 if n == 1 else 10 if n <= 100 else 5)
             lat = []
             for r in range(rotations):
-                s = r % NSECRETS
+                s = r % min(n, NSECRETS)  # only secrets that containers use
                 users = [c for c in lab.ids if c[2] == s]
                 got, _ = lab.rotate_and_wait(s, users)
                 lat.extend(got)

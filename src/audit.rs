@@ -30,6 +30,9 @@ pub struct Event<'a> {
     pub status: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    /// Who did the work when it was not this process (`"agent"`: served over its socket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'a str>,
 }
 
 impl<'a> Event<'a> {
@@ -63,6 +66,10 @@ impl<'a> Event<'a> {
     }
     pub fn error(mut self, e: &'a str) -> Self {
         self.error = Some(e);
+        self
+    }
+    pub fn via(mut self, v: &'a str) -> Self {
+        self.via = Some(v);
         self
     }
 }

@@ -302,6 +302,8 @@ fn rotate_rewrites_the_file_in_place_and_status_shows_versions() {
 
     let status: serde_json::Value =
         serde_json::from_str(&ok(&lab.dso(&["status", "--json"]))).unwrap();
+    assert_eq!(status["agent"], false);
+    let status = &status["containers"];
     assert_eq!(status[0]["id"], "t-rot");
     assert_eq!(status[0]["pid"], pid);
     let db = status[0]["secrets"]
@@ -381,7 +383,7 @@ fn rotate_rewrites_the_file_in_place_and_status_shows_versions() {
     lab.kill("t-rot");
     let status: serde_json::Value =
         serde_json::from_str(&ok(&lab.dso(&["status", "--json"]))).unwrap();
-    assert_eq!(status, serde_json::json!([]));
+    assert_eq!(status["containers"], serde_json::json!([]));
     assert!(!lab.path("state/t-rot.json").exists());
     lab.runc(&["delete", "--force", "t-rot"]);
 }
@@ -661,7 +663,15 @@ fn signed_webhook_rotates_at_once_and_refusals_are_audited() {
     wait_file(&file, b"w2", Duration::from_secs(5));
     eprintln!("webhook → new file in {:?}", t0.elapsed());
 
-    let audit = fs::read_to_string(lab.path("audit.log")).unwrap();
+    // The audit line follows the rename that made the new file visible.
+    let until = Instant::now() + Duration::from_secs(5);
+    let audit = loop {
+        let audit = fs::read_to_string(lab.path("audit.log")).unwrap();
+        if audit.contains("\"event\":\"rotation_completed\"") || Instant::now() > until {
+            break audit;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let rejected = audit
         .lines()
         .filter(|l| l.contains("\"event\":\"webhook_rejected\""))
@@ -671,4 +681,158 @@ fn signed_webhook_rotates_at_once_and_refusals_are_audited() {
     assert!(!audit.contains("s3cret-hook-key") && !audit.contains("w2\""));
     lab.kill("t-hook");
     lab.runc(&["delete", "--force", "t-hook"]);
+}
+
+/// Sends one JSON request to the control socket as `uid:gid` (a python3 child with those ids)
+/// and returns what came back, or the connection error.
+fn socket_request_as(uid: u32, gid: u32, socket: &Path, req: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print("connect-error:", e.strerror); sys.exit(0)
+s.sendall(sys.argv[2].encode() + b"\n")
+print(s.makefile().readline().strip())
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(socket)
+        .arg(req)
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+#[test]
+fn agent_socket_serves_root_only_survives_kill_9_and_exposes_metrics() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    // Others may traverse the lab dir (to reach the socket); the files in it stay 0600/0400.
+    fs::set_permissions(lab.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    lab.write_config("", "");
+    let socket = lab.path("ctl/dso.sock");
+    let mport = free_port();
+    append_config(
+        &lab,
+        &format!(
+            "watch: {{ interval: 1h }}\nagent: {{ socket: {}, group: \"65534\", metrics: {{ listen: \"127.0.0.1:{mport}\" }} }}\n",
+            socket.display()
+        ),
+    );
+    lab.set_secret("db", b"via-agent-1");
+    let mut agent = start_agent(&lab);
+    wait_for(
+        &lab.path("agent.log"),
+        "metrics on",
+        Duration::from_secs(10),
+    );
+    let meta = fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 65534);
+
+    // dso-runc takes the fast path: the agent fetched it (audit "via":"agent").
+    let b = lab.bundle(
+        "while :; do sleep 1; done",
+        &["DB_FILE=dsofile://db"],
+        (0, 0),
+    );
+    let pid = lab.run_detached(&b, "t-ctl");
+    let file = format!("/proc/{pid}/root/run/secrets/db");
+    assert_eq!(fs::read(&file).unwrap(), b"via-agent-1");
+    let audit = fs::read_to_string(lab.path("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains(r#""event":"secret_fetched""#) && l.contains(r#""via":"agent""#)),
+        "{audit}"
+    );
+
+    // A member of the socket's group may ask for status, never for values.
+    let fetch = r#"{"op":"fetch","requests":[{"provider":"local","path":"db"}]}"#;
+    let ans = socket_request_as(65534, 65534, &socket, fetch);
+    assert!(ans.contains("permission denied"), "{ans}");
+    assert!(!ans.contains("via-agent-1") && !ans.contains("dmlhLWFnZW50LTE"));
+    let ans = socket_request_as(65534, 65534, &socket, r#"{"op":"status"}"#);
+    assert!(
+        ans.contains("t-ctl") && ans.contains(r#""ok":true"#),
+        "{ans}"
+    );
+    assert!(!ans.contains("via-agent-1"));
+    // Anyone else cannot even connect.
+    let ans = socket_request_as(4242, 4242, &socket, fetch);
+    assert!(ans.starts_with("connect-error"), "{ans}");
+    // Root with a different dso.yaml gets nothing either (the providers may differ).
+    let ans = socket_request_as(0, 0, &socket, fetch);
+    assert!(ans.contains("not the agent's"), "{ans}");
+
+    // Metrics and health, on localhost.
+    let (code, body) = http_get(mport, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http_get(mport, "/metrics");
+    assert_eq!(code, 200);
+    assert!(body.contains("dso_managed_containers 1"), "{body}");
+    assert!(body.contains("dso_agent_fetches_served_total 1"), "{body}");
+    assert!(!body.contains("via-agent-1"));
+
+    // kill -9 and a restart: the container is still tracked, the next rotation works (through
+    // the new agent), and the stale socket file did not stop it.
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGKILL) };
+    let _ = agent.0.wait();
+    drop(agent);
+    assert!(
+        socket.exists(),
+        "the killed agent's socket file stays behind"
+    );
+    let _agent = start_agent(&lab);
+    wait_for(
+        &lab.path("agent.log"),
+        "metrics on",
+        Duration::from_secs(10),
+    );
+    lab.set_secret("db", b"after-restart-2");
+    let out = ok(&lab.dso(&["rotate", "db"]));
+    assert!(out.contains("t-ctl: db: rotated (version 2)"), "{out}");
+    assert_eq!(fs::read(&file).unwrap(), b"after-restart-2");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&lab.dso(&["status", "--json"]))).unwrap();
+    assert_eq!(status["agent"], true);
+    assert_eq!(status["containers"][0]["id"], "t-ctl");
+    let db = &status["containers"][0]["secrets"][0];
+    assert_eq!(db["version"], "2");
+    assert!(db["last_rotation"].is_string(), "{status}");
+    assert_eq!(status["providers"]["local"]["ok"], true);
+
+    lab.kill("t-ctl");
+    lab.runc(&["delete", "--force", "t-ctl"]);
 }

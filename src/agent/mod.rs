@@ -4,6 +4,8 @@
 //! the ones that moved (see [`crate::rotation`]); a signed webhook (`agent.webhook`) triggers the
 //! same for the named secrets at once.
 
+pub mod control;
+pub mod metrics;
 pub mod webhook;
 
 use std::sync::Arc;

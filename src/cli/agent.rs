@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
+use std::time::Instant;
 
 use anyhow::anyhow;
 use clap::Args;
 
-use crate::agent::{self, webhook};
+use crate::agent::{self, control, metrics, webhook};
 use crate::audit::Audit;
 use crate::rotation::{Mode, Options, Rotator, Selector};
 
@@ -32,8 +33,20 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
     }
     let audit = Arc::new(Audit::new(&cfg.audit));
     let webhook_cfg = cfg.agent.webhook.clone();
+    let metrics_listen = cfg
+        .agent
+        .metrics
+        .as_ref()
+        .and_then(|m| m.get("listen"))
+        .and_then(|l| l.as_str())
+        .map(str::to_string);
+    let group = match &cfg.agent.group {
+        Some(g) => Some(control::resolve_group(g).map_err(|e| anyhow!(e))?),
+        None => None,
+    };
+    let socket = control::socket_path(&cfg);
     let interval = cfg.watch.interval;
-    let rotator = Rotator::new(cfg, opts);
+    let rotator = Arc::new(Rotator::new(cfg, opts));
     if args.once {
         for o in rotator.rotate(&Selector::All, Mode::IfChanged) {
             if let crate::rotation::OutcomeStatus::Failed(msg) = &o.status {
@@ -41,6 +54,22 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
             }
         }
         return Ok(0);
+    }
+    let started = Instant::now();
+    let listener = control::bind(&socket, group).map_err(|e| anyhow!(e))?;
+    eprintln!("dso agent: control socket {}", socket.display());
+    {
+        let rotator = rotator.clone();
+        std::thread::spawn(move || control::serve(listener, rotator, group));
+    }
+    if let Some(listen) = metrics_listen {
+        let listener = metrics::bind(&listen).map_err(|e| anyhow!(e))?;
+        eprintln!(
+            "dso agent: metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        let rotator = rotator.clone();
+        std::thread::spawn(move || metrics::serve(listener, rotator, started));
     }
     let (tx, rx) = mpsc::channel();
     if let Some(v) = webhook_cfg {

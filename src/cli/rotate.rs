@@ -1,12 +1,15 @@
-//! `dso rotate NAME` / `dso rotate --container ID`: re-fetch and re-inject now, directly (no agent
-//! needed). `dso status` / `dso ps`: the managed containers, their secrets and versions.
+//! `dso rotate NAME` / `dso rotate --container ID`: re-fetch and re-inject now, through the agent
+//! when it answers, else directly. `dso status` / `dso ps`: the managed containers, their
+//! secrets, versions, last rotation and provider health (from the agent; without one, what the
+//! state records hold).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::Args;
 
-use crate::rotation::{self, Mode, Options, OutcomeStatus, Rotator, Selector, Strategy};
+use crate::agent::control;
+use crate::rotation::{Mode, Options, Rotator, Selector};
 
 #[derive(Debug, Args)]
 pub(super) struct RotateArgs {
@@ -39,8 +42,23 @@ pub(super) fn rotate(config_path: &Path, args: &RotateArgs) -> anyhow::Result<i3
         (Some(n), None) => Selector::Secret(n.clone()),
         (None, None) => bail!("give a secret name or --container ID"),
     };
-    let rotator = Rotator::new(cfg, opts);
-    let outcomes = rotator.rotate(&sel, Mode::Force);
+    // Through the agent when it answers (its sessions, its serialisation of rotations), else
+    // here, directly.
+    let req = match &sel {
+        Selector::Secret(n) => serde_json::json!({"op": "rotate", "secret": n}),
+        Selector::Container(id) => serde_json::json!({"op": "rotate", "container": id}),
+        Selector::All => serde_json::json!({"op": "rotate"}),
+    };
+    let via_agent = ask_agent(&cfg, &req, cfg.runtime.fetch_timeout * 4)
+        .and_then(|v| v.get("outcomes").and_then(|o| o.as_array()).cloned());
+    let outcomes: Vec<serde_json::Value> = match via_agent {
+        Some(o) => o,
+        None => Rotator::new(cfg, opts)
+            .rotate(&sel, Mode::Force)
+            .iter()
+            .map(control::outcome_json)
+            .collect(),
+    };
     if outcomes.is_empty() {
         match &sel {
             Selector::Secret(n) => bail!("no running container managed by dso uses secret {n:?}"),
@@ -52,81 +70,130 @@ pub(super) fn rotate(config_path: &Path, args: &RotateArgs) -> anyhow::Result<i3
     }
     let mut failed = false;
     for o in &outcomes {
-        let version = o.version.as_deref().unwrap_or("-");
-        match &o.status {
-            OutcomeStatus::Rotated | OutcomeStatus::Unchanged => {
-                println!("{}: {}: rotated (version {version})", o.container, o.secret)
+        let get = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or("-");
+        let (container, secret, version) = (get("container"), get("secret"), get("version"));
+        match get("status") {
+            "rotated" | "unchanged" => {
+                println!("{container}: {secret}: rotated (version {version})")
             }
-            OutcomeStatus::EnvNeedsRestart => println!(
-                "{}: {}: env-injected; the new value (version {version}) reaches it only with rotation strategy restart",
-                o.container, o.secret
+            "env_needs_restart" => println!(
+                "{container}: {secret}: env-injected; the new value (version {version}) reaches it only with rotation strategy restart"
             ),
-            OutcomeStatus::Failed(msg) => {
+            _ => {
                 failed = true;
-                eprintln!("dso: {}: {}: {msg}", o.container, o.secret);
+                eprintln!("dso: {container}: {secret}: {}", get("error"));
             }
         }
     }
     Ok(if failed { 1 } else { 0 })
 }
 
+/// One request to the agent of this config; `None` when no agent answers, or it refused.
+fn ask_agent(
+    cfg: &crate::config::Config,
+    req: &serde_json::Value,
+    timeout: std::time::Duration,
+) -> Option<serde_json::Value> {
+    let socket = control::socket_path(cfg);
+    if !socket.exists() {
+        return None;
+    }
+    let bytes = control::request(&socket, req, timeout).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    if v.get("ok") == Some(&serde_json::Value::Bool(true)) {
+        Some(v)
+    } else {
+        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+            eprintln!(
+                "dso: the agent at {} said: {e}; working directly",
+                socket.display()
+            );
+        }
+        None
+    }
+}
+
 pub(super) fn status(config_path: &Path, args: &StatusArgs) -> anyhow::Result<i32> {
     let cfg = super::load_config(config_path)?;
-    let records = rotation::prune(&cfg.runtime.state_dir);
-    let rows: Vec<serde_json::Value> = records
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "id": r.rec.id,
-                "pid": r.rec.pid,
-                "bundle": r.rec.bundle,
-                "created": r.rec.created,
-                "secrets_dir": r.rec.secrets_dir,
-                "secrets": r.rec.secrets.iter().map(|s| serde_json::json!({
-                    "name": s.name,
-                    "provider": s.provider,
-                    "path": s.path,
-                    "key": s.key,
-                    "version": s.version,
-                    "file": s.file,
-                    "env": s.env,
-                    "strategy": Strategy::of(&cfg, &s.name).map(|st| st.label()).unwrap_or("invalid"),
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
+    let report = match ask_agent(
+        &cfg,
+        &serde_json::json!({"op": "status"}),
+        cfg.runtime.fetch_timeout,
+    ) {
+        Some(v) => v,
+        None => {
+            // No agent: the same report from the state dir, without what only an agent knows.
+            let rotator = Rotator::new(cfg.clone(), Options::default());
+            let mut v = control::status_json(&rotator);
+            v["agent"] = serde_json::Value::Bool(false);
+            v
+        }
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(0);
     }
+    let empty = Vec::new();
+    let containers = report
+        .get("containers")
+        .and_then(|c| c.as_array())
+        .unwrap_or(&empty);
+    let s = |v: &serde_json::Value, k: &str| -> String {
+        match v.get(k) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Null) | None => "-".into(),
+            Some(other) => other.to_string(),
+        }
+    };
     println!(
-        "{:<20} {:>8} {:<24} {:<12} {:<10} {:<9} INJECTED AS",
-        "CONTAINER", "PID", "SECRET", "PROVIDER", "VERSION", "STRATEGY"
+        "{:<20} {:>8} {:<24} {:<12} {:<10} {:<9} {:<24} INJECTED AS",
+        "CONTAINER", "PID", "SECRET", "PROVIDER", "VERSION", "STRATEGY", "LAST ROTATION"
     );
-    for r in &records {
-        let id: String = r.rec.id.chars().take(20).collect();
-        for s in &r.rec.secrets {
+    for c in containers {
+        let id: String = s(c, "id").chars().take(20).collect();
+        let dir = s(c, "secrets_dir");
+        for sec in c
+            .get("secrets")
+            .and_then(|x| x.as_array())
+            .unwrap_or(&empty)
+        {
             let mut how = Vec::new();
-            if let Some(f) = &s.file {
-                how.push(format!(
-                    "file {}/{f}",
-                    r.rec.secrets_dir.trim_end_matches('/')
-                ));
+            if let Some(f) = sec.get("file").and_then(|f| f.as_str()) {
+                how.push(format!("file {}/{f}", dir.trim_end_matches('/')));
             }
-            for e in &s.env {
-                how.push(format!("env {e}"));
+            for e in sec.get("env").and_then(|e| e.as_array()).unwrap_or(&empty) {
+                how.push(format!("env {}", e.as_str().unwrap_or("?")));
             }
             println!(
-                "{:<20} {:>8} {:<24} {:<12} {:<10} {:<9} {}",
+                "{:<20} {:>8} {:<24} {:<12} {:<10} {:<9} {:<24} {}",
                 id,
-                r.rec.pid,
-                s.name,
-                s.provider,
-                s.version.as_deref().unwrap_or("-"),
-                Strategy::of(&cfg, &s.name)
-                    .map(|st| st.label())
-                    .unwrap_or("invalid"),
+                s(c, "pid"),
+                s(sec, "name"),
+                s(sec, "provider"),
+                s(sec, "version"),
+                s(sec, "strategy"),
+                s(sec, "last_rotation"),
                 how.join(", ")
+            );
+        }
+    }
+    if report.get("agent") == Some(&serde_json::Value::Bool(false)) {
+        println!(
+            "\n(no agent answering at {}: versions from the state records; no rotation history or provider health)",
+            control::socket_path(&cfg).display()
+        );
+    } else if let Some(p) = report.get("providers").and_then(|p| p.as_object()) {
+        println!();
+        for (name, h) in p {
+            let ok = h.get("ok").and_then(|o| o.as_bool()).unwrap_or(false);
+            println!(
+                "provider {name}: {} (last call {}){}",
+                if ok { "ok" } else { "failing" },
+                s(h, "at"),
+                h.get("error")
+                    .and_then(|e| e.as_str())
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
             );
         }
     }

@@ -77,6 +77,9 @@ pub struct Config {
     /// Where this config was read from (for messages).
     #[serde(skip)]
     pub source: PathBuf,
+    /// SHA-256 (hex) of the config text: an agent serves values only to a shim with the same.
+    #[serde(skip)]
+    pub digest: String,
 }
 
 /// One provider entry. Fields beyond `type` are provider-specific and kept as JSON so that each
@@ -368,6 +371,13 @@ impl Config {
             errors: vec![e.to_string()],
         })?;
         cfg.source = path.to_path_buf();
+        cfg.digest = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(text.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
         if let Some(p) = cfg.provider.take() {
             cfg.providers.insert(SHORTHAND_PROVIDER.to_string(), p);
         }

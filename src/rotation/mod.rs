@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::audit::{Audit, Event};
 use crate::config::Config;
-use crate::providers::{self, FetchRequest, Provider, ProviderError};
+use crate::providers::{self, FetchRequest, Fetched, Provider, ProviderError};
 use crate::runtime::inject::{SecretFile, SecretsDir};
 use crate::runtime::spec::Spec;
 use crate::secrets::SecretValue;
@@ -147,6 +147,36 @@ pub struct Rotator {
     audit: Audit,
     opts: Options,
     providers: Mutex<BTreeMap<String, Arc<dyn Provider>>>,
+    /// One rotation at a time (the poll loop, the webhook and the control socket share this).
+    serial: Mutex<()>,
+    /// Per provider: the outcome of its last call (names and error text only).
+    health: Mutex<BTreeMap<String, ProviderHealth>>,
+    /// `(container, secret)` → when its value was last re-injected.
+    last_rotation: Mutex<BTreeMap<(String, String), String>>,
+    pub counters: Counters,
+}
+
+/// What the last call to a provider said.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProviderHealth {
+    pub ok: bool,
+    pub at: String,
+    pub error: Option<String>,
+}
+
+/// Totals since the agent started (Prometheus counters).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub rotations_completed: std::sync::atomic::AtomicU64,
+    pub rotations_failed: std::sync::atomic::AtomicU64,
+    pub fetches: std::sync::atomic::AtomicU64,
+    pub fetch_errors: std::sync::atomic::AtomicU64,
+    pub auth_failures: std::sync::atomic::AtomicU64,
+    pub agent_fetches_served: std::sync::atomic::AtomicU64,
+}
+
+fn bump(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Rotator {
@@ -157,7 +187,59 @@ impl Rotator {
             audit,
             opts,
             providers: Mutex::new(BTreeMap::new()),
+            serial: Mutex::new(()),
+            health: Mutex::new(BTreeMap::new()),
+            last_rotation: Mutex::new(BTreeMap::new()),
+            counters: Counters::default(),
         }
+    }
+
+    /// Fetches through the cached provider `provider` (the control socket's `fetch`: dso-runc's
+    /// fast path), recording the provider's health.
+    pub fn fetch(&self, provider: &str, req: &FetchRequest) -> Result<Fetched, ProviderError> {
+        let res = self.provider(provider).and_then(|p| p.fetch(req));
+        self.note(provider, res.as_ref().err());
+        bump(&self.counters.agent_fetches_served);
+        res
+    }
+
+    /// Records the outcome of a provider call for `status` and the counters.
+    fn note(&self, provider: &str, err: Option<&ProviderError>) {
+        bump(&self.counters.fetches);
+        if let Some(e) = err {
+            bump(&self.counters.fetch_errors);
+            if e.is_auth_failure() {
+                bump(&self.counters.auth_failures);
+            }
+        }
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                provider.to_string(),
+                ProviderHealth {
+                    ok: err.is_none(),
+                    at: crate::audit::now_rfc3339(),
+                    error: err.map(|e| e.to_string()),
+                },
+            );
+    }
+
+    /// Provider name → what its last call said (providers not called yet are absent).
+    pub fn provider_health(&self) -> BTreeMap<String, ProviderHealth> {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// When `secret` was last re-injected into `container` by this process.
+    pub fn last_rotation(&self, container: &str, secret: &str) -> Option<String> {
+        self.last_rotation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(container.to_string(), secret.to_string()))
+            .cloned()
     }
 
     pub fn config(&self) -> &Config {
@@ -197,6 +279,7 @@ impl Rotator {
 
     /// Loads the registry, drops gone containers, and rotates what `sel` selects.
     pub fn rotate(&self, sel: &Selector, mode: Mode) -> Vec<Outcome> {
+        let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
         let records = prune(self.state_dir());
         self.rotate_records(records, sel, mode)
     }
@@ -255,6 +338,7 @@ impl Rotator {
             version: None,
         };
         let fail_all = |records: &[Record], msg: &str| -> Vec<Outcome> {
+            bump(&self.counters.rotations_failed);
             self.audit.record(
                 &Event::new("rotation_failed", "failure")
                     .secret(&name)
@@ -288,7 +372,9 @@ impl Rotator {
         };
         if mode == Mode::IfChanged {
             // The cheapest check first; fetch only when some container is behind.
-            match provider.version(&req) {
+            let checked = provider.version(&req);
+            self.note(&fk.provider, checked.as_ref().err());
+            match checked {
                 Ok(Some(v)) => {
                     let behind = users.iter().any(|&(ri, si)| {
                         records[ri].rec.secrets[si].version.as_deref() != Some(&v)
@@ -317,7 +403,9 @@ impl Rotator {
                 .secret(&name)
                 .provider(&fk.provider),
         );
-        let fetched = match provider.fetch(&req) {
+        let fetched = provider.fetch(&req);
+        self.note(&fk.provider, fetched.as_ref().err());
+        let fetched = match fetched {
             Ok(f) => f,
             Err(e) => {
                 audit_provider_error(&e);
@@ -341,6 +429,14 @@ impl Rotator {
             let status = match res {
                 Ok(status) => {
                     if status == OutcomeStatus::Rotated {
+                        bump(&self.counters.rotations_completed);
+                        self.last_rotation
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(
+                                (container.clone(), secret.clone()),
+                                crate::audit::now_rfc3339(),
+                            );
                         self.audit.record(
                             &Event::new("rotation_completed", "success")
                                 .secret(&secret)
@@ -365,6 +461,7 @@ impl Rotator {
                     status
                 }
                 Err(msg) => {
+                    bump(&self.counters.rotations_failed);
                     self.audit.record(
                         &Event::new("rotation_failed", "failure")
                             .secret(&secret)

@@ -95,12 +95,16 @@ fn runc_state_file(rec: &StateRecord) -> Option<DelegateState> {
     }
 }
 
-/// Field 22 of `/proc/<pid>/stat`: the process's start time in clock ticks since boot.
+/// Field 22 of `/proc/<pid>/stat`: the process's start time in clock ticks since boot; `None`
+/// for a process that is gone or dead (a zombie waiting to be reaped is not running).
 fn proc_start_time(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(rest.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    rest.nth(18)?.parse().ok()
 }
 
 enum DelegateState {

@@ -20,6 +20,7 @@ use super::inject::{InjectError, SecretFile, SecretsDir};
 use super::modify::{self, ENV_FILE_NAME};
 use super::runclog::RuncLog;
 use super::spec::{Spec, SpecError};
+use crate::agent::control::{self, WireRequest};
 use crate::audit::{Audit, Event};
 use crate::config::{Config, ConfigError, ProviderKind, config_path};
 use crate::providers::{self, FetchRequest, Provider, ProviderError};
@@ -225,6 +226,9 @@ fn plan(cfg: &Config, refs: &[SecretRef], user: (u32, u32)) -> Result<Vec<Planne
     Ok(by_file.into_values().collect())
 }
 
+/// One direct fetch: the index of the planned secret, its provider and request.
+type Job = (usize, Arc<dyn Provider>, FetchRequest);
+
 /// Fetches every planned secret: up to [`MAX_PARALLEL_FETCHES`] at once, all within `timeout`.
 /// Each provider is built once and shared by its fetches.
 fn fetch_all(
@@ -234,8 +238,40 @@ fn fetch_all(
 ) -> Result<Vec<(SecretValue, Option<String>)>, CreateError> {
     let timeout = cfg.runtime.fetch_timeout;
     let deadline = Instant::now() + timeout;
+    let mut results: Vec<Option<(SecretValue, Option<String>)>> =
+        (0..planned.len()).map(|_| None).collect();
+
+    // The agent first, when it answers: it holds provider sessions and the derived local key.
+    // What it could not fetch is fetched here, so errors are reported in the same words.
+    let wire: Vec<WireRequest> = planned
+        .iter()
+        .map(|p| WireRequest {
+            provider: p.provider.clone(),
+            path: p.request.path.clone(),
+            key: p.request.key.clone(),
+            version: p.request.version.clone(),
+        })
+        .collect();
+    if let Some(served) = control::fetch_via_agent(cfg, &wire, timeout) {
+        for (i, f) in served.into_iter().enumerate() {
+            if let Some(f) = f {
+                audit.record(
+                    &Event::new("secret_fetched", "success")
+                        .secret(&planned[i].label)
+                        .provider(&planned[i].provider)
+                        .version(f.version.as_deref())
+                        .via("agent"),
+                );
+                results[i] = Some((f.value, f.version));
+            }
+        }
+    }
+    let pending: Vec<usize> = (0..planned.len())
+        .filter(|&i| results[i].is_none())
+        .collect();
+
     let mut built: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
-    for p in planned {
+    for p in pending.iter().map(|&i| &planned[i]) {
         if !built.contains_key(p.provider.as_str()) {
             let pc = &cfg.providers[&p.provider];
             let prov =
@@ -247,21 +283,25 @@ fn fetch_all(
         }
     }
 
-    let jobs: Arc<Vec<(Arc<dyn Provider>, FetchRequest)>> = Arc::new(
-        planned
+    let jobs: Arc<Vec<Job>> = Arc::new(
+        pending
             .iter()
-            .map(|p| (built[p.provider.as_str()].clone(), p.request.clone()))
+            .map(|&i| {
+                let p = &planned[i];
+                (i, built[p.provider.as_str()].clone(), p.request.clone())
+            })
             .collect(),
     );
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel();
     // The local store is read from disk and decrypted once, in memory: threads would only add
     // their own start-up cost. Anything with a network round trip runs concurrently.
-    let all_local = planned
+    let all_local = pending
         .iter()
-        .all(|p| cfg.providers[&p.provider].kind == ProviderKind::Local);
+        .all(|&i| cfg.providers[&planned[i].provider].kind == ProviderKind::Local);
     if all_local {
-        for (i, (prov, req)) in jobs.iter().enumerate() {
+        for (i, prov, req) in jobs.iter() {
+            let i = *i;
             let started = Instant::now();
             let res = prov.fetch(req);
             // The receiver is alive until this function returns.
@@ -271,7 +311,7 @@ fn fetch_all(
     let threads = if all_local {
         0
     } else {
-        planned.len().min(MAX_PARALLEL_FETCHES)
+        pending.len().min(MAX_PARALLEL_FETCHES)
     };
     for _ in 0..threads {
         let (jobs, next, tx) = (jobs.clone(), next.clone(), tx.clone());
@@ -279,10 +319,11 @@ fn fetch_all(
         // the process exits (failing the create) and takes the thread with it.
         std::thread::spawn(move || {
             loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some((prov, req)) = jobs.get(i) else {
+                let j = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some((i, prov, req)) = jobs.get(j) else {
                     break;
                 };
+                let i = *i;
                 let started = Instant::now();
                 let res = prov.fetch(req);
                 if tx.send((i, res, started.elapsed())).is_err() {
@@ -293,9 +334,7 @@ fn fetch_all(
     }
     drop(tx);
 
-    let mut results: Vec<Option<(SecretValue, Option<String>)>> =
-        (0..planned.len()).map(|_| None).collect();
-    for _ in 0..planned.len() {
+    for _ in 0..pending.len() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let (i, res, took) = match rx.recv_timeout(remaining) {
             Ok(msg) => msg,

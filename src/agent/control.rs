@@ -1,0 +1,451 @@
+//! The agent's control socket (`agent.socket`, default `<runtime.state_dir>/dso.sock`, i.e.
+//! `/run/dso/dso.sock`): one JSON request per connection, one JSON line back.
+//!
+//! | request | who may ask | answer |
+//! | --- | --- | --- |
+//! | `{"op":"ping"}` | anyone who can connect | `{"ok":true,"version":"…"}` |
+//! | `{"op":"status"}` | root, the socket's group | containers, secrets, versions, last rotation, provider health — never values |
+//! | `{"op":"rotate","secret":"db"}` / `{"op":"rotate","container":"id"}` | root, the group | the outcomes |
+//! | `{"op":"fetch","requests":[{"provider","path","key","version"}]}` | **root only** | per request `{"value":"<base64>","version"}` or `{"error"}` |
+//!
+//! The peer is identified by the kernel (`SO_PEERCRED`), not by anything it says. The socket is
+//! 0660, owned by root and `agent.group` (when set); values leave the agent only for uid 0, the
+//! uid dso-runc runs as. Values are encoded into and decoded from zeroizing buffers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::providers::{FetchRequest, Fetched};
+use crate::rotation::{self, Mode, OutcomeStatus, Rotator, Selector, Strategy};
+use crate::secrets::SecretValue;
+
+/// The socket's file name in the state dir when dso.yaml does not place it (so the default is
+/// `/run/dso/dso.sock`, and a shim and an agent that share a state dir find each other).
+pub const DEFAULT_SOCKET_NAME: &str = "dso.sock";
+/// The largest request accepted (a fetch of many secrets is still far below).
+const MAX_REQUEST: u64 = 1 << 20;
+/// The largest answer a client reads (values are capped by the tmpfs size anyway).
+const MAX_ANSWER: u64 = 64 << 20;
+
+/// The socket path of a config.
+pub fn socket_path(cfg: &crate::config::Config) -> PathBuf {
+    cfg.agent
+        .socket
+        .clone()
+        .unwrap_or_else(|| cfg.runtime.state_dir.join(DEFAULT_SOCKET_NAME))
+}
+
+/// Who is on the other end, as the kernel says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `SO_PEERCRED` of a connected unix socket.
+pub fn peer_of(stream: &UnixStream) -> std::io::Result<Peer> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a valid fd, and `cred`/`len` describe a writable ucred of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Peer {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+/// What a peer may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// `ping` only.
+    None,
+    /// `status` and `rotate`.
+    Operate,
+    /// Everything, values included.
+    Root,
+}
+
+/// Root gets everything; a member of the socket's group (primary or supplementary, read from
+/// `/proc/<pid>/status` of the peer) may operate; anyone else may only ping.
+pub fn access_of(peer: Peer, group: Option<u32>) -> Access {
+    if peer.uid == 0 {
+        return Access::Root;
+    }
+    let Some(g) = group else {
+        return Access::None;
+    };
+    if peer.gid == g || supplementary_groups(peer.pid).contains(&g) {
+        Access::Operate
+    } else {
+        Access::None
+    }
+}
+
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Resolves `agent.group` (a name from /etc/group, or a number).
+pub fn resolve_group(name: &str) -> Result<u32, String> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    nix::unistd::Group::from_name(name)
+        .map_err(|e| format!("agent.group {name:?}: {e}"))?
+        .map(|g| g.gid.as_raw())
+        .ok_or_else(|| format!("agent.group {name:?}: no such group in /etc/group"))
+}
+
+/// Binds the socket: replaces a stale socket file (never anything else), mode 0660, group
+/// `group`. Its directory is created 0700, or 0711 when a group needs to reach the socket.
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, String> {
+    let what = |e: std::io::Error| format!("control socket {}: {e}", path.display());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(what)?;
+        let mode = if group.is_some() { 0o711 } else { 0o700 };
+        let meta = std::fs::metadata(dir).map_err(what)?;
+        if meta.permissions().mode() & 0o7777 != mode {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(what)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!(
+                    "control socket {}: another agent is listening there",
+                    path.display()
+                ));
+            }
+            std::fs::remove_file(path).map_err(what)?;
+        }
+        Ok(_) => {
+            return Err(format!(
+                "control socket {}: something that is not a socket is in the way",
+                path.display()
+            ));
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(what)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(what)?;
+    if let Some(g) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(g)))
+            .map_err(|e| what(e.into()))?;
+    }
+    Ok(listener)
+}
+
+#[derive(Debug, Deserialize)]
+struct Request {
+    op: String,
+    /// `fetch`: the SHA-256 of the client's dso.yaml; the agent serves only a client whose
+    /// config is the one it runs with (the same provider names must mean the same providers).
+    #[serde(default)]
+    config_digest: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    container: Option<String>,
+    #[serde(default)]
+    requests: Vec<WireRequest>,
+}
+
+/// One fetch, as it travels (no value in it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct WireRequest {
+    pub provider: String,
+    pub path: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// Serves connections until the listener fails; one short-lived thread per connection.
+pub fn serve(listener: UnixListener, rotator: Arc<Rotator>, group: Option<u32>) {
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { continue };
+        let rotator = rotator.clone();
+        std::thread::spawn(move || {
+            let _ = handle(stream, &rotator, group);
+        });
+    }
+}
+
+fn handle(mut stream: UnixStream, rotator: &Rotator, group: Option<u32>) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let peer = peer_of(&stream)?;
+    let access = access_of(peer, group);
+    let mut line = Vec::new();
+    BufReader::new((&stream).take(MAX_REQUEST)).read_until(b'\n', &mut line)?;
+    let answer: Zeroizing<Vec<u8>> = match serde_json::from_slice::<Request>(&line) {
+        Err(e) => plain(serde_json::json!({"ok": false, "error": format!("bad request: {e}")})),
+        Ok(req) => answer(&req, access, peer, rotator),
+    };
+    stream.write_all(&answer)?;
+    stream.write_all(b"\n")
+}
+
+fn plain(v: serde_json::Value) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(v.to_string().into_bytes())
+}
+
+fn denied(op: &str, peer: Peer) -> Zeroizing<Vec<u8>> {
+    tracing::warn!(
+        uid = peer.uid,
+        pid = peer.pid,
+        op,
+        "control socket: refused"
+    );
+    plain(serde_json::json!({
+        "ok": false,
+        "error": format!("permission denied: uid {} may not {op}", peer.uid),
+    }))
+}
+
+fn answer(req: &Request, access: Access, peer: Peer, rotator: &Rotator) -> Zeroizing<Vec<u8>> {
+    match req.op.as_str() {
+        "ping" => plain(serde_json::json!({"ok": true, "version": env!("CARGO_PKG_VERSION")})),
+        "status" if access >= Access::Operate => plain(status_json(rotator)),
+        "rotate" if access >= Access::Operate => {
+            let sel = match (&req.secret, &req.container) {
+                (Some(s), None) => Selector::Secret(s.clone()),
+                (None, Some(c)) => Selector::Container(c.clone()),
+                _ => {
+                    return plain(
+                        serde_json::json!({"ok": false, "error": "rotate needs one of secret, container"}),
+                    );
+                }
+            };
+            let outcomes: Vec<serde_json::Value> = rotator
+                .rotate(&sel, Mode::Force)
+                .into_iter()
+                .map(|o| outcome_json(&o))
+                .collect();
+            plain(serde_json::json!({"ok": true, "outcomes": outcomes}))
+        }
+        "fetch" if access == Access::Root => {
+            if req.config_digest.as_deref() != Some(rotator.config().digest.as_str()) {
+                return plain(serde_json::json!({
+                    "ok": false,
+                    "error": "the client's dso.yaml is not the agent's; fetch directly",
+                }));
+            }
+            fetch_answer(&req.requests, rotator)
+        }
+        "status" | "rotate" | "fetch" => denied(&req.op, peer),
+        other => plain(serde_json::json!({"ok": false, "error": format!("unknown op {other:?}")})),
+    }
+}
+
+/// An outcome as JSON (names, versions, status; never a value).
+pub fn outcome_json(o: &rotation::Outcome) -> serde_json::Value {
+    let (status, error) = match &o.status {
+        OutcomeStatus::Rotated => ("rotated", None),
+        OutcomeStatus::Unchanged => ("unchanged", None),
+        OutcomeStatus::EnvNeedsRestart => ("env_needs_restart", None),
+        OutcomeStatus::Failed(m) => ("failed", Some(m.clone())),
+    };
+    serde_json::json!({
+        "container": o.container, "secret": o.secret, "version": o.version,
+        "status": status, "error": error,
+    })
+}
+
+/// The managed containers (from the state dir), with what this agent knows about them.
+pub fn status_json(rotator: &Rotator) -> serde_json::Value {
+    let cfg = rotator.config();
+    let records = rotation::prune(&cfg.runtime.state_dir);
+    let containers: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.rec.id,
+                "pid": r.rec.pid,
+                "bundle": r.rec.bundle,
+                "created": r.rec.created,
+                "secrets_dir": r.rec.secrets_dir,
+                "secrets": r.rec.secrets.iter().map(|s| serde_json::json!({
+                    "name": s.name,
+                    "provider": s.provider,
+                    "path": s.path,
+                    "key": s.key,
+                    "version": s.version,
+                    "file": s.file,
+                    "env": s.env,
+                    "strategy": Strategy::of(cfg, &s.name).map(|st| st.label()).unwrap_or("invalid"),
+                    "last_rotation": rotator.last_rotation(&r.rec.id, &s.name),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "ok": true,
+        "agent": true,
+        "containers": containers,
+        "providers": rotator.provider_health(),
+    })
+}
+
+fn fetch_answer(reqs: &[WireRequest], rotator: &Rotator) -> Zeroizing<Vec<u8>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut out = Zeroizing::new(Vec::with_capacity(256));
+    out.extend_from_slice(br#"{"ok":true,"results":["#);
+    for (i, r) in reqs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let req = FetchRequest {
+            path: r.path.clone(),
+            key: r.key.clone(),
+            version: r.version.clone(),
+        };
+        match rotator.fetch(&r.provider, &req) {
+            Ok(f) => {
+                let mut enc = Zeroizing::new(vec![0u8; f.value.len().div_ceil(3) * 4 + 4]);
+                let n = b64
+                    .encode_slice(f.value.expose(), &mut enc[..])
+                    .unwrap_or(0);
+                out.extend_from_slice(br#"{"value":""#);
+                out.extend_from_slice(&enc[..n]);
+                out.extend_from_slice(br#"","version":"#);
+                out.extend_from_slice(serde_json::json!(f.version).to_string().as_bytes());
+                out.push(b'}');
+            }
+            Err(e) => {
+                out.extend_from_slice(
+                    serde_json::json!({"error": e.to_string()})
+                        .to_string()
+                        .as_bytes(),
+                );
+            }
+        }
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// Sends one request and reads the answer (`timeout` for each read and write). `Err` when the
+/// agent is not there or did not answer: the caller does the work itself.
+pub fn request(
+    socket: &Path,
+    req: &serde_json::Value,
+    timeout: Duration,
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    let mut s = UnixStream::connect(socket)
+        .map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut line = req.to_string().into_bytes();
+    line.push(b'\n');
+    s.write_all(&line).map_err(|e| e.to_string())?;
+    let mut buf = Zeroizing::new(Vec::new());
+    BufReader::new(s.take(MAX_ANSWER))
+        .read_until(b'\n', &mut buf)
+        .map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
+    Ok(buf)
+}
+
+#[derive(Deserialize)]
+struct FetchAnswer<'a> {
+    ok: bool,
+    #[serde(default, borrow)]
+    results: Vec<FetchResult<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FetchResult<'a> {
+    #[serde(default, borrow)]
+    value: Option<&'a str>,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// dso-runc's fast path: asks the agent for `reqs`. `None` when there is no agent (or it
+/// refused, or answered nonsense); otherwise one entry per request, `None` where the agent's
+/// fetch failed (the caller fetches that one itself, to report the error in its own words).
+pub fn fetch_via_agent(
+    cfg: &crate::config::Config,
+    reqs: &[WireRequest],
+    timeout: Duration,
+) -> Option<Vec<Option<Fetched>>> {
+    let socket = socket_path(cfg);
+    let socket = socket.as_path();
+    if !socket.exists() {
+        return None;
+    }
+    let req = serde_json::json!({"op": "fetch", "config_digest": cfg.digest, "requests": reqs});
+    let buf = request(socket, &req, timeout).ok()?;
+    let ans: FetchAnswer<'_> = serde_json::from_slice(&buf).ok()?;
+    if !ans.ok || ans.results.len() != reqs.len() {
+        return None;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in ans.results {
+        out.push(match r.value {
+            Some(v) => {
+                let mut bytes = Zeroizing::new(vec![0u8; v.len() / 4 * 3 + 3]);
+                let n = b64.decode_slice(v.as_bytes(), &mut bytes[..]).ok()?;
+                bytes.truncate(n);
+                Some(Fetched {
+                    value: SecretValue::from_zeroizing(bytes),
+                    version: r.version,
+                })
+            }
+            None => None,
+        });
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_rules() {
+        let p = |uid, gid| Peer { pid: 0, uid, gid };
+        assert_eq!(access_of(p(0, 0), None), Access::Root);
+        assert_eq!(access_of(p(1000, 1000), None), Access::None);
+        assert_eq!(access_of(p(1000, 998), Some(998)), Access::Operate);
+        assert_eq!(access_of(p(1000, 1000), Some(998)), Access::None);
+    }
+}

@@ -836,3 +836,42 @@ fn agent_socket_serves_root_only_survives_kill_9_and_exposes_metrics() {
     lab.kill("t-ctl");
     lab.runc(&["delete", "--force", "t-ctl"]);
 }
+
+#[test]
+fn per_secret_interval_overrides_the_watch_interval() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("  fast: { rotation: { interval: 300ms } }\n", "");
+    append_config(&lab, "watch: { interval: 1h }\n");
+    lab.set_secret("db", b"db-1");
+    lab.set_secret("fast", b"fast-1");
+    let b = lab.bundle(
+        "while :; do sleep 1; done",
+        &["DB_FILE=dsofile://db", "FAST_FILE=dsofile://fast"],
+        (0, 0),
+    );
+    let pid = lab.run_detached(&b, "t-per");
+    let _agent = start_agent(&lab);
+    wait_for(&lab.path("agent.log"), "watching", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200));
+    lab.set_secret("db", b"db-2");
+    lab.set_secret("fast", b"fast-2");
+    let root = format!("/proc/{pid}/root/run/secrets");
+    // 300 ms ± 10 % + 1 s.
+    let took = wait_file(
+        &format!("{root}/fast"),
+        b"fast-2",
+        Duration::from_millis(1400),
+    );
+    eprintln!("per-secret interval: rotation seen after {took:?}");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        fs::read(format!("{root}/db")).unwrap(),
+        b"db-1",
+        "db follows watch.interval (1h)"
+    );
+    lab.kill("t-per");
+    lab.runc(&["delete", "--force", "t-per"]);
+}

@@ -8,12 +8,16 @@ pub mod control;
 pub mod metrics;
 pub mod webhook;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::rotation::{Mode, OutcomeStatus, Rotator, Selector};
+
+/// No secret is checked more often than this.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a webhook trigger waits for more before the rotation runs.
 const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -36,17 +40,39 @@ pub fn jittered(interval: Duration) -> Duration {
 /// Runs the agent until `stop` is set: a poll every jittered interval, and whatever arrives on
 /// `triggers`. One cycle is one [`Rotator::rotate`] in [`Mode::IfChanged`].
 pub fn run(rotator: &Rotator, triggers: mpsc::Receiver<Trigger>, stop: Arc<AtomicBool>) {
-    let interval = rotator
-        .config()
-        .watch
-        .interval
-        .max(Duration::from_millis(100));
+    // Each secret has its own interval (`rotation.interval`, else `watch.interval`): the loop
+    // wakes for the earliest one due and checks the secrets whose (jittered) time has come.
+    let mut due_at: BTreeMap<String, Instant> = BTreeMap::new();
     let mut next = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
         if now >= next {
-            report(&rotator.rotate(&Selector::All, Mode::IfChanged));
-            next = Instant::now() + jittered(interval);
+            let in_use: std::collections::BTreeSet<String> =
+                crate::rotation::load_records(rotator.state_dir())
+                    .into_iter()
+                    .flat_map(|r| r.rec.secrets.into_iter().map(|s| s.name))
+                    .collect();
+            due_at.retain(|name, _| in_use.contains(name));
+            let due: Vec<String> = in_use
+                .iter()
+                .filter(|n| due_at.get(*n).is_none_or(|t| *t <= now))
+                .cloned()
+                .collect();
+            if !due.is_empty() {
+                report(&rotator.rotate(&Selector::Secrets(due.clone()), Mode::IfChanged));
+            }
+            let after = Instant::now();
+            for name in due {
+                let every = rotator.interval_of(&name).max(MIN_INTERVAL);
+                due_at.insert(name, after + jittered(every));
+            }
+            // New containers are looked for at least this often.
+            next = due_at
+                .values()
+                .copied()
+                .min()
+                .unwrap_or(after + rotator.config().watch.interval.max(MIN_INTERVAL))
+                .min(after + rotator.config().watch.interval.max(MIN_INTERVAL));
             continue;
         }
         let wait = (next - now).min(Duration::from_millis(200));

@@ -47,7 +47,7 @@ pub(super) fn rotate(config_path: &Path, args: &RotateArgs) -> anyhow::Result<i3
     let req = match &sel {
         Selector::Secret(n) => serde_json::json!({"op": "rotate", "secret": n}),
         Selector::Container(id) => serde_json::json!({"op": "rotate", "container": id}),
-        Selector::All => serde_json::json!({"op": "rotate"}),
+        Selector::All | Selector::Secrets(_) => serde_json::json!({"op": "rotate"}),
     };
     let via_agent = ask_agent(&cfg, &req, cfg.runtime.fetch_timeout * 4)
         .and_then(|v| v.get("outcomes").and_then(|o| o.as_array()).cloned());
@@ -65,7 +65,9 @@ pub(super) fn rotate(config_path: &Path, args: &RotateArgs) -> anyhow::Result<i3
             Selector::Container(id) => {
                 bail!("container {id:?} is not running or has no secrets managed by dso")
             }
-            Selector::All => bail!("no running container is managed by dso"),
+            Selector::All | Selector::Secrets(_) => {
+                bail!("no running container is managed by dso")
+            }
         }
     }
     let mut failed = false;

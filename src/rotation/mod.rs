@@ -31,6 +31,8 @@ pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 pub enum Selector {
     /// Every container that uses the secret of this name.
     Secret(String),
+    /// Every container that uses any of these secrets (the agent's due list).
+    Secrets(Vec<String>),
     /// Every secret of this container.
     Container(String),
     /// Everything in use.
@@ -272,6 +274,16 @@ impl Rotator {
         Ok(p)
     }
 
+    /// How often secret `name` is checked: its `rotation.interval`, else `watch.interval`.
+    pub fn interval_of(&self, name: &str) -> std::time::Duration {
+        self.cfg
+            .secrets
+            .get(name)
+            .and_then(|s| s.rotation.as_ref())
+            .and_then(|r| r.interval)
+            .unwrap_or(self.cfg.watch.interval)
+    }
+
     /// The state dir of the config.
     pub fn state_dir(&self) -> &Path {
         &self.cfg.runtime.state_dir
@@ -302,6 +314,11 @@ impl Rotator {
             for (si, s) in r.rec.secrets.iter().enumerate() {
                 if let Selector::Secret(name) = sel
                     && &s.name != name
+                {
+                    continue;
+                }
+                if let Selector::Secrets(names) = sel
+                    && !names.contains(&s.name)
                 {
                     continue;
                 }

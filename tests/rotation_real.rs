@@ -411,7 +411,7 @@ fn readers_never_see_an_empty_or_partial_value() {
         dso::providers::local::Store::open(&lab.path("store"), &lab.path("key")).unwrap();
     let rotator = dso::rotation::Rotator::new(cfg, dso::rotation::Options::default());
     let sel = dso::rotation::Selector::Secret("db".into());
-    for i in 0..200 {
+    for i in 0..500 {
         // Big enough that a torn write would show: a value is only whole with its END.
         let value = format!("new{i}-{}END", "x".repeat(3000 + i));
         store
@@ -426,7 +426,7 @@ fn readers_never_see_an_empty_or_partial_value() {
         );
     }
     let last = fs::read_to_string(format!("/proc/{pid}/root/run/secrets/db")).unwrap();
-    assert!(last.starts_with("new199-") && last.ends_with("END"));
+    assert!(last.starts_with("new499-") && last.ends_with("END"));
     // Unchanged version: nothing is rewritten.
     let out = rotator.rotate(&sel, dso::rotation::Mode::IfChanged);
     assert_eq!(out[0].status, dso::rotation::OutcomeStatus::Unchanged);

@@ -130,6 +130,22 @@ class Lab:
             missing.append(f"moto ({e})")
         return missing
 
+    def peak_rss(self, env):
+        """VmHWM of the dso process of one create (DSO_TIMING prints it)."""
+        b = self.bundle(env)
+        cid = f"bench{self.n}"
+        base = [self.dso_runc, f"--dso-config={self.cfg}", "--root", self.runc_root]
+        err = os.path.join(self.dir, "timing.txt")
+        with open(err, "w") as f:
+            subprocess.run([*base, "create", "--bundle", b, "--pid-file", os.path.join(b, "pid"), cid],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f,
+                           check=True, env=dict(self.env, DSO_TIMING="1"))
+        sh(*base, "delete", "--force", cid)
+        for line in open(err):
+            if "peak rss:" in line:
+                return line.split("peak rss:")[1].strip()
+        return "?"
+
     def close(self):
         for p in self.procs:
             p.terminate()
@@ -188,6 +204,14 @@ class Lab:
 
 def file_env(k, prefix="s"):
     return [f"S{i}_FILE=dsofile://{prefix}{i}" for i in range(k)]
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def free_port():
@@ -285,6 +309,10 @@ def run(a, lab, rounds):
         ("10 env secrets (local)", env_env(10), None),
         ("100 file secrets (local)", file_env(100), None),
     ]
+    agent_rows = [
+        ("10 file secrets (local, agent)", file_env(10), 1.25),
+        ("100 file secrets (local, agent)", file_env(100), None),
+    ]
     missing = lab.start_providers()
     if not any(m.startswith("Vault") for m in missing):
         rows.append(("10 file secrets (Vault, TLS)", file_env(10, "v"), None))
@@ -301,6 +329,33 @@ def run(a, lab, rounds):
         for name, env, _ in rows:
             results[name][0].append(lab.cycle(runc, []))
             results[name][1].append(lab.cycle(lab.dso_runc, env))
+
+    # The same through a running agent (dso-runc asks it over the control socket).
+    agent = subprocess.Popen([lab.dso, "--config", lab.cfg, "agent"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=lab.env)
+    try:
+        sock = os.path.join(lab.state, "dso.sock")
+        for _ in range(100):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        for name, env, _ in agent_rows:
+            results[name] = ([], [])
+            lab.cycle(lab.dso_runc, env)
+        for _ in range(rounds):
+            for name, env, _ in agent_rows:
+                results[name][0].append(lab.cycle(runc, []))
+                results[name][1].append(lab.cycle(lab.dso_runc, env))
+        served = sum(1 for line in open(os.path.join(lab.dir, "audit.log"))
+                     if '"via":"agent"' in line)
+        if served == 0:
+            raise SystemExit("bench: the agent served no fetch; the agent rows are wrong")
+        rss_agent = rss_kib(agent.pid)
+    finally:
+        agent.terminate()
+        agent.wait(10)
+    rows += agent_rows
+    peak = lab.peak_rss(file_env(10))
 
     docker_rows = []
     if not a.no_docker and shutil.which("dockerd"):
@@ -332,6 +387,8 @@ def run(a, lab, rounds):
         if mark:
             failed.append(name)
         print(f"{name:32} {bs:>22} {ds:>22} {ratio:7.3f} {g:>6}{mark}")
+    print(f"\nfootprint: dso peak RSS during a create with 10 secrets: {peak}; "
+          f"agent RSS after the agent rows: {rss_agent / 1024:.1f} MiB")
     if failed and not a.smoke:
         print("\ngoals missed: " + ", ".join(failed))
     return 0

@@ -496,6 +496,16 @@ impl Timing {
         }
     }
 
+    /// The process's peak resident set (VmHWM), for the benchmark's footprint row.
+    fn peak_rss(&self) {
+        if self.last.is_some()
+            && let Ok(status) = fs::read_to_string("/proc/self/status")
+            && let Some(hwm) = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))
+        {
+            eprintln!("dso timing: peak rss: {}", hwm.trim());
+        }
+    }
+
     fn mark(&mut self, step: &str) {
         if let Some(last) = self.last {
             let now = Instant::now();
@@ -700,6 +710,7 @@ pub fn create_with_secrets(
         );
     }
     timing.mark("audit");
+    timing.peak_rss();
     drop(values);
     drop(env_blob);
     tracing::debug!(container = %id, secrets = planned.len(), "secrets injected");

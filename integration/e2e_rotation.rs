@@ -5,7 +5,7 @@
 
 mod harness;
 
-use std::process::Output;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>)> {
     let mut yaml = h.default_dso_yaml();
     yaml = yaml.replace(
         "  api_key: {}\n",
-        "  api_key: {}\n  rot_file: {}\n  rot_env: { rotation: { strategy: restart } }\n",
+        "  api_key: {}\n  rot_file: {}\n  rot_env: { rotation: { strategy: restart } }\n  \
+         rot_sig: { rotation: { strategy: signal, signal: SIGUSR1, interval: 1s } }\n",
     );
     h.write_dso_yaml(&yaml);
     Some((h, serial))
@@ -128,4 +129,104 @@ fn restart_strategy_brings_the_new_env_value() {
     let audit = std::fs::read_to_string(h.audit_path()).unwrap();
     assert!(audit.contains("\"event\":\"rotation_completed\""));
     assert!(!audit.contains(&v2));
+}
+
+/// A `dso agent` on the harness's dso.yaml, killed on drop.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(h: &Harness) -> Agent {
+    let log = h.dir().join("agent.log");
+    let child = Command::new(harness::DSO)
+        .arg("--config")
+        .arg(h.config_path())
+        .arg("agent")
+        .arg("--docker-socket")
+        .arg(h.socket())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("watching")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "agent did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Agent(child)
+}
+
+#[test]
+fn agent_rotates_a_docker_container_within_the_interval_and_signals_it() {
+    let Some((h, _serial)) = begin() else { return };
+    let v1 = harness::random_token("rot-sig-1-");
+    let v2 = harness::random_token("rot-sig-2-");
+    h.set_secret("rot_sig", v1.as_bytes());
+    let c = ContainerGuard::new(h, "dso-e2e-agent-signal");
+    // The trap reports the signal and a hash of what the file holds then (never the value:
+    // container output lands in dockerd's log on the host).
+    run_detached(
+        h,
+        &c.name,
+        "S_FILE=dsofile://rot_sig",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-usr1 $(sha256sum < $S_FILE | cut -c1-16)' USR1; echo ready; \
+             while :; do sleep 1 & wait $!; done",
+        ],
+    );
+    let logs = || {
+        let out = h.docker(&["logs", &c.name]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let t0 = Instant::now();
+    while !logs().contains("ready") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _agent = start_agent(h);
+    std::thread::sleep(Duration::from_millis(300));
+    h.set_secret("rot_sig", v2.as_bytes());
+    let changed = Instant::now();
+    // rotation.interval (1 s, ± 10 %) + 1 s.
+    loop {
+        let now = h.docker_ok(&["exec", &c.name, "cat", "/run/secrets/rot_sig"]);
+        if now == v2 {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_millis(2200),
+            "the agent did not rotate within the interval"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("agent rotation seen after {:?}", changed.elapsed());
+    use sha2::Digest;
+    let want: String = sha2::Sha256::digest(v2.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let t0 = Instant::now();
+    while !logs().contains(&format!("got-usr1 {}", &want[..16])) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the trap did not see SIGUSR1 after the new file: {}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!logs().contains(&v2));
 }

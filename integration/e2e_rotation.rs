@@ -24,8 +24,62 @@ fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>)> {
         "  api_key: {}\n  rot_file: {}\n  rot_env: { rotation: { strategy: restart } }\n  \
          rot_sig: { rotation: { strategy: signal, signal: SIGUSR1, interval: 1s } }\n",
     );
+    let key = h.dir().join("webhook.key");
+    std::fs::write(&key, WEBHOOK_KEY).unwrap();
+    yaml.push_str(&format!(
+        "agent: {{ webhook: {{ listen: \"127.0.0.1:{}\", secret_file: {} }} }}\n",
+        webhook_port(),
+        key.display()
+    ));
     h.write_dso_yaml(&yaml);
     Some((h, serial))
+}
+
+const WEBHOOK_KEY: &str = "e2e-webhook-key-5d1e";
+
+/// The webhook's port for this test process.
+fn webhook_port() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
+}
+
+/// POSTs a signed webhook naming `secret`; returns the HTTP status.
+fn post_webhook(secret: &str) -> u16 {
+    use hmac::Mac;
+    use std::io::{Read, Write};
+    let body = format!(r#"{{"secrets":["{secret}"]}}"#);
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_KEY.as_bytes()).unwrap();
+    mac.update(format!("{ts}.{body}").as_bytes());
+    let sig: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", webhook_port())).unwrap();
+    write!(
+        c,
+        "POST /v1/webhook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-DSO-Timestamp: {ts}\r\nX-DSO-Signature: sha256={sig}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = c.read_to_string(&mut resp);
+    resp.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 fn ok(h: &Harness, what: &str, out: &Output) -> String {
@@ -229,4 +283,92 @@ fn agent_rotates_a_docker_container_within_the_interval_and_signals_it() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!logs().contains(&v2));
+}
+
+#[test]
+fn agent_killed_with_sigkill_and_restarted_keeps_tracking_and_a_webhook_rotates() {
+    let Some((h, _serial)) = begin() else { return };
+    let v1 = harness::random_token("rot-hook-1-");
+    let v2 = harness::random_token("rot-hook-2-");
+    h.set_secret("rot_file", v1.as_bytes());
+    let c = ContainerGuard::new(h, "dso-e2e-agent-kill9");
+    run_detached(h, &c.name, "F_FILE=dsofile://rot_file", &["sleep", "600"]);
+    let read = || h.docker_ok(&["exec", &c.name, "cat", "/run/secrets/rot_file"]);
+    assert_eq!(read(), v1);
+
+    let mut agent = start_agent(h);
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGKILL) };
+    let _ = agent.0.wait();
+    drop(agent);
+    let _agent = start_agent(h);
+    let status = ok(h, "dso status", &h.dso(&["status", "--json"], None));
+    assert!(status.contains(r#""agent": true"#), "{status}");
+    assert!(status.contains("\"rot_file\""), "{status}");
+
+    h.set_secret("rot_file", v2.as_bytes());
+    let t0 = Instant::now();
+    assert_eq!(post_webhook("rot_file"), 202);
+    while read() != v2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the webhook did not rotate"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "webhook → new file in the container after {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn a_reader_in_a_docker_container_never_sees_a_torn_value_over_500_rotations() {
+    let Some((h, _serial)) = begin() else { return };
+    h.set_secret("rot_file", b"old");
+    let c = ContainerGuard::new(h, "dso-e2e-torn");
+    run_detached(
+        h,
+        &c.name,
+        "F_FILE=dsofile://rot_file",
+        &[
+            "sh",
+            "-c",
+            "n=0; while :; do v=$(cat /run/secrets/rot_file); \
+             case \"$v\" in old|new*END) ;; *) echo \"BAD:${#v}\";; esac; \
+             n=$((n+1)); [ $((n % 50)) = 0 ] && echo tick; done",
+        ],
+    );
+    let logs = || {
+        let out = h.docker(&["logs", &c.name]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let t0 = Instant::now();
+    while !logs().contains("tick") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cfg = dso::config::Config::load(&h.config_path()).unwrap();
+    let mut store = dso::providers::local::Store::open(&h.store_path(), &h.key_path()).unwrap();
+    let rotator = dso::rotation::Rotator::new(cfg, dso::rotation::Options::default());
+    let sel = dso::rotation::Selector::Secret("rot_file".into());
+    for i in 0..500 {
+        let value = format!("new{i}-{}END", "x".repeat(3000 + i));
+        store
+            .set(
+                "rot_file",
+                dso::secrets::SecretValue::new(value.into_bytes()),
+            )
+            .unwrap();
+        let out = rotator.rotate(&sel, dso::rotation::Mode::IfChanged);
+        assert!(
+            out.iter()
+                .all(|o| o.status == dso::rotation::OutcomeStatus::Rotated),
+            "{out:?}"
+        );
+    }
+    let last = h.docker_ok(&["exec", &c.name, "cat", "/run/secrets/rot_file"]);
+    assert!(last.starts_with("new499-") && last.ends_with("END"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!logs().contains("BAD"), "a reader saw a torn value");
 }

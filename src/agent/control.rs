@@ -161,11 +161,27 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, String> {
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path).map_err(what)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(what)?;
-    if let Some(g) = group {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(g)))
-            .map_err(|e| what(e.into()))?;
+    // Bound under a temporary name, given its mode and group, then renamed into place: the
+    // socket is never reachable at its path with the umask's permissions.
+    let tmp = path.with_file_name(format!(
+        ".{}.{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(what)?;
+    let finish = || -> std::io::Result<()> {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+        if let Some(g) = group {
+            nix::unistd::chown(&tmp, None, Some(nix::unistd::Gid::from_raw(g)))?;
+        }
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = finish() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(what(e));
     }
     Ok(listener)
 }

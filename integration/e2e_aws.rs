@@ -43,25 +43,6 @@ fn silent_port() -> u16 {
     })
 }
 
-/// Runs a container whose only reference is `X_FILE=dsofile://<secret>`; it must not start.
-fn run_failing(h: &Harness, name: &str, secret: &str) -> Output {
-    let env = format!("X_FILE=dsofile://{secret}");
-    h.docker(&[
-        "run",
-        "--name",
-        name,
-        "--runtime",
-        "dso",
-        "--network",
-        "none",
-        "-e",
-        &env,
-        IMAGE,
-        "echo",
-        "must not run",
-    ])
-}
-
 /// Random values, so the host's filesystem can be searched for them.
 struct Values {
     db_password: String,
@@ -375,7 +356,7 @@ fn aws_missing_json_key_fails_closed() {
     };
     let root = dso_runc_root(h);
     let c = ContainerGuard::new(h, "dso-e2e-aws-nokey");
-    let out = run_failing(h, &c.name, "aws_missing_key");
+    let out = h.run_file_ref(&c.name, "aws_missing_key");
     assert_failed_closed(
         h,
         &root,
@@ -396,7 +377,7 @@ fn aws_down_fails_closed() {
     };
     let root = dso_runc_root(h);
     let c = ContainerGuard::new(h, "dso-e2e-aws-down");
-    let out = run_failing(h, &c.name, "aws_down_secret");
+    let out = h.run_file_ref(&c.name, "aws_down_secret");
     assert_failed_closed(
         h,
         &root,
@@ -414,7 +395,7 @@ fn aws_slower_than_the_timeout_fails_closed() {
     let root = dso_runc_root(h);
     let c = ContainerGuard::new(h, "dso-e2e-aws-slow");
     let started = std::time::Instant::now();
-    let out = run_failing(h, &c.name, "aws_slow_secret");
+    let out = h.run_file_ref(&c.name, "aws_slow_secret");
     assert_failed_closed(
         h,
         &root,

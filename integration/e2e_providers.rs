@@ -309,24 +309,6 @@ fn assert_failed_closed(h: &Harness, root: &Path, name: &str, out: &Output, expe
     }
 }
 
-fn run_missing(h: &Harness, name: &str, reference: &str) -> Output {
-    let env = format!("X_FILE=dsofile://{reference}");
-    h.docker(&[
-        "run",
-        "--name",
-        name,
-        "--runtime",
-        "dso",
-        "--network",
-        "none",
-        "-e",
-        &env,
-        IMAGE,
-        "echo",
-        "must not run",
-    ])
-}
-
 #[test]
 fn vault_file_and_env_secrets_reach_the_container() {
     let Some(s) = begin() else { return };
@@ -346,7 +328,7 @@ fn vault_missing_secret_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
     let c = ContainerGuard::new(s.h, "dso-e2e-vault-missing");
-    let out = run_missing(s.h, &c.name, "vault_missing");
+    let out = s.h.run_file_ref(&c.name, "vault_missing");
     assert_failed_closed(
         s.h,
         &root,
@@ -379,7 +361,7 @@ fn azure_missing_secret_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
     let c = ContainerGuard::new(s.h, "dso-e2e-azure-missing");
-    let out = run_missing(s.h, &c.name, "azure_missing");
+    let out = s.h.run_file_ref(&c.name, "azure_missing");
     assert_failed_closed(
         s.h,
         &root,
@@ -394,7 +376,7 @@ fn vault_wrong_token_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
     let c = ContainerGuard::new(s.h, "dso-e2e-vault-badcreds");
-    let out = run_missing(s.h, &c.name, "vault_badcreds");
+    let out = s.h.run_file_ref(&c.name, "vault_badcreds");
     assert_failed_closed(
         s.h,
         &root,
@@ -418,7 +400,7 @@ fn vault_down_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
     let c = ContainerGuard::new(s.h, "dso-e2e-vault-down");
-    let out = run_missing(s.h, &c.name, "vault_down_secret");
+    let out = s.h.run_file_ref(&c.name, "vault_down_secret");
     assert_failed_closed(
         s.h,
         &root,
@@ -433,7 +415,7 @@ fn azure_missing_json_key_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
     let c = ContainerGuard::new(s.h, "dso-e2e-azure-nokey");
-    let out = run_missing(s.h, &c.name, "azure_missing_key");
+    let out = s.h.run_file_ref(&c.name, "azure_missing_key");
     assert_failed_closed(
         s.h,
         &root,
@@ -456,7 +438,7 @@ fn azure_slower_than_the_timeout_fails_closed() {
         serde_json::json!({"slow": FETCH_TIMEOUT_SECS * 3, "only": "/secrets/"}),
     );
     let c = ContainerGuard::new(s.h, "dso-e2e-azure-slow");
-    let out = run_missing(s.h, &c.name, "azure_db_password");
+    let out = s.h.run_file_ref(&c.name, "azure_db_password");
     assert_failed_closed(
         s.h,
         &root,
@@ -473,7 +455,7 @@ fn vault_missing_json_key_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
     let c = ContainerGuard::new(s.h, "dso-e2e-vault-nokey");
-    let out = run_missing(s.h, &c.name, "vault_missing_key");
+    let out = s.h.run_file_ref(&c.name, "vault_missing_key");
     assert_failed_closed(
         s.h,
         &root,
@@ -497,7 +479,7 @@ fn vault_slower_than_the_timeout_fails_closed() {
     );
     let c = ContainerGuard::new(s.h, "dso-e2e-vault-slow");
     let started = std::time::Instant::now();
-    let out = run_missing(s.h, &c.name, "vault_db_password");
+    let out = s.h.run_file_ref(&c.name, "vault_db_password");
     s.vault
         .admin_post("/_fake/faults", serde_json::json!({"slow": 0, "only": ""}));
     assert_failed_closed(
@@ -519,7 +501,7 @@ fn azure_wrong_client_secret_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
     let c = ContainerGuard::new(s.h, "dso-e2e-azure-badcreds");
-    let out = run_missing(s.h, &c.name, "azure_badcreds");
+    let out = s.h.run_file_ref(&c.name, "azure_badcreds");
     assert_failed_closed(
         s.h,
         &root,
@@ -537,7 +519,7 @@ fn azure_down_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
     let c = ContainerGuard::new(s.h, "dso-e2e-azure-down");
-    let out = run_missing(s.h, &c.name, "azure_down_secret");
+    let out = s.h.run_file_ref(&c.name, "azure_down_secret");
     assert_failed_closed(
         s.h,
         &root,

@@ -377,6 +377,29 @@ impl Drop for ContainerGuard<'_> {
     }
 }
 
+impl Harness {
+    /// `docker run --runtime dso` of a container whose only reference is
+    /// `X_FILE=dsofile://<secret>` and whose command says "must not run": for the fail-closed
+    /// tests.
+    pub fn run_file_ref(&self, name: &str, secret: &str) -> Output {
+        let env = format!("X_FILE=dsofile://{secret}");
+        self.docker(&[
+            "run",
+            "--name",
+            name,
+            "--runtime",
+            "dso",
+            "--network",
+            "none",
+            "-e",
+            &env,
+            IMAGE,
+            "echo",
+            "must not run",
+        ])
+    }
+}
+
 /// A fresh random token (hex), for secret values that can be searched for on the host.
 pub fn random_token(prefix: &str) -> String {
     let mut bytes = [0u8; 16];

@@ -127,7 +127,11 @@ fn deb_installs_registers_with_dockerd_delivers_a_secret_and_purges() {
     // What the package holds: binaries, unit, man pages, completions, schema; no key material.
     let listing = ok(
         "dpkg-deb -c",
-        &Command::new("dpkg-deb").arg("-c").arg(&deb).output().unwrap(),
+        &Command::new("dpkg-deb")
+            .arg("-c")
+            .arg(&deb)
+            .output()
+            .unwrap(),
     );
     for f in [
         "./usr/bin/dso",
@@ -169,7 +173,10 @@ fn deb_installs_registers_with_dockerd_delivers_a_secret_and_purges() {
     assert_eq!(etc.permissions().mode() & 0o777, 0o700, "/etc/dso mode");
     let version = ok(
         "/usr/bin/dso --version",
-        &Command::new("/usr/bin/dso").arg("--version").output().unwrap(),
+        &Command::new("/usr/bin/dso")
+            .arg("--version")
+            .output()
+            .unwrap(),
     );
     assert!(version.starts_with("dso "), "{version}");
 

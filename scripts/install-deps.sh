@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what dso's tests and demo need on Debian 12: runc, Docker (client and daemon,
 # used only as private daemons the tests start), busybox-static (test images), compose,
-# podman, containerd, pip, jq; and the clippy and rustfmt components.
+# podman, containerd, pip, jq; the clippy and rustfmt components; cargo-deb.
 #
 # Idempotent: installs only what is missing. Never starts the system's Docker service: the
 # package's postinst is kept from starting it (policy-rc.d), and the tests never use
@@ -67,6 +67,12 @@ else
             log "warning: cargo $c is missing and rustup is not available to add it"
         fi
     done
+fi
+
+# cargo-deb builds the .deb (packaging/build-deb.sh; the e2e_deb test builds and installs it).
+if ! cargo deb --version >/dev/null 2>&1; then
+    log "cargo install cargo-deb --locked"
+    cargo install cargo-deb --locked
 fi
 
 # Python packages for the benchmark and any Python test helpers, if the repo lists some.

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod keyring;
 pub mod providers;
 pub mod rotation;

@@ -18,6 +18,9 @@ use crate::secrets::{SecretValue, validate_name};
 #[derive(Debug, Subcommand)]
 pub(super) enum SecretCommand {
     /// Create or update a secret. The value is read from stdin (exact bytes) or --from-file
+    #[command(
+        after_help = "Examples:\n  dso secret set db_password < value.txt\n  printf %s \"$TOKEN\" | dso secret set api_key\n  dso secret set tls_key --from-file key.pem"
+    )]
     Set {
         name: String,
         /// Read the value from this file instead of stdin ("-" is stdin)
@@ -27,12 +30,16 @@ pub(super) enum SecretCommand {
         store: StoreArgs,
     },
     /// Write a secret's value, raw bytes and nothing else, to stdout
+    #[command(
+        after_help = "Examples:\n  dso secret get db_password > /dev/null && echo present\n  dso secret get api_key | sha256sum"
+    )]
     Get {
         name: String,
         #[command(flatten)]
         store: StoreArgs,
     },
     /// List secrets with version and update time (never values)
+    #[command(after_help = "Examples:\n  dso secret ls\n  dso secret ls --json | jq -r '.[].name'")]
     Ls {
         /// Print a JSON array of {name, version, updated, updated_unix}
         #[arg(long)]
@@ -41,6 +48,7 @@ pub(super) enum SecretCommand {
         store: StoreArgs,
     },
     /// Remove a secret
+    #[command(after_help = "Examples:\n  dso secret rm old_token")]
     Rm {
         name: String,
         #[command(flatten)]

@@ -1,6 +1,7 @@
 //! dso.yaml: the typed configuration, how it is found (`--dso-config`, `DSO_CONFIG`, default),
 //! loaded, checked against the JSON Schema in `runtime-config/dso.schema.json`, and validated.
 
+pub mod reference;
 mod schema;
 
 use std::collections::BTreeMap;

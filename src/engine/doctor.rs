@@ -1,0 +1,523 @@
+//! `dso doctor`: the checks that tell whether this host can run containers with secrets —
+//! delegate runtime, dso's binaries, dockerd, the runtime registration, dso.yaml, permissions of
+//! the config and key files, the agent, and every provider (a real version lookup). Each check
+//! says what it found and, when it is not `ok`, what to do.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::daemon_json::DaemonJson;
+use super::docker_api;
+use crate::config::Config;
+use crate::providers::{self, FetchRequest};
+
+/// How a check came out. Only `Fail` makes `dso doctor` exit non-zero: a `Warn` is something
+/// that works but could be better (no agent: no automatic rotation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+    Skip,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+            Status::Skip => "skip",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub check: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+fn check(name: impl Into<String>, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        check: name.into(),
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// What to check against.
+#[derive(Debug, Clone)]
+pub struct DoctorOptions {
+    pub config_path: PathBuf,
+    pub daemon_json: PathBuf,
+    /// The Engine API socket (`None`: Docker is not checked).
+    pub docker_socket: Option<PathBuf>,
+    pub runtime_name: String,
+    /// Checks to leave out, by name (`dockerd`, `runtime`, `agent`, `providers`, ...).
+    pub skip: Vec<String>,
+    /// Per-provider deadline for the version lookup.
+    pub provider_timeout: Duration,
+}
+
+/// Runs every check, in order.
+pub fn run(opts: &DoctorOptions) -> Vec<Check> {
+    let mut out = vec![check_delegate(), check_binaries()];
+    if let Some(socket) = &opts.docker_socket {
+        let (c, info) = check_dockerd(socket);
+        out.push(c);
+        out.push(check_runtime(opts, info.as_ref()));
+    }
+    let cfg = match Config::load(&opts.config_path) {
+        Ok(cfg) => {
+            out.push(check(
+                "config",
+                Status::Ok,
+                format!("{} is valid", opts.config_path.display()),
+            ));
+            Some(cfg)
+        }
+        Err(e) => {
+            out.push(check(
+                "config",
+                Status::Fail,
+                format!(
+                    "{}; fix it (`dso config validate` lists every problem)",
+                    e.messages().join("; ")
+                ),
+            ));
+            None
+        }
+    };
+    out.extend(check_permissions(&opts.config_path, cfg.as_ref()));
+    match &cfg {
+        Some(cfg) => {
+            out.push(check_agent(cfg));
+            out.extend(check_providers(cfg, opts.provider_timeout));
+        }
+        None => {
+            out.push(check("agent", Status::Skip, "no valid config"));
+            out.push(check("providers", Status::Skip, "no valid config"));
+        }
+    }
+    out.into_iter()
+        .map(|mut c| {
+            let family = c.check.split(':').next().unwrap_or("").to_string();
+            if opts.skip.iter().any(|s| *s == c.check || *s == family) {
+                c.status = Status::Skip;
+                c.detail = "skipped (--skip)".into();
+            }
+            c
+        })
+        .collect()
+}
+
+/// True when no check failed.
+pub fn passed(checks: &[Check]) -> bool {
+    !checks.iter().any(|c| c.status == Status::Fail)
+}
+
+fn check_delegate() -> Check {
+    let delegate = std::env::var(crate::runtime::delegate::DELEGATE_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| crate::runtime::delegate::DEFAULT_DELEGATE.to_string());
+    match Command::new(&delegate).arg("--version").output() {
+        Ok(out) if out.status.success() => {
+            let first = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            check("runc", Status::Ok, format!("{delegate}: {first}"))
+        }
+        Ok(out) => check(
+            "runc",
+            Status::Fail,
+            format!(
+                "`{delegate} --version` failed ({}); reinstall runc (apt-get install runc)",
+                out.status
+            ),
+        ),
+        Err(e) => check(
+            "runc",
+            Status::Fail,
+            format!(
+                "cannot run {delegate:?}: {e}; install runc (apt-get install runc) or set {}",
+                crate::runtime::delegate::DELEGATE_ENV
+            ),
+        ),
+    }
+}
+
+fn check_binaries() -> Check {
+    let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    else {
+        return check("binaries", Status::Warn, "cannot tell where dso runs from");
+    };
+    let missing: Vec<String> = ["dso-runc", "dso-init"]
+        .iter()
+        .map(|b| dir.join(b))
+        .filter(|p| !is_executable(p))
+        .map(|p| p.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        check(
+            "binaries",
+            Status::Ok,
+            format!("dso-runc and dso-init in {}", dir.display()),
+        )
+    } else {
+        check(
+            "binaries",
+            Status::Fail,
+            format!(
+                "missing or not executable: {}; reinstall dso (dso-runc looks for dso and dso-init next to itself)",
+                missing.join(", ")
+            ),
+        )
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn check_dockerd(socket: &Path) -> (Check, Option<Value>) {
+    match docker_api::info(socket, Duration::from_secs(10)) {
+        Ok(info) => {
+            let version = info
+                .get("ServerVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("?");
+            (
+                check(
+                    "dockerd",
+                    Status::Ok,
+                    format!("Docker {version} at {}", socket.display()),
+                ),
+                Some(info),
+            )
+        }
+        Err(e) => (
+            check(
+                "dockerd",
+                Status::Fail,
+                format!(
+                    "{e}; start dockerd, or pass --docker-host unix:///PATH (--skip dockerd on hosts without Docker)"
+                ),
+            ),
+            None,
+        ),
+    }
+}
+
+fn check_runtime(opts: &DoctorOptions, info: Option<&Value>) -> Check {
+    let name = &opts.runtime_name;
+    let file_entry = DaemonJson::load(&opts.daemon_json)
+        .ok()
+        .and_then(|d| d.runtime(name).ok().flatten().cloned());
+    let live = info.and_then(|i| docker_api::runtime_path(i, name));
+    match (live, file_entry) {
+        (Some(path), _) => {
+            if path.starts_with('/') && !is_executable(Path::new(&path)) {
+                check(
+                    "runtime",
+                    Status::Fail,
+                    format!(
+                        "dockerd has runtime {name:?} at {path}, which is not an executable file; run `dso install`"
+                    ),
+                )
+            } else {
+                check(
+                    "runtime",
+                    Status::Ok,
+                    format!("dockerd has runtime {name:?}: {path}"),
+                )
+            }
+        }
+        (None, Some(_)) if info.is_some() => check(
+            "runtime",
+            Status::Fail,
+            format!(
+                "{} has runtime {name:?} but dockerd has not loaded it; reload dockerd (systemctl reload docker)",
+                opts.daemon_json.display()
+            ),
+        ),
+        (None, Some(_)) => check(
+            "runtime",
+            Status::Warn,
+            format!(
+                "{} has runtime {name:?}; dockerd could not be asked whether it loaded it",
+                opts.daemon_json.display()
+            ),
+        ),
+        (None, None) => check(
+            "runtime",
+            Status::Fail,
+            format!(
+                "runtime {name:?} is not registered with dockerd nor in {}; run `dso install`",
+                opts.daemon_json.display()
+            ),
+        ),
+    }
+}
+
+/// The config must not be writable by others (whoever can edit it can point dso at their own
+/// provider); key files must not be readable by others at all.
+fn check_permissions(config_path: &Path, cfg: Option<&Config>) -> Vec<Check> {
+    let mut problems = Vec::new();
+    let mut seen = 0;
+    let me = nix::unistd::geteuid().as_raw();
+    let mut look = |path: &Path, forbidden: u32, fix: &str| {
+        seen += 1;
+        match fs::metadata(path) {
+            Ok(m) => {
+                let mode = m.permissions().mode() & 0o7777;
+                if mode & forbidden != 0 {
+                    problems.push(format!(
+                        "{} has mode {mode:04o}; {fix} {}",
+                        path.display(),
+                        path.display()
+                    ));
+                }
+                if m.uid() != 0 && m.uid() != me {
+                    problems.push(format!(
+                        "{} is owned by uid {}; chown root {}",
+                        path.display(),
+                        m.uid(),
+                        path.display()
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+        }
+    };
+    if config_path.exists() {
+        look(config_path, 0o022, "chmod go-w");
+        if let Some(dir) = config_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            look(dir, 0o022, "chmod go-w");
+        }
+    }
+    if let Some(cfg) = cfg {
+        let mut files = Vec::new();
+        for p in cfg.providers.values() {
+            collect_key_files(&Value::Object(p.settings.clone()), &mut files);
+        }
+        if let Some(w) = &cfg.agent.webhook {
+            collect_key_files(w, &mut files);
+        }
+        files.sort();
+        files.dedup();
+        for f in files {
+            look(Path::new(&f), 0o077, "chmod 600");
+        }
+    }
+    if problems.is_empty() {
+        vec![check(
+            "permissions",
+            Status::Ok,
+            format!("{seen} config and key file(s) and directories: owner and mode fine"),
+        )]
+    } else {
+        problems
+            .into_iter()
+            .map(|p| check("permissions", Status::Fail, p))
+            .collect()
+    }
+}
+
+/// Values of `*_file` settings (key files, passphrases, AppRole ids), except CA bundles, which
+/// are public.
+fn collect_key_files(v: &Value, out: &mut Vec<String>) {
+    if let Value::Object(m) = v {
+        for (k, v) in m {
+            match v {
+                Value::String(s) if k.ends_with("_file") && k != "ca_file" => out.push(s.clone()),
+                Value::Object(_) => collect_key_files(v, out),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn check_agent(cfg: &Config) -> Check {
+    // The control socket (default <runtime.state_dir>/dso.sock), asked for a `ping`.
+    let socket = crate::agent::control::socket_path(cfg);
+    let ping = serde_json::json!({"op": "ping"});
+    match crate::agent::control::request(&socket, &ping, Duration::from_secs(3)) {
+        Ok(bytes)
+            if serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("ok").and_then(Value::as_bool))
+                == Some(true) =>
+        {
+            check(
+                "agent",
+                Status::Ok,
+                format!("answering on {}", socket.display()),
+            )
+        }
+        Ok(_) => check(
+            "agent",
+            Status::Warn,
+            format!(
+                "{}: something answered that is not a dso agent; check agent.socket",
+                socket.display()
+            ),
+        ),
+        Err(e) => check(
+            "agent",
+            Status::Warn,
+            format!(
+                "{e}; start it (systemctl enable --now dso-agent): without it secrets rotate only on `dso rotate`"
+            ),
+        ),
+    }
+}
+
+/// One real lookup per provider: the version of the first secret that uses it, under a
+/// deadline. The value, if the backend returns one, is dropped (zeroized) unseen.
+fn check_providers(cfg: &Config, timeout: Duration) -> Vec<Check> {
+    if cfg.providers.is_empty() {
+        return vec![check(
+            "providers",
+            Status::Warn,
+            "no provider configured in dso.yaml",
+        )];
+    }
+    cfg.providers
+        .iter()
+        .map(|(name, pcfg)| {
+            let label = format!("provider:{name}");
+            let secret = cfg
+                .secrets
+                .iter()
+                .find(|(_, s)| cfg.provider_of(s) == Some(name.as_str()));
+            let Some((sname, s)) = secret else {
+                return check(label, Status::Skip, "no secret in dso.yaml uses it");
+            };
+            let provider = match providers::build(name, pcfg, cfg) {
+                Ok(p) => p,
+                Err(e) => return check(label, Status::Fail, format!("{e}; fix dso.yaml")),
+            };
+            let req = FetchRequest {
+                path: s.path.clone().unwrap_or_else(|| sname.clone()),
+                key: s.key.clone(),
+                version: s.version.clone(),
+            };
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(provider.version(&req));
+            });
+            match rx.recv_timeout(timeout) {
+                Ok(Ok(v)) => check(
+                    label,
+                    Status::Ok,
+                    format!(
+                        "{} reached: secret {sname:?} at version {}",
+                        pcfg.kind.as_str(),
+                        v.as_deref().unwrap_or("-")
+                    ),
+                ),
+                Ok(Err(e)) => check(
+                    label,
+                    Status::Fail,
+                    format!("secret {sname:?}: {e}"),
+                ),
+                Err(_) => check(
+                    label,
+                    Status::Fail,
+                    format!(
+                        "no answer within {}s (secret {sname:?}); check the network path to the provider",
+                        timeout.as_secs()
+                    ),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The table `dso doctor` prints.
+pub fn render_table(checks: &[Check]) -> String {
+    let w = checks
+        .iter()
+        .map(|c| c.check.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut s = format!("{:<w$}  {:<6}  DETAIL\n", "CHECK", "STATUS");
+    for c in checks {
+        s.push_str(&format!(
+            "{:<w$}  {:<6}  {}\n",
+            c.check,
+            c.status.label(),
+            c.detail
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_are_found_at_any_depth_but_not_ca_bundles() {
+        let v = serde_json::json!({"key_file":"/k","ca_file":"/ca","auth":{"role_id_file":"/r","method":"approle"}});
+        let mut out = Vec::new();
+        collect_key_files(&v, &mut out);
+        out.sort();
+        assert_eq!(out, ["/k", "/r"]);
+    }
+
+    #[test]
+    fn permissions_flag_readable_key_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        fs::write(&key, "k").unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg_path = dir.path().join("dso.yaml");
+        let text = format!(
+            "provider: {{ type: local, path: {}/s, key_file: {} }}\n",
+            dir.path().display(),
+            key.display()
+        );
+        fs::write(&cfg_path, &text).unwrap();
+        fs::set_permissions(&cfg_path, fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = Config::from_str_at(&text, &cfg_path).unwrap();
+        let checks = check_permissions(&cfg_path, Some(&cfg));
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert_eq!(checks[0].status, Status::Fail);
+        assert!(checks[0].detail.contains("chmod 600"), "{checks:?}");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o400)).unwrap();
+        let checks = check_permissions(&cfg_path, Some(&cfg));
+        assert_eq!(checks[0].status, Status::Ok, "{checks:?}");
+        fs::set_permissions(&cfg_path, fs::Permissions::from_mode(0o666)).unwrap();
+        let checks = check_permissions(&cfg_path, Some(&cfg));
+        assert!(checks[0].detail.contains("chmod go-w"), "{checks:?}");
+    }
+
+    #[test]
+    fn table_has_a_header_and_one_row_per_check() {
+        let t = render_table(&[
+            check("runc", Status::Ok, "runc version 1.1"),
+            check("provider:local", Status::Fail, "boom"),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("CHECK"));
+        assert!(lines[2].contains("FAIL") && lines[2].ends_with("boom"));
+    }
+}

@@ -12,12 +12,13 @@ mod aws_support;
 mod harness;
 
 use std::fs;
-use std::path::Path;
-use std::process::Output;
 use std::sync::{MutexGuard, OnceLock};
 
 use aws_support::{Imds, Moto, REGION};
-use harness::{ContainerGuard, Harness, IMAGE};
+use harness::{
+    ContainerGuard, Harness, IMAGE, assert_failed_closed, dso_runc_root, field, sha256_hex, stderr,
+    stdout,
+};
 
 const FETCH_TIMEOUT_SECS: u64 = 5;
 
@@ -119,98 +120,6 @@ fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>, Imds, Imds)> {
         q(h.state_dir()),
     ));
     Some((h, serial, good, bad))
-}
-
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn field<'a>(text: &'a str, key: &str) -> &'a str {
-    let prefix = format!("{key}=");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no `{key}=` line in:\n{text}"))
-}
-
-fn container_id(h: &Harness, name: &str) -> Option<String> {
-    let out = h.docker(&["inspect", "--format", "{{.Id}}", name]);
-    out.status
-        .success()
-        .then(|| stdout(&out).trim().to_string())
-        .filter(|id| !id.is_empty())
-}
-
-/// The runc root dockerd gives the dso runtime (from a container started through it).
-fn dso_runc_root(h: &Harness) -> std::path::PathBuf {
-    let c = ContainerGuard::new(h, "dso-e2e-aws-root-probe");
-    let out = h.docker(&[
-        "run",
-        "-d",
-        "--name",
-        &c.name,
-        "--runtime",
-        "dso",
-        "--network",
-        "none",
-        IMAGE,
-        "sleep",
-        "600",
-    ]);
-    assert!(out.status.success(), "probe container: {}", stderr(&out));
-    let id = stdout(&out);
-    h.runc_root_of(id.trim())
-        .or_else(|| h.runc_root("dso"))
-        .unwrap_or_else(|| panic!("no runc root for runtime dso under {:?}", h.exec_root()))
-}
-
-/// The run failed, said `expect` (all of it), printed nothing of the command, and left no runc
-/// container and no dso state behind.
-fn assert_failed_closed(h: &Harness, root: &Path, name: &str, out: &Output, expect: &[&str]) {
-    assert!(
-        !out.status.success(),
-        "docker run succeeded: {}",
-        stdout(out)
-    );
-    assert!(!stdout(out).contains("must not run"));
-    let err = stderr(out);
-    eprintln!("docker run said: {err}");
-    for e in expect {
-        assert!(err.contains(e), "the error does not say {e:?}: {err}");
-    }
-    let id = container_id(h, name);
-    let listed = h.runc_list(root);
-    match &id {
-        Some(id) => assert!(
-            !listed.iter().any(|l| l == id),
-            "runc still has container {id}: {listed:?}"
-        ),
-        None => assert!(listed.is_empty(), "runc has containers left: {listed:?}"),
-    }
-    if let Some(id) = &id {
-        let state: Vec<String> = fs::read_dir(h.state_dir())
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(
-            !state.iter().any(|n| n.contains(id.as_str())),
-            "dso kept state for the failed container: {state:?}"
-        );
-    }
 }
 
 #[test]

@@ -335,3 +335,117 @@ fn bad_inputs_are_one_line_errors() {
 
     assert_eq!(lab.list(), "");
 }
+
+/// Issue 7, malicious images: whatever the image has at `/run/secrets` (a directory full of
+/// files, a regular file, a FIFO) and a read-only rootfs: the container either gets its secret
+/// on dso's tmpfs (the image's files hidden beneath it) or fails with a clear error and leaves
+/// nothing behind; either way nothing is written into the image (runc's creation of a missing
+/// mount point, an empty `run/secrets` directory, aside).
+#[test]
+fn odd_secrets_paths_in_the_image_and_a_read_only_rootfs() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"odd-path-value");
+    let script = "cat /run/secrets/db; echo; ls -A /run/secrets | tr '\\n' ' '";
+    let plant_dir: fn(&Path) = |run| {
+        fs::create_dir_all(run.join("secrets")).unwrap();
+        for i in 0..50 {
+            fs::write(run.join(format!("secrets/planted{i}")), b"image file").unwrap();
+        }
+        fs::write(run.join("secrets/db"), b"planted by the image").unwrap();
+    };
+    let plant_file: fn(&Path) = |run| {
+        fs::write(run.join("secrets"), b"a file where the dir should be").unwrap();
+    };
+    let plant_fifo: fn(&Path) = |run| {
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o644);
+        nix::unistd::mkfifo(&run.join("secrets"), mode).unwrap();
+    };
+    let plant_nothing: fn(&Path) = |_| {};
+    let cases = [
+        ("dir-full", plant_dir, false),
+        ("file", plant_file, false),
+        ("fifo", plant_fifo, false),
+        ("read-only", plant_nothing, true),
+    ];
+    for (name, plant, read_only) in cases {
+        let b = lab.bundle(script, &["DB_FILE=dsofile://db"], (0, 0));
+        plant(&b.join("rootfs/run"));
+        if read_only {
+            let mut spec: serde_json::Value =
+                serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
+            spec["root"]["readonly"] = true.into();
+            fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        }
+        let before = image_digest(&b.join("rootfs"));
+        let id = format!("t-odd-{name}");
+        let out = lab.create(&b, &id);
+        if out.status.success() {
+            let stdout = lab.start_and_wait(&b, &id);
+            assert!(
+                stdout.starts_with("odd-path-value"),
+                "{name}: the container did not get dso's value: {stdout}"
+            );
+            assert!(
+                !stdout.contains("planted"),
+                "{name}: image files visible: {stdout}"
+            );
+        } else {
+            eprintln!("{name}: refused: {}", out.stderr);
+            assert!(
+                out.stderr.contains("/run/secrets"),
+                "{name}: the error does not say where: {}",
+                out.stderr
+            );
+            assert!(!lab.list().contains(&id), "{name}: container left behind");
+            assert!(!lab.path(&format!("state/{id}.json")).exists());
+        }
+        let _ = lab.runc(&["delete", "--force", &id]);
+        assert!(
+            image_digest(&b.join("rootfs")) == before,
+            "{name}: something was written into the image"
+        );
+    }
+}
+
+/// Every path below `root` with a digest of each file's content (not following symlinks); an
+/// empty `run/secrets` directory (a mount point runc created) is left out.
+fn image_digest(root: &Path) -> Vec<(String, String)> {
+    use sha2::Digest;
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                out.push(p.clone());
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(&p, out);
+                }
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    walk(root, &mut paths);
+    let mut v: Vec<(String, String)> = paths
+        .into_iter()
+        .filter(|p| {
+            !(p.ends_with("run/secrets")
+                && p.is_dir()
+                && fs::read_dir(p)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false))
+        })
+        .map(|p| {
+            let digest = if p.is_file() && !p.is_symlink() {
+                format!("{:x}", sha2::Sha256::digest(fs::read(&p).unwrap()))
+            } else {
+                String::new()
+            };
+            (p.display().to_string(), digest)
+        })
+        .collect();
+    v.sort();
+    v
+}

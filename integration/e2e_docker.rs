@@ -6,11 +6,14 @@
 mod harness;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::sync::MutexGuard;
 
-use harness::{ContainerGuard, Harness, IMAGE, RUNLINK_IMAGE, RUNLINK_TARGET};
+use harness::{
+    ContainerGuard, Harness, IMAGE, RUNLINK_IMAGE, RUNLINK_TARGET, container_id, dso_runc_root,
+    field, stderr, stdout,
+};
 
 /// Gate, daemon, and the serial lock every test holds while it uses the shared store.
 fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>)> {
@@ -31,14 +34,6 @@ fn run(h: &Harness, runtime: &str, opts: &[&str], image: &str, cmd: &[&str]) -> 
     h.docker(&args)
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// Asserts success, with everything needed to debug a failure.
 fn ok(h: &Harness, what: &str, out: &Output) -> String {
     assert!(
@@ -50,14 +45,6 @@ fn ok(h: &Harness, what: &str, out: &Output) -> String {
         h.dockerd_log_tail(30)
     );
     stdout(out)
-}
-
-/// The value after `key=` on the line that starts with it.
-fn field<'a>(text: &'a str, key: &str) -> &'a str {
-    let prefix = format!("{key}=");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no `{key}=` line in:\n{text}"))
 }
 
 /// Checks the /proc/mounts line of the secrets tmpfs (printed by the container) at `point`.
@@ -86,37 +73,6 @@ fn assert_host_clean(values: &[&str]) {
             "a secret value is on the host's filesystem, in: {found:?}"
         );
     }
-}
-
-fn container_id(h: &Harness, name: &str) -> Option<String> {
-    let out = h.docker(&["inspect", "--format", "{{.Id}}", name]);
-    out.status
-        .success()
-        .then(|| stdout(&out).trim().to_string())
-        .filter(|id| !id.is_empty())
-}
-
-/// The runc root dockerd gives the dso runtime, read from the bundle of a container started
-/// through it (so it exists, and is the right one whatever Docker's version).
-fn dso_runc_root(h: &Harness) -> PathBuf {
-    let c = ContainerGuard::new(h, "dso-e2e-root-probe");
-    let out = h.docker(&[
-        "run",
-        "-d",
-        "--name",
-        &c.name,
-        "--runtime",
-        "dso",
-        "--network",
-        "none",
-        IMAGE,
-        "sleep",
-        "600",
-    ]);
-    let id = ok(h, "docker run -d --runtime dso without references", &out);
-    h.runc_root_of(id.trim())
-        .or_else(|| h.runc_root("dso"))
-        .unwrap_or_else(|| panic!("no runc root for runtime dso under {:?}", h.exec_root()))
 }
 
 /// Asserts that runc, under `root`, knows no container `id`.

@@ -329,3 +329,121 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// A small ext4 filesystem on a loop device, mounted for the life of the value.
+struct LoopFs {
+    mountpoint: PathBuf,
+}
+
+impl LoopFs {
+    /// `None` when this cannot run here (not root, no loop device or mkfs.ext4): skipped
+    /// outside CI, a failure under `CI=true`.
+    fn mount(image: &Path, mountpoint: &Path, size_mib: u64) -> Option<LoopFs> {
+        let ci = std::env::var_os("CI").is_some_and(|v| v == "true");
+        let why = if !nix::unistd::Uid::effective().is_root() {
+            Some("needs root".to_string())
+        } else {
+            let file = fs::File::create(image).unwrap();
+            file.set_len(size_mib << 20).unwrap();
+            drop(file);
+            let mkfs = Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0"])
+                .arg(image)
+                .output();
+            match mkfs {
+                Ok(o) if o.status.success() => {
+                    fs::create_dir_all(mountpoint).unwrap();
+                    let m = Command::new("mount")
+                        .args(["-o", "loop"])
+                        .arg(image)
+                        .arg(mountpoint)
+                        .output()
+                        .unwrap();
+                    (!m.status.success()).then(|| format!("mount -o loop: {}", stderr(&m)))
+                }
+                Ok(o) => Some(format!("mkfs.ext4: {}", stderr(&o))),
+                Err(e) => Some(format!("mkfs.ext4: {e}")),
+            }
+        };
+        match why {
+            None => Some(LoopFs {
+                mountpoint: mountpoint.to_path_buf(),
+            }),
+            Some(why) if ci => panic!("CI=true but this test cannot run: {why}"),
+            Some(why) => {
+                eprintln!("skipped: {why}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mountpoint).status();
+    }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 7 (faults): the disk holding the store fills up while `dso secret set` writes it. The
+/// write fails with a clear error, the old store survives byte for byte and still opens, no temp
+/// file is left, and once there is room again the same command works.
+#[test]
+fn disk_full_while_writing_the_store_keeps_the_old_store() {
+    let env = Env::new();
+    let store_dir = env.store().parent().unwrap().to_path_buf();
+    let Some(_fs) = LoopFs::mount(&env.dir.path().join("disk.img"), &store_dir, 4) else {
+        return;
+    };
+    assert_ok(&env.init());
+    assert_ok(&env.run(&["secret", "set", "a"], b"old value of a"));
+    assert_ok(&env.run(&["secret", "set", "b"], b"old value of b"));
+    let before = fs::read(env.store()).unwrap();
+
+    // Fill the filesystem to the last block.
+    let filler = store_dir.join("filler");
+    let mut f = fs::File::create(&filler).unwrap();
+    let chunk = vec![0x5a_u8; 64 << 10];
+    let mut small = vec![0x5a_u8; 1024];
+    loop {
+        if f.write_all(&chunk).is_err() {
+            // Top up with small writes until not even a block is left.
+            while f.write_all(&small).is_ok() {}
+            break;
+        }
+    }
+    let _ = f.sync_all();
+    small.clear();
+    drop(f);
+    let names_before = names_in(&store_dir);
+
+    let big = vec![b'n'; 256 << 10];
+    let out = env.run(&["secret", "set", "a"], &big);
+    let err = assert_fails_one_line(&out);
+    assert!(
+        err.contains("No space left on device") && err.contains(env.store().to_str().unwrap()),
+        "{err}"
+    );
+    assert_eq!(fs::read(env.store()).unwrap(), before, "the store changed");
+    assert_eq!(names_in(&store_dir), names_before, "a temp file was left");
+    let out = env.run(&["secret", "get", "a"], b"");
+    assert_ok(&out);
+    assert_eq!(out.stdout, b"old value of a");
+
+    // Room again: the same write goes through and both secrets are there.
+    fs::remove_file(&filler).unwrap();
+    assert_ok(&env.run(&["secret", "set", "a"], &big));
+    assert_eq!(env.run(&["secret", "get", "a"], b"").stdout, big);
+    assert_eq!(
+        env.run(&["secret", "get", "b"], b"").stdout,
+        b"old value of b"
+    );
+}

@@ -518,6 +518,7 @@ impl Rotator {
             let (uid, gid) = host_ids(&rec.rec.bundle, s.uid, s.gid);
             let dir =
                 SecretsDir::open(rec.rec.pid, &rec.rec.secrets_dir).map_err(|e| e.to_string())?;
+            dir.sweep_stale_temps(file).map_err(|e| e.to_string())?;
             dir.write(&SecretFile {
                 name: file,
                 value,

@@ -104,7 +104,7 @@ impl SecretsDir {
             name: file.name.to_string(),
             source,
         };
-        let tmp = format!(".{}.tmp-{:08x}", file.name, random_u32());
+        let tmp = format!("{}{:08x}", temp_prefix(file.name), random_u32());
         let tmp_c = CString::new(tmp.as_str()).map_err(|e| werr(std::io::Error::other(e)))?;
         let name_c = CString::new(file.name).map_err(|e| werr(std::io::Error::other(e)))?;
         // SAFETY: valid dir fd, NUL-terminated name; the returned fd is owned below.
@@ -154,6 +154,58 @@ impl SecretsDir {
     }
 }
 
+/// Temp files of `name` are `.<name>~<8 hex>`: `~` is never in a secret name (see
+/// `validate_name`), so such an entry can only be a writer's temp file.
+fn temp_prefix(name: &str) -> String {
+    format!(".{name}~")
+}
+
+impl SecretsDir {
+    /// Removes temp files of `name` left by a writer that died between creating its temp file
+    /// and renaming it (the agent killed mid-rotation). Called by rotation before it rewrites
+    /// `name`; not by create, whose tmpfs is new. A concurrent writer of the same name (there
+    /// is none: the agent rotates serially, and create runs before the container is known to
+    /// it) would only see its rename fail, never publish a torn file.
+    pub fn sweep_stale_temps(&self, name: &str) -> Result<usize, InjectError> {
+        let werr = |source| InjectError::Write {
+            dir: self.dir.clone(),
+            name: name.to_string(),
+            source,
+        };
+        let prefix = temp_prefix(name);
+        let mut dir = nix::dir::Dir::openat(
+            Some(self.fd.as_raw_fd()),
+            ".",
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| werr(std::io::Error::from(e)))?;
+        let mut stale = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.map_err(|e| werr(std::io::Error::from(e)))?;
+            let bytes = entry.file_name().to_bytes();
+            if bytes.len() == prefix.len() + 8
+                && bytes.starts_with(prefix.as_bytes())
+                && bytes[prefix.len()..].iter().all(u8::is_ascii_hexdigit)
+            {
+                stale.push(entry.file_name().to_owned());
+            }
+        }
+        for n in &stale {
+            // SAFETY: valid dir fd and NUL-terminated name relative to it.
+            if unsafe { libc::unlinkat(self.fd.as_raw_fd(), n.as_ptr(), 0) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(werr(e));
+                }
+            }
+        }
+        Ok(stale.len())
+    }
+}
+
 fn random_u32() -> u32 {
     let mut b = [0u8; 4];
     // A collision only makes O_EXCL fail, which is reported; no need for more than best effort.
@@ -171,6 +223,30 @@ mod tests {
         let dir = tempfile::tempdir_in("/dev/shm").ok()?;
         let root = Root::open(dir.path()).ok()?;
         Some((dir, root))
+    }
+
+    #[test]
+    fn stale_temps_of_a_name_are_swept_and_nothing_else() {
+        let Some((dir, root)) = shm_root() else {
+            eprintln!("skip: no /dev/shm tmpfs");
+            return;
+        };
+        let d = dir.path().join("secrets");
+        std::fs::create_dir(&d).unwrap();
+        // Left by a writer killed between create and rename, and neighbours that must stay:
+        // another secret's temp, a secret whose name merely looks like a temp, and the file.
+        for n in [".db~0badf00d", ".db~deadbeef", ".api~0badf00d", ".db.tmp-0badf00d", "db"] {
+            std::fs::write(d.join(n), b"x").unwrap();
+        }
+        let sd = SecretsDir::open_in(&root, "/secrets").unwrap();
+        assert_eq!(sd.sweep_stale_temps("db").unwrap(), 2);
+        let mut names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".api~0badf00d", ".db.tmp-0badf00d", "db"]);
+        assert_eq!(sd.sweep_stale_temps("db").unwrap(), 0);
     }
 
     #[test]

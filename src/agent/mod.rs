@@ -44,6 +44,18 @@ pub fn run(rotator: &Rotator, triggers: mpsc::Receiver<Trigger>, stop: Arc<Atomi
     // wakes for the earliest one due and checks the secrets whose (jittered) time has come.
     let mut due_at: BTreeMap<String, Instant> = BTreeMap::new();
     let mut next = Instant::now();
+    // New containers are looked for as often as the shortest interval of any declared secret
+    // (never less often than `watch.interval`): a container started after the agent, using a
+    // secret with `rotation.interval: 1s`, is rotated within about a second, as configured.
+    let discover_every = rotator
+        .config()
+        .secrets
+        .keys()
+        .map(|name| rotator.interval_of(name))
+        .chain([rotator.config().watch.interval])
+        .min()
+        .unwrap_or(rotator.config().watch.interval)
+        .max(MIN_INTERVAL);
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
         if now >= next {
@@ -71,8 +83,8 @@ pub fn run(rotator: &Rotator, triggers: mpsc::Receiver<Trigger>, stop: Arc<Atomi
                 .values()
                 .copied()
                 .min()
-                .unwrap_or(after + rotator.config().watch.interval.max(MIN_INTERVAL))
-                .min(after + rotator.config().watch.interval.max(MIN_INTERVAL));
+                .unwrap_or(after + discover_every)
+                .min(after + discover_every);
             continue;
         }
         let wait = (next - now).min(Duration::from_millis(200));

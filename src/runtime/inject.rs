@@ -235,7 +235,13 @@ mod tests {
         std::fs::create_dir(&d).unwrap();
         // Left by a writer killed between create and rename, and neighbours that must stay:
         // another secret's temp, a secret whose name merely looks like a temp, and the file.
-        for n in [".db~0badf00d", ".db~deadbeef", ".api~0badf00d", ".db.tmp-0badf00d", "db"] {
+        for n in [
+            ".db~0badf00d",
+            ".db~deadbeef",
+            ".api~0badf00d",
+            ".db.tmp-0badf00d",
+            "db",
+        ] {
             std::fs::write(d.join(n), b"x").unwrap();
         }
         let sd = SecretsDir::open_in(&root, "/secrets").unwrap();

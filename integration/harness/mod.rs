@@ -66,6 +66,19 @@ pub fn require_root() -> bool {
     false
 }
 
+/// True when `tool` is on PATH; otherwise a failure under `CI=true`, a skip elsewhere.
+pub fn require_tool(tool: &str) -> bool {
+    if find_in_path(tool).is_some() {
+        return true;
+    }
+    let why = format!("this test needs `{tool}` on PATH (run scripts/install-deps.sh as root)");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("\n\n*** CI=true and an end-to-end test cannot run: {why} ***\n\n");
+    }
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
 /// A 64-bit little-endian ELF executable without a program interpreter (PT_INTERP).
 fn is_static_elf(path: &Path) -> bool {
     let Ok(elf) = fs::read(path) else {
@@ -1111,17 +1124,4 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/plain\0"), r"/plain\0");
         assert_eq!(unescape_mountinfo(r"\134"), "\\");
     }
-}
-
-/// True when `tool` is on PATH; otherwise a failure under `CI=true`, a skip elsewhere.
-pub fn require_tool(tool: &str) -> bool {
-    if find_in_path(tool).is_some() {
-        return true;
-    }
-    let why = format!("this test needs `{tool}` on PATH (run scripts/install-deps.sh as root)");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("\n\n*** CI=true and an end-to-end test cannot run: {why} ***\n\n");
-    }
-    eprintln!("SKIPPED: {why}");
-    false
 }

@@ -32,6 +32,7 @@ else
     printf '\n(not root: skipping scripts/install-deps.sh; root-only tests will be skipped)\n'
 fi
 step "format" cargo fmt --all -- --check
+step "SECURITY.md claims name real tests" python3 scripts/security-claims.py
 step "clippy" cargo clippy --all-targets -- -D warnings
 step "build" cargo build
 # Every target, like `--all-targets`, except that `test = false` is honoured: `--bins` would

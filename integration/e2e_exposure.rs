@@ -242,6 +242,16 @@ fn no_value_anywhere_on_the_host_after_create_rotate_restart_and_stop() {
         file1
     );
     assert!(exec(h, "exposure", &["cat", "/proc/1/environ"]).contains(&env1));
+    // The create was served by the agent (its fast path): the agent held both first values.
+    let audit = std::fs::read_to_string(h.audit_path()).unwrap();
+    for name in ["exp_env", "exp_file"] {
+        assert!(
+            audit.lines().any(|l| l.contains("\"secret_fetched\"")
+                && l.contains(&format!("\"{name}\""))
+                && l.contains("\"via\":\"agent\"")),
+            "{name} was not fetched through the agent:\n{audit}"
+        );
+    }
 
     // Rotate: the agent rewrites the file within its 1 s interval.
     h.set_secret("exp_file", file2.as_bytes());

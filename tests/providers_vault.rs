@@ -474,6 +474,35 @@ fn connection_resets_fail_closed() {
     );
 }
 
+/// The server sends its status, headers and half the body, then resets the connection: never a
+/// partial value, an `Unavailable` error with no secret in it; the retry gets the whole value.
+#[test]
+fn connection_reset_mid_body_fails_closed() {
+    let Some(env) = start(&[]) else { return };
+    let p = env.provider("", "10s");
+    env.fake.admin_post(
+        "/_fake/faults",
+        json!({"midbody": 1000, "only": "/v1/secret/"}),
+    );
+    let e = p.fetch(&req("app/db", Some("password"), None)).unwrap_err();
+    // Cut while the body was being read, not before the answer.
+    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
+    assert!(e.to_string().contains("reading the response"), "{e}");
+    assert_clean(&format!("{e} {e:?}"), &secrets_in_errors());
+    env.fake.admin_post(
+        "/_fake/faults",
+        json!({"midbody": 1, "only": "/v1/secret/"}),
+    );
+    assert_eq!(
+        text(
+            &p.fetch(&req("app/db", Some("password"), None))
+                .unwrap()
+                .value
+        ),
+        "pw-v2"
+    );
+}
+
 #[test]
 fn untrusted_server_certificate_is_a_tls_error() {
     let Some(env) = start(&[]) else { return };

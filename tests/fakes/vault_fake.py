@@ -31,7 +31,9 @@ Seed JSON (all optional):
    "namespaces": {"team-a": {"mounts": {...}, "secrets": {...}}}}
 
 Fault injection, for tests (also settable at runtime, no token needed, loopback only):
-  POST /_fake/faults {"slow": seconds, "fail500": n, "reset": n, "only": "<path prefix>"}
+  POST /_fake/faults {"slow": seconds, "fail500": n, "reset": n, "midbody": n,
+                     "only": "<path prefix>"}
+  (reset: RST before answering; midbody: the answer's status, headers and half its body, then RST)
   GET  /_fake/stats  -> {"requests": n, "by_path": {...}, "logins": n, "renewals": n}
 """
 
@@ -115,7 +117,7 @@ class State:
         self.tokens = {}
         self.approles = {}  # mount -> {role_name: {...}}
         self.auth_mounts = {"token": "token", "approle": "approle"}
-        self.faults = {"slow": 0.0, "fail500": 0, "reset": 0, "only": ""}
+        self.faults = {"slow": 0.0, "fail500": 0, "reset": 0, "midbody": 0, "only": ""}
         self.stats = {"requests": 0, "by_path": {}, "logins": 0, "renewals": 0}
         self.add_token(root_token, ["root"], ttl=0, renewable=False)
         self.namespaces[""].mounts.update({"secret": 2})
@@ -261,6 +263,15 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
+        if getattr(self, "_cut_midbody", False):
+            self._cut_midbody = False
+            self.wfile.write(raw[: len(raw) // 2])
+            self.wfile.flush()
+            # Let the client read the status, headers and half body before the RST (a RST
+            # that arrives first makes the kernel drop what the client has not read yet).
+            time.sleep(0.3)
+            self.reset_connection()
+            return
         self.wfile.write(raw)
 
     def read_body(self):
@@ -316,6 +327,9 @@ class Handler(BaseHTTPRequestHandler):
             if applies and f["reset"] > 0:
                 st.faults["reset"] -= 1
                 action = "reset"
+            elif applies and f.get("midbody", 0) > 0:
+                st.faults["midbody"] -= 1
+                action = "midbody"
             elif applies and f["fail500"] > 0:
                 st.faults["fail500"] -= 1
                 action = "500"
@@ -324,21 +338,25 @@ class Handler(BaseHTTPRequestHandler):
         if applies and f["slow"] > 0:
             time.sleep(f["slow"])
         if action == "reset":
-            # RST instead of FIN: SO_LINGER 0, then close the raw socket.
-            self.connection.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
-            self.close_connection = True
-            try:
-                # detach() takes the fd away from the file objects still referring to it.
-                socket.socket(fileno=self.connection.detach()).close()
-            except OSError:
-                pass
+            self.reset_connection()
             return True
         if action == "500":
             self.send_json(500, {"errors": ["internal error"]})
             return True
+        if action == "midbody":
+            # Answer for real, but cut the connection halfway through the body (send_json).
+            self._cut_midbody = True
         return False
+
+    def reset_connection(self):
+        """RST instead of FIN: SO_LINGER 0, then close the raw socket."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        try:
+            # detach() takes the fd away from the file objects still referring to it.
+            socket.socket(fileno=self.connection.detach()).close()
+        except OSError:
+            pass
 
     def handle_method(self, method):
         url = urlsplit(self.path)
@@ -388,7 +406,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_fake/faults" and method == "POST":
             body = self.body_json()
             with st.lock:
-                for k in ("slow", "fail500", "reset", "only"):
+                for k in ("slow", "fail500", "reset", "midbody", "only"):
                     if k in body:
                         st.faults[k] = body[k]
             return self.send_json(200, st.faults)

@@ -199,6 +199,9 @@ pub struct RuntimeConfig {
     /// Size cap of the tmpfs, in bytes (YAML accepts `1m`, `512k`, `65536`).
     #[serde(default = "default_tmpfs_size", deserialize_with = "de_size")]
     pub tmpfs_size: u64,
+    /// Largest value of one secret, in bytes: checked at create and on rotation.
+    #[serde(default = "default_max_secret_size", deserialize_with = "de_size")]
+    pub max_secret_size: u64,
     #[serde(default = "default_fetch_timeout", deserialize_with = "de_duration")]
     pub fetch_timeout: Duration,
     /// Default mode of injected files.
@@ -217,6 +220,7 @@ impl Default for RuntimeConfig {
         Self {
             secrets_dir: default_secrets_dir(),
             tmpfs_size: default_tmpfs_size(),
+            max_secret_size: default_max_secret_size(),
             fetch_timeout: default_fetch_timeout(),
             file_mode: default_file_mode(),
             init_path: None,
@@ -229,6 +233,9 @@ fn default_secrets_dir() -> String {
     "/run/secrets".into()
 }
 fn default_tmpfs_size() -> u64 {
+    1024 * 1024
+}
+fn default_max_secret_size() -> u64 {
     1024 * 1024
 }
 fn default_fetch_timeout() -> Duration {

@@ -436,6 +436,16 @@ impl Rotator {
                 .version(fetched.version.as_deref())
                 .duration(started.elapsed()),
         );
+        let limit = self.cfg.runtime.max_secret_size;
+        if fetched.value.len() as u64 > limit {
+            // Refused before any container is touched: every file keeps its current value.
+            let msg = format!(
+                "secret {name:?} is {} bytes, more than runtime.max_secret_size ({limit} bytes) in {}",
+                fetched.value.len(),
+                self.cfg.source.display()
+            );
+            return fail_all(records, &msg);
+        }
         let mut out = Vec::new();
         for &(ri, si) in users {
             let rec = &mut records[ri];

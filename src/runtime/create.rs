@@ -75,6 +75,15 @@ pub enum CreateError {
         limit: u64,
         config: PathBuf,
     },
+    #[error(
+        "secret {secret:?} is {size} bytes, more than runtime.max_secret_size ({limit} bytes) in {config}"
+    )]
+    SecretTooLarge {
+        secret: String,
+        size: u64,
+        limit: u64,
+        config: PathBuf,
+    },
     #[error("the container user {uid}:{gid} is not mapped in the container's user namespace")]
     Unmapped { uid: u32, gid: u32 },
     #[error("container id is missing from the {0} command line")]
@@ -574,6 +583,16 @@ pub fn create_with_secrets(
     // 4: fetch everything before anything is created.
     let values = fetch_all(&cfg, &planned, &audit)?;
     timing.mark("fetch");
+    for (p, (v, _)) in planned.iter().zip(&values) {
+        if v.len() as u64 > cfg.runtime.max_secret_size {
+            return Err(CreateError::SecretTooLarge {
+                secret: p.label.clone(),
+                size: v.len() as u64,
+                limit: cfg.runtime.max_secret_size,
+                config: cfg.source.clone(),
+            });
+        }
+    }
     let env_blob = env_file(&planned, &values)?;
     let needed: u64 = planned
         .iter()

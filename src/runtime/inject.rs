@@ -56,6 +56,9 @@ pub struct SecretFile<'a> {
 pub struct SecretsDir {
     fd: OwnedFd,
     dir: String,
+    /// The tmpfs belongs to a user namespace where the host's root has no id (learnt on the
+    /// first write).
+    in_userns: std::cell::Cell<bool>,
 }
 
 impl SecretsDir {
@@ -93,11 +96,17 @@ impl SecretsDir {
         Ok(SecretsDir {
             fd,
             dir: secrets_dir.to_string(),
+            in_userns: std::cell::Cell::new(false),
         })
     }
 
     /// Writes one file: temp name (O_EXCL, O_NOFOLLOW), owner and mode set before any byte is
     /// written, then renamed over `name` (rename replaces a planted symlink; it never follows it).
+    ///
+    /// A tmpfs mounted inside a container's user namespace (`--userns-remap`) belongs to that
+    /// namespace, where the host's root has no id: creating or renaming into it then fails
+    /// with EOVERFLOW. The write is then done as the file's future owner (host ids of the
+    /// container's ids, mapped by construction; see [`as_fs_ids`]), and so are the next ones.
     pub fn write(&self, file: &SecretFile<'_>) -> Result<(), InjectError> {
         let werr = |source| InjectError::Write {
             dir: self.dir.clone(),
@@ -107,6 +116,27 @@ impl SecretsDir {
         let tmp = format!("{}{:08x}", temp_prefix(file.name), random_u32());
         let tmp_c = CString::new(tmp.as_str()).map_err(|e| werr(std::io::Error::other(e)))?;
         let name_c = CString::new(file.name).map_err(|e| werr(std::io::Error::other(e)))?;
+        let attempt = || self.write_as_is(file, &tmp_c, &name_c);
+        if self.in_userns.get() {
+            return as_fs_ids(file.uid, file.gid, attempt).map_err(werr);
+        }
+        match attempt() {
+            Err(e) if e.raw_os_error() == Some(libc::EOVERFLOW) => {
+                self.in_userns.set(true);
+                as_fs_ids(file.uid, file.gid, attempt).map_err(werr)
+            }
+            other => other.map_err(werr),
+        }
+    }
+
+    /// One attempt of [`Self::write`] with the thread's current ids; no temp file is left
+    /// when it fails.
+    fn write_as_is(
+        &self,
+        file: &SecretFile<'_>,
+        tmp_c: &CString,
+        name_c: &CString,
+    ) -> std::io::Result<()> {
         // SAFETY: valid dir fd, NUL-terminated name; the returned fd is owned below.
         let raw = unsafe {
             libc::openat(
@@ -117,7 +147,7 @@ impl SecretsDir {
             )
         };
         if raw < 0 {
-            return Err(werr(std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error());
         }
         // SAFETY: raw is a fresh fd we own.
         let mut f = unsafe { File::from_raw_fd(raw) };
@@ -145,13 +175,60 @@ impl SecretsDir {
             Ok(())
         })();
         drop(f);
-        if let Err(e) = result {
+        if result.is_err() {
             // SAFETY: as above.
             unsafe { libc::unlinkat(self.fd.as_raw_fd(), tmp_c.as_ptr(), 0) };
-            return Err(werr(e));
         }
-        Ok(())
+        result
     }
+}
+
+/// Runs `f` with this thread's filesystem uid and gid set to `uid`/`gid`, and the
+/// filesystem capabilities (which the kernel drops from the effective set when the fsuid leaves
+/// 0) raised again from the permitted set, so that directory permissions still do not stand in
+/// the way. Per thread: other threads of the agent are not affected. Both ids are put back
+/// before returning, whatever `f` did; leaving fsuid 0 restores the capabilities.
+fn as_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    let old_gid = nix::unistd::setfsgid(gid.into());
+    let old_uid = nix::unistd::setfsuid(uid.into());
+    let result = raise_effective_caps().and_then(|()| f());
+    nix::unistd::setfsuid(old_uid);
+    nix::unistd::setfsgid(old_gid);
+    result
+}
+
+/// Sets this thread's effective capabilities to its permitted ones (capget/capset, v3).
+fn raise_effective_caps() -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: header and a two-element data array, as capget v3 expects.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for d in &mut data {
+        d.effective = d.permitted;
+    }
+    // SAFETY: as above; only this thread's sets change.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Temp files of `name` are `.<name>~<8 hex>`: `~` is never in a secret name (see

@@ -140,10 +140,8 @@ fn user_namespace_with_remapped_ids() {
         let inside = exec(
             &lab,
             id,
-            &format!(
-                "cat /run/secrets/db; echo; stat -c '%u:%g' /run/secrets; \
-                 grep ' /run/secrets ' /proc/mounts | cut -d' ' -f3"
-            ),
+            "cat /run/secrets/db; echo; stat -c '%u:%g' /run/secrets; \
+             grep ' /run/secrets ' /proc/mounts | cut -d' ' -f3",
         );
         assert_eq!(
             inside,

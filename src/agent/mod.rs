@@ -59,8 +59,10 @@ pub fn run(rotator: &Rotator, triggers: mpsc::Receiver<Trigger>, stop: Arc<Atomi
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
         if now >= next {
+            // prune: the records of containers that are gone are dropped here, at the
+            // discovery cadence, not only when one of their secrets is due.
             let in_use: std::collections::BTreeSet<String> =
-                crate::rotation::load_records(rotator.state_dir())
+                crate::rotation::prune(rotator.state_dir())
                     .into_iter()
                     .flat_map(|r| r.rec.secrets.into_iter().map(|s| s.name))
                     .collect();

@@ -525,7 +525,9 @@ impl Rotator {
         }
         let strategy = Strategy::of(&self.cfg, &s.name)?;
         if let Some(file) = &s.file {
-            let (uid, gid) = host_ids(&rec.rec.bundle, s.uid, s.gid);
+            let (uid, gid) = s
+                .host_ids
+                .unwrap_or_else(|| host_ids(&rec.rec.bundle, s.uid, s.gid));
             let dir =
                 SecretsDir::open(rec.rec.pid, &rec.rec.secrets_dir).map_err(|e| e.to_string())?;
             dir.sweep_stale_temps(file).map_err(|e| e.to_string())?;

@@ -85,10 +85,15 @@ fn runc_state_file(rec: &StateRecord) -> Option<DelegateState> {
         }
         Err(_) => return None,
     };
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let pid = v.get("init_process_pid")?.as_i64()?;
-    let start = v.get("init_process_start")?.as_u64()?;
-    let pid = i32::try_from(pid).ok()?;
+    // Only the two fields: the rest of runc's record (the whole spec, tens of KiB) is skipped
+    // without being built into a tree, which a rotation does for every container.
+    #[derive(serde::Deserialize)]
+    struct RuncState {
+        init_process_pid: i64,
+        init_process_start: u64,
+    }
+    let v: RuncState = serde_json::from_slice(&bytes).ok()?;
+    let (pid, start) = (i32::try_from(v.init_process_pid).ok()?, v.init_process_start);
     match proc_start_time(pid) {
         Some(t) if t == start => Some(DelegateState::Running { pid }),
         _ => Some(DelegateState::Gone),

@@ -151,6 +151,10 @@ pub struct StateSecret {
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
+    /// `uid`/`gid` as the host sees them (through the bundle's user-namespace mappings), so
+    /// that a rotation need not parse the bundle's spec again. Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ids: Option<(u32, u32)>,
 }
 
 /// Resolves references against the config into a fetch plan (one entry per file name).
@@ -683,7 +687,8 @@ pub fn create_with_secrets(
             secrets: planned
                 .iter()
                 .zip(&values)
-                .map(|(p, (_, version))| StateSecret {
+                .zip(&host_ids)
+                .map(|((p, (_, version)), ids)| StateSecret {
                     name: p.label.clone(),
                     file: p.as_file.then(|| p.file.clone()),
                     env: p.env_vars.clone(),
@@ -694,6 +699,7 @@ pub fn create_with_secrets(
                     uid: p.uid,
                     gid: p.gid,
                     mode: p.mode,
+                    host_ids: Some(*ids),
                 })
                 .collect(),
             created: crate::audit::now_rfc3339(),

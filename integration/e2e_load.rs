@@ -448,3 +448,123 @@ fn a_hundred_rotations_a_second_for_a_minute_while_containers_come_and_go() {
     drop(guards);
     drop(agent);
 }
+
+/// `docker exec NAME cat FILE`, or None when the container is not running.
+fn cat(h: &Harness, name: &str, file: &str) -> Option<String> {
+    let out = h.docker(&["exec", name, "cat", file]);
+    out.status.success().then(|| harness::stdout(&out))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn dockerd_restarted_while_the_agent_runs() {
+    if !harness::require_root() {
+        return;
+    }
+    let h = Harness::get();
+    let _serial = h.serial();
+    h.init_store();
+    let yaml = h.default_dso_yaml().replace(
+        "  api_key: {}\n",
+        "  api_key: {}\n  restart_file: { rotation: { interval: 1s } }\n",
+    );
+    h.write_dso_yaml(&yaml);
+    let v1 = harness::random_token("restart-1-");
+    let v2 = harness::random_token("restart-2-");
+    h.set_secret("restart_file", v1.as_bytes());
+    let agent = start_agent(h);
+    let agent_pid = agent.0.id();
+    let socket = h.state_dir().join("dso.sock");
+
+    // One container dockerd brings back after its restart, one it leaves stopped.
+    let kept = harness::ContainerGuard::new(h, "dso-load-restart-always");
+    let left = harness::ContainerGuard::new(h, "dso-load-restart-no");
+    for (g, policy) in [(&kept, "always"), (&left, "no")] {
+        let out = h.docker(&[
+            "run",
+            "-d",
+            "--name",
+            &g.name,
+            "--restart",
+            policy,
+            "--runtime",
+            "dso",
+            "--network",
+            "none",
+            "-e",
+            "F=dsofile://restart_file",
+            IMAGE,
+            "sh",
+            "-c",
+            "while :; do sleep 1; done",
+        ]);
+        assert!(out.status.success(), "{}", harness::stderr(&out));
+        assert_eq!(
+            cat(h, &g.name, "/run/secrets/restart_file").as_deref(),
+            Some(v1.as_str())
+        );
+    }
+    let kept_id = harness::container_id(h, &kept.name).unwrap();
+    let left_id = harness::container_id(h, &left.name).unwrap();
+    let listed = |answer: &serde_json::Value| -> Vec<String> {
+        answer["containers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| c["id"].as_str().map(String::from))
+            .collect()
+    };
+    let before = listed(&control(&socket, &serde_json::json!({"op": "status"})));
+    assert!(
+        before.contains(&kept_id) && before.contains(&left_id),
+        "{before:?}"
+    );
+
+    let t0 = Instant::now();
+    h.restart_dockerd();
+    eprintln!("dockerd restarted in {:?}", t0.elapsed());
+
+    // The agent lived through it and still answers.
+    assert!(
+        std::path::Path::new(&format!("/proc/{agent_pid}")).exists(),
+        "the agent died with dockerd"
+    );
+    assert_eq!(
+        control(&socket, &serde_json::json!({"op": "ping"}))["ok"],
+        true
+    );
+    // dockerd restarted the `always` container: dso-runc injected its secret again.
+    wait_for(
+        "the restart-always container back with its secret",
+        Duration::from_secs(60),
+        || cat(h, &kept.name, "/run/secrets/restart_file").as_deref() == Some(v1.as_str()),
+    );
+    // The agent tracks the new instance and drops the stopped one.
+    wait_for(
+        "the agent's registry after the restart",
+        Duration::from_secs(10),
+        || {
+            let now = listed(&control(&socket, &serde_json::json!({"op": "status"})));
+            now.contains(&kept_id) && !now.contains(&left_id)
+        },
+    );
+    // And rotation reaches the restarted container within its 1 s interval (+ slack).
+    h.set_secret("restart_file", v2.as_bytes());
+    wait_for(
+        "rotation after the dockerd restart",
+        Duration::from_secs(5),
+        || cat(h, &kept.name, "/run/secrets/restart_file").as_deref() == Some(v2.as_str()),
+    );
+    let audit = std::fs::read_to_string(h.audit_path()).unwrap();
+    assert!(!audit.contains("\"rotation_failed\""), "{audit}");
+    drop((kept, left));
+    drop(agent);
+}

@@ -134,7 +134,7 @@ fn search_path() -> std::ffi::OsString {
 /// The private dockerd and what belongs to it.
 pub struct Harness {
     dir: PathBuf,
-    dockerd_pid: u32,
+    dockerd_pid: std::sync::atomic::AtomicU32,
     store: OnceLock<Result<(), String>>,
 }
 
@@ -182,7 +182,40 @@ impl Harness {
         self.dir.join("dockerd.log")
     }
     pub fn dockerd_pid(&self) -> u32 {
+        self.dockerd_pid.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops the private dockerd (SIGTERM; it stops its containers, as on a host's
+    /// `systemctl restart docker`, unless live-restore is on) and starts it again on the same
+    /// data root, exec root and socket. Panics if it does not come back.
+    pub fn restart_dockerd(&self) {
+        let old = lock_cleanup().as_mut().and_then(|c| c.dockerd.take());
+        if let Some(mut child) = old {
+            // SAFETY: kill with a pid we spawned and still own (not yet waited for).
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let t0 = Instant::now();
+            while child.try_wait().ok().flatten().is_none() {
+                if t0.elapsed() > Duration::from_secs(30) {
+                    let _ = child.kill();
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let child = spawn_dockerd(&self.dir).unwrap_or_else(|e| panic!("restarting dockerd: {e}"));
         self.dockerd_pid
+            .store(child.id(), std::sync::atomic::Ordering::SeqCst);
+        let mut cleanup = lock_cleanup();
+        match cleanup.as_mut() {
+            Some(c) => c.dockerd = Some(child),
+            None => {
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the harness's exit handler state is gone");
+            }
+        }
+        drop(cleanup);
+        wait_until_ready(&self.dir).unwrap_or_else(|e| panic!("dockerd did not come back: {e}"));
     }
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("dso.yaml")
@@ -549,7 +582,7 @@ fn start() -> Result<Harness, String> {
     wait_until_ready(&dir)?;
     let harness = Harness {
         dir,
-        dockerd_pid: pid,
+        dockerd_pid: std::sync::atomic::AtomicU32::new(pid),
         store: OnceLock::new(),
     };
     import_image(&harness, IMAGE, None)?;

@@ -93,7 +93,10 @@ fn runc_state_file(rec: &StateRecord) -> Option<DelegateState> {
         init_process_start: u64,
     }
     let v: RuncState = serde_json::from_slice(&bytes).ok()?;
-    let (pid, start) = (i32::try_from(v.init_process_pid).ok()?, v.init_process_start);
+    let (pid, start) = (
+        i32::try_from(v.init_process_pid).ok()?,
+        v.init_process_start,
+    );
     match proc_start_time(pid) {
         Some(t) if t == start => Some(DelegateState::Running { pid }),
         _ => Some(DelegateState::Gone),

@@ -139,6 +139,9 @@ pub struct Harness {
 }
 
 static HARNESS: OnceLock<Result<Harness, String>> = OnceLock::new();
+/// Extra daemon.json settings for this test process's dockerd (e.g. `userns-remap`); set
+/// before the first [`Harness::get`].
+pub static DAEMON_EXTRA: OnceLock<serde_json::Value> = OnceLock::new();
 /// Tests take this lock so that they never share the store's secrets or the runc root.
 static SERIAL: Mutex<()> = Mutex::new(());
 /// What the exit handler stops and removes.
@@ -559,6 +562,15 @@ fn start() -> Result<Harness, String> {
         // Containers still running at shutdown are killed after 2 s, not 15.
         "shutdown-timeout": 2,
     });
+    if let (Some(extra), Some(obj)) = (
+        DAEMON_EXTRA.get().and_then(|v| v.as_object()),
+        daemon_json.as_object_mut(),
+    ) {
+        obj.extend(extra.clone());
+        // A remapped root must be able to walk down to its layers and bundles.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o711))
+            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    }
     if dockerd_major_version().is_some_and(|v| v <= 20) {
         // Docker 20.10 otherwise creates /etc/docker/key.json on the host; later versions
         // have no trust key and reject the option.

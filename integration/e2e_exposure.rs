@@ -10,47 +10,10 @@
 mod harness;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{Harness, IMAGE};
-
-/// A `dso agent` on the harness's dso.yaml, killed on drop.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_agent(h: &Harness) -> Agent {
-    let log = h.dir().join("agent.log");
-    let child = Command::new(harness::DSO)
-        .arg("--config")
-        .arg(h.config_path())
-        .arg("agent")
-        .arg("--docker-socket")
-        .arg(h.socket())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("watching")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "agent did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Agent(child)
-}
 
 /// The values searched for, by label (`file v1`, ...); the labels go into messages, never the
 /// values.
@@ -183,17 +146,15 @@ fn wait_until(h: &Harness, what: &str, timeout: Duration, mut f: impl FnMut() ->
 
 #[test]
 fn no_value_anywhere_on_the_host_after_create_rotate_restart_and_stop() {
-    if !harness::require_root() || !harness::require_tool("gcore") {
+    if !harness::require_tool("gcore") {
         return;
     }
-    let h = Harness::get();
-    let _serial = h.serial();
-    h.init_store();
-    let yaml = h.default_dso_yaml().replace(
-        "  api_key: {}\n",
-        "  api_key: {}\n  exp_file: { rotation: { interval: 1s } }\n  exp_env: { rotation: { interval: 1s } }\n",
+    let Some((h, _serial)) = harness::begin() else {
+        return;
+    };
+    h.write_dso_yaml_with_secrets(
+        "  exp_file: { rotation: { interval: 1s } }\n  exp_env: { rotation: { interval: 1s } }\n",
     );
-    h.write_dso_yaml(&yaml);
 
     // Only files whose inode changes from here on can hold a value.
     let marker = h.dir().join("scan-marker");
@@ -210,7 +171,7 @@ fn no_value_anywhere_on_the_host_after_create_rotate_restart_and_stop() {
 
     h.set_secret("exp_file", file1.as_bytes());
     h.set_secret("exp_env", env1.as_bytes());
-    let agent = start_agent(h);
+    let agent = h.start_agent();
     let _guard = harness::ContainerGuard::new(h, "exposure");
 
     // Create: both values reach the container.

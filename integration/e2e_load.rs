@@ -10,57 +10,17 @@ mod harness;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harness::{Harness, IMAGE};
 
-/// A `dso agent` on the harness's dso.yaml, killed on drop.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_agent(h: &Harness) -> Agent {
-    let log = h.dir().join("agent.log");
-    let child = Command::new(harness::DSO)
-        .arg("--config")
-        .arg(h.config_path())
-        .arg("agent")
-        .arg("--docker-socket")
-        .arg(h.socket())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("watching")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "agent did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Agent(child)
-}
-
 /// The dso.yaml: the harness's, plus `extra` secrets (declared with `{}`).
 fn config(h: &Harness, extra: &[String]) {
     let declared: String = extra.iter().map(|n| format!("  {n}: {{}}\n")).collect();
-    let yaml = h
-        .default_dso_yaml()
-        .replace("  api_key: {}\n", &format!("  api_key: {{}}\n{declared}"));
-    h.write_dso_yaml(&yaml);
+    h.write_dso_yaml_with_secrets(&declared);
 }
 
 /// State records and runc containers left by dso: none may remain once containers are gone.
@@ -140,12 +100,9 @@ fn concurrent_round(h: &'static Harness, values: &[String]) -> Duration {
 
 #[test]
 fn thirty_concurrent_runs_each_see_exactly_their_own_secret() {
-    if !harness::require_root() {
+    let Some((h, _serial)) = harness::begin() else {
         return;
-    }
-    let h = Harness::get();
-    let _serial = h.serial();
-    h.init_store();
+    };
     const N: usize = 30;
     let names: Vec<String> = (0..N).map(|i| format!("load_{i}")).collect();
     config(h, &names);
@@ -156,7 +113,7 @@ fn thirty_concurrent_runs_each_see_exactly_their_own_secret() {
         for (n, v) in names.iter().zip(&values) {
             h.set_secret(n, v.as_bytes());
         }
-        let agent = round.starts_with("with").then(|| start_agent(h));
+        let agent = round.starts_with("with").then(|| h.start_agent());
         let took = concurrent_round(h, &values);
         eprintln!("{N} concurrent docker runs {round}: {took:?}");
         drop(agent);
@@ -206,12 +163,9 @@ fn control(socket: &std::path::Path, req: &serde_json::Value) -> serde_json::Val
 
 #[test]
 fn a_hundred_rotations_a_second_for_a_minute_while_containers_come_and_go() {
-    if !harness::require_root() {
+    let Some((h, _serial)) = harness::begin() else {
         return;
-    }
-    let h = Harness::get();
-    let _serial = h.serial();
-    h.init_store();
+    };
     const SECRETS: usize = 10;
     const LONG: usize = 5;
     const RATE: u64 = 100;
@@ -234,7 +188,7 @@ fn a_hundred_rotations_a_second_for_a_minute_while_containers_come_and_go() {
     for n in rot.iter().chain(&churn) {
         set(n, "0");
     }
-    let agent = start_agent(h);
+    let agent = h.start_agent();
     let agent_pid = agent.0.id();
     let socket = h.state_dir().join("dso.sock");
 
@@ -465,21 +419,14 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn dockerd_restarted_while_the_agent_runs() {
-    if !harness::require_root() {
+    let Some((h, _serial)) = harness::begin() else {
         return;
-    }
-    let h = Harness::get();
-    let _serial = h.serial();
-    h.init_store();
-    let yaml = h.default_dso_yaml().replace(
-        "  api_key: {}\n",
-        "  api_key: {}\n  restart_file: { rotation: { interval: 1s } }\n",
-    );
-    h.write_dso_yaml(&yaml);
+    };
+    h.write_dso_yaml_with_secrets("  restart_file: { rotation: { interval: 1s } }\n");
     let v1 = harness::random_token("restart-1-");
     let v2 = harness::random_token("restart-2-");
     h.set_secret("restart_file", v1.as_bytes());
-    let agent = start_agent(h);
+    let agent = h.start_agent();
     let agent_pid = agent.0.id();
     let socket = h.state_dir().join("dso.sock");
 

@@ -5,7 +5,7 @@
 
 mod harness;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
@@ -185,43 +185,6 @@ fn restart_strategy_brings_the_new_env_value() {
     assert!(!audit.contains(&v2));
 }
 
-/// A `dso agent` on the harness's dso.yaml, killed on drop.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_agent(h: &Harness) -> Agent {
-    let log = h.dir().join("agent.log");
-    let child = Command::new(harness::DSO)
-        .arg("--config")
-        .arg(h.config_path())
-        .arg("agent")
-        .arg("--docker-socket")
-        .arg(h.socket())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("watching")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "agent did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Agent(child)
-}
-
 #[test]
 fn agent_rotates_a_docker_container_within_the_interval_and_signals_it() {
     let Some((h, _serial)) = begin() else { return };
@@ -251,7 +214,7 @@ fn agent_rotates_a_docker_container_within_the_interval_and_signals_it() {
         assert!(t0.elapsed() < Duration::from_secs(20), "{}", logs());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _agent = start_agent(h);
+    let _agent = h.start_agent();
     std::thread::sleep(Duration::from_millis(300));
     h.set_secret("rot_sig", v2.as_bytes());
     let changed = Instant::now();
@@ -296,12 +259,12 @@ fn agent_killed_with_sigkill_and_restarted_keeps_tracking_and_a_webhook_rotates(
     let read = || h.docker_ok(&["exec", &c.name, "cat", "/run/secrets/rot_file"]);
     assert_eq!(read(), v1);
 
-    let mut agent = start_agent(h);
+    let mut agent = h.start_agent();
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(agent.0.id() as i32, libc::SIGKILL) };
     let _ = agent.0.wait();
     drop(agent);
-    let _agent = start_agent(h);
+    let _agent = h.start_agent();
     let status = ok(h, "dso status", &h.dso(&["status", "--json"], None));
     assert!(status.contains(r#""agent": true"#), "{status}");
     assert!(status.contains("\"rot_file\""), "{status}");

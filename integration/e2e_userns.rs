@@ -8,19 +8,16 @@
 
 mod harness;
 
-use harness::{Harness, IMAGE};
+use harness::IMAGE;
 
 #[test]
 fn docker_userns_remap_containers_get_their_secrets() {
-    if !harness::require_root() {
-        return;
-    }
     harness::DAEMON_EXTRA
         .set(serde_json::json!({"userns-remap": "default"}))
         .unwrap();
-    let h = Harness::get();
-    let _serial = h.serial();
-    h.init_store();
+    let Some((h, _serial)) = harness::begin() else {
+        return;
+    };
     let db = harness::random_token("remap-db-");
     let api = harness::random_token("remap-api-");
     h.set_secret("db_password", db.as_bytes());

@@ -405,6 +405,72 @@ impl Harness {
     }
 }
 
+/// The usual start of a test: root and tools checked (else skipped, or a failure under
+/// `CI=true`), the process's dockerd, the serial lock, the store.
+pub fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>)> {
+    if !require_root() {
+        return None;
+    }
+    let h = Harness::get();
+    let serial = h.serial();
+    h.init_store();
+    Some((h, serial))
+}
+
+impl Harness {
+    /// Writes the default dso.yaml with `extra` (lines of YAML, two-space indented) added to
+    /// its `secrets:` map.
+    pub fn write_dso_yaml_with_secrets(&self, extra: &str) {
+        let yaml = self
+            .default_dso_yaml()
+            .replace("  api_key: {}\n", &format!("  api_key: {{}}\n{extra}"));
+        self.write_dso_yaml(&yaml);
+    }
+}
+
+/// A `dso agent` on the harness's dso.yaml and dockerd, killed on drop. Its stderr goes to
+/// `agent.log` in the harness dir.
+pub struct Agent(pub Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Harness {
+    /// Starts `dso agent` and waits until it says it is watching.
+    pub fn start_agent(&self) -> Agent {
+        let log = self.dir.join("agent.log");
+        let child = Command::new(DSO)
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("agent")
+            .arg("--docker-socket")
+            .arg(self.socket())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("creating agent.log"))
+            .spawn()
+            .expect("starting dso agent");
+        let agent = Agent(child);
+        let t0 = Instant::now();
+        while !fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("watching")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "agent did not start: {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+}
+
 /// A container that is removed (`docker rm -f`) when the guard drops, even if the test panics.
 pub struct ContainerGuard<'a> {
     harness: &'a Harness,

@@ -43,8 +43,12 @@ pub fn has_references(bundle: &Path) -> Result<bool, SpecError> {
         path: path.clone(),
         source,
     })?;
-    let doc: Value =
-        serde_json::from_slice(&bytes).map_err(|source| SpecError::Parse { path, source })?;
+    references_in(&bytes).map_err(|source| SpecError::Parse { path, source })
+}
+
+/// [`has_references`] on config.json's bytes.
+pub fn references_in(bytes: &[u8]) -> Result<bool, serde_json::Error> {
+    let doc: Value = serde_json::from_slice(bytes)?;
     let env = doc
         .pointer("/process/env")
         .and_then(Value::as_array)

@@ -128,9 +128,10 @@ impl Invocation {
             i += 1;
         }
 
-        // Subcommand and everything after it: copied unchanged.
+        // Subcommand and everything after it: copied unchanged. (`i` is past the end when the
+        // last argument is a global flag whose value is missing: runc reports that.)
         let rest_start = inv.args.len();
-        inv.args.extend(raw[i..].iter().cloned());
+        inv.args.extend(raw.get(i..).unwrap_or_default().iter().cloned());
         let Some(cmd) = inv.args.get(rest_start) else {
             return Ok(inv);
         };
@@ -444,5 +445,16 @@ mod tests {
     #[test]
     fn missing_flag_value_is_an_error() {
         assert!(Invocation::parse(os(&["create", "--bundle"])).is_err());
+    }
+
+    /// Found by fuzzing: a value-taking global flag as the last argument ran the index past
+    /// the end and panicked. runc gets the argv unchanged and reports the missing value.
+    #[test]
+    fn global_flag_without_value_at_the_end() {
+        for argv in [&["--rootless"][..], &["--debug", "--root"], &["--log"]] {
+            let inv = parse(argv);
+            assert_eq!(inv.args, os(argv));
+            assert_eq!(inv.command, None);
+        }
     }
 }

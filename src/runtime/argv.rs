@@ -212,9 +212,15 @@ impl Invocation {
         let mut j = ci + 1;
         while j < end {
             let arg = &self.args[j];
-            let drop = flag_parts(arg).is_some_and(|(n, _)| RUN_ONLY_FLAGS.contains(&n));
-            if !drop {
-                out.push(arg.clone());
+            match flag_parts(arg) {
+                Some((n, _)) if RUN_ONLY_FLAGS.contains(&n) => {}
+                // A flag's value is kept whatever it looks like (`--pid-file --keep`).
+                Some((n, None)) if CREATE_VALUE_FLAGS.contains(&n) && j + 1 < end => {
+                    out.push(arg.clone());
+                    out.push(self.args[j + 1].clone());
+                    j += 1;
+                }
+                _ => out.push(arg.clone()),
             }
             j += 1;
         }
@@ -439,6 +445,18 @@ mod tests {
         assert_eq!(
             inv.run_as_create_args(),
             os(&["--root", "/r", "create", "--bundle", "/b", "c1"])
+        );
+    }
+
+    /// Found by fuzzing: a flag value that looks like a run-only flag (`--bundle --keep`) was
+    /// dropped with the flags, and the create read the next argument as the bundle.
+    #[test]
+    fn run_becomes_create_keeping_flag_values() {
+        let inv = parse(&["run", "-d", "--bundle", "--keep", "--pid-file", "-d", "c1"]);
+        assert_eq!(inv.bundle, Some("--keep".into()));
+        assert_eq!(
+            inv.run_as_create_args(),
+            os(&["create", "--bundle", "--keep", "--pid-file", "-d", "c1"])
         );
     }
 

@@ -298,8 +298,10 @@ fn parse_body(body: &[u8]) -> Result<Vec<String>, &'static str> {
     Ok(names)
 }
 
+/// Strict hex: digits and letters only (`u8::from_str_radix` alone would also take a sign,
+/// `+a`, so one MAC would have several accepted spellings).
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -387,6 +389,17 @@ mod tests {
         );
         assert!(verify(KEY, None, Some(&sig), body, 1_700_000_000).is_err());
         assert!(verify(KEY, Some(ts), Some("sha256=zz"), body, 1_700_000_000).is_err());
+        // Found by fuzzing: a sign inside the hex ("+a" for "0a") was taken as the same MAC.
+        let plus = sig.replacen("0", "+", 1);
+        assert_ne!(plus, sig);
+        assert_eq!(
+            verify(KEY, Some(ts), Some(&plus), body, 1_700_000_000),
+            Err("malformed X-DSO-Signature")
+        );
+        assert_eq!(
+            verify(KEY, Some(ts), Some(&sig.to_uppercase().replace("SHA256=", "sha256=")), body, 1_700_000_000),
+            Ok(())
+        );
     }
 
     #[test]

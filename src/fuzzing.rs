@@ -106,11 +106,18 @@ pub fn argv(data: &[u8]) {
             Ok(c) => c,
             Err(e) => panic!("run_as_create_args gave {create_args:?}, which does not parse: {e}"),
         };
-        assert_eq!(created.command.as_deref(), Some("create"), "{create_args:?}");
+        assert_eq!(
+            created.command.as_deref(),
+            Some("create"),
+            "{create_args:?}"
+        );
         assert_eq!(created.global_args(), inv.global_args(), "{create_args:?}");
         assert_eq!(created.bundle, inv.bundle, "{create_args:?}");
         assert_eq!(created.pid_file, inv.pid_file, "{create_args:?}");
-        assert_eq!(created.console_socket, inv.console_socket, "{create_args:?}");
+        assert_eq!(
+            created.console_socket, inv.console_socket,
+            "{create_args:?}"
+        );
         assert_eq!(created.container_id, inv.container_id, "{create_args:?}");
         assert!(!created.detach && !created.keep, "{create_args:?}");
         // Nothing but run-only flags was removed.
@@ -186,7 +193,10 @@ pub fn refs(data: &[u8]) {
 fn check_ref(r: &SecretRef) {
     let name = r.file_name();
     assert!(validate_name(name).is_ok(), "file name {name:?}");
-    assert!(!name.is_empty() && name.len() <= MAX_NAME_LEN, "file name {name:?}");
+    assert!(
+        !name.is_empty() && name.len() <= MAX_NAME_LEN,
+        "file name {name:?}"
+    );
     assert!(name != "." && name != "..", "file name {name:?}");
     assert!(
         name.bytes()
@@ -211,7 +221,10 @@ fn check_ref(r: &SecretRef) {
     match &r.target {
         Target::Named { name, key } => {
             assert!(validate_name(name).is_ok());
-            assert!(key.as_deref().is_none_or(|k| !k.is_empty() && no_control(k)));
+            assert!(
+                key.as_deref()
+                    .is_none_or(|k| !k.is_empty() && no_control(k))
+            );
         }
         Target::Inline {
             provider,
@@ -224,7 +237,10 @@ fn check_ref(r: &SecretRef) {
                 !path.is_empty() && path.split('/').all(|s| !s.is_empty() && s != ".."),
                 "path {path:?}"
             );
-            assert!(key.as_deref().is_none_or(|k| !k.is_empty() && no_control(k)));
+            assert!(
+                key.as_deref()
+                    .is_none_or(|k| !k.is_empty() && no_control(k))
+            );
         }
     }
 }
@@ -304,7 +320,10 @@ pub fn spec(data: &[u8]) {
     let refs = match collect_refs(&spec.env(), Some(&spec.annotations())) {
         Ok(refs) => refs,
         Err(e) => {
-            assert!(quick, "reference error ({e}) in a spec passed through unchanged");
+            assert!(
+                quick,
+                "reference error ({e}) in a spec passed through unchanged"
+            );
             return;
         }
     };
@@ -378,7 +397,10 @@ pub fn spec(data: &[u8]) {
     assert_eq!(at_dir.len(), 1, "mounts at the secrets dir: {at_dir:?}");
     let tmpfs = at_dir[0];
     assert_eq!(tmpfs.get("type").and_then(Value::as_str), Some("tmpfs"));
-    assert_eq!(tmpfs.get("source").and_then(Value::as_str), Some(TMPFS_SOURCE));
+    assert_eq!(
+        tmpfs.get("source").and_then(Value::as_str),
+        Some(TMPFS_SOURCE)
+    );
     let options: Vec<&str> = tmpfs
         .get("options")
         .and_then(Value::as_array)
@@ -462,7 +484,10 @@ pub fn webhook_request(data: &[u8]) {
             let Ok(t) = ts.parse::<i64>() else {
                 panic!("accepted timestamp {ts:?}");
             };
-            assert!(t.abs_diff(WEBHOOK_NOW) <= MAX_SKEW_SECS as u64, "stale {ts}");
+            assert!(
+                t.abs_diff(WEBHOOK_NOW) <= MAX_SKEW_SECS as u64,
+                "stale {ts}"
+            );
             let want = webhook::sign(WEBHOOK_KEY, ts, body);
             assert!(
                 sig.eq_ignore_ascii_case(&want),
@@ -528,7 +553,11 @@ pub fn local_store(data: &[u8]) {
         Ok(entries) => {
             check_entries(&entries);
             let encoded = encode_plaintext(&entries);
-            assert_eq!(encoded.len(), plain.len(), "decoding dropped or added bytes");
+            assert_eq!(
+                encoded.len(),
+                plain.len(),
+                "decoding dropped or added bytes"
+            );
             let resealed = seal_raw(iterations, SEED_SALT, SEED_NONCE, &STORE_KEY, &encoded);
             match decode_with_key(path, &resealed, &STORE_KEY) {
                 Ok(back) => assert!(back == entries, "re-encoded entries differ"),

@@ -93,15 +93,8 @@ fn local_store() {
 #[test]
 fn every_target_is_replayed() {
     let targets: BTreeSet<&str> = dso::fuzzing::TARGETS.iter().map(|(n, _)| *n).collect();
-    let replayed: BTreeSet<&str> = [
-        "argv",
-        "refs",
-        "config",
-        "spec",
-        "webhook",
-        "local_store",
-    ]
-    .into();
+    let replayed: BTreeSet<&str> =
+        ["argv", "refs", "config", "spec", "webhook", "local_store"].into();
     assert_eq!(targets, replayed, "add a #[test] for each target");
     for kind in ["corpus", "regressions"] {
         let dirs: BTreeSet<String> = std::fs::read_dir(fuzz_dir().join(kind))
@@ -203,7 +196,10 @@ fn write_seed_corpus() {
                 "c1",
             ],
         ),
-        ("state", &["--root", "/run/runc", "--log-format=json", "state", "c1"]),
+        (
+            "state",
+            &["--root", "/run/runc", "--log-format=json", "state", "c1"],
+        ),
         ("version", &["--version"]),
         (
             "preserve",
@@ -261,11 +257,10 @@ fn write_seed_corpus() {
     ]);
     with_refs["annotations"] = serde_json::json!({"dso.secrets/TOKEN_FILE": "dsofile://vault/app/token#t",
         "org.opencontainers.image.title": "x"});
-    with_refs["mounts"]
-        .as_array_mut()
-        .expect("mounts")
-        .push(serde_json::json!({"destination": "/run/secrets/compose_thing", "type": "bind",
-            "source": "/var/lib/compose/x", "options": ["rbind", "ro"]}));
+    with_refs["mounts"].as_array_mut().expect("mounts").push(
+        serde_json::json!({"destination": "/run/secrets/compose_thing", "type": "bind",
+            "source": "/var/lib/compose/x", "options": ["rbind", "ro"]}),
+    );
     with_refs["linux"]["uidMappings"] =
         serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
     with_refs["linux"]["gidMappings"] =

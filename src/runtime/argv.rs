@@ -131,7 +131,8 @@ impl Invocation {
         // Subcommand and everything after it: copied unchanged. (`i` is past the end when the
         // last argument is a global flag whose value is missing: runc reports that.)
         let rest_start = inv.args.len();
-        inv.args.extend(raw.get(i..).unwrap_or_default().iter().cloned());
+        inv.args
+            .extend(raw.get(i..).unwrap_or_default().iter().cloned());
         let Some(cmd) = inv.args.get(rest_start) else {
             return Ok(inv);
         };

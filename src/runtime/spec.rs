@@ -151,7 +151,9 @@ impl Spec {
                     let off = id.checked_sub(e.container_id())?;
                     // checked: hostID + offset past u32::MAX is not a host id (and must not
                     // wrap onto a low one, or panic).
-                    (off < e.size()).then(|| e.host_id().checked_add(off)).flatten()
+                    (off < e.size())
+                        .then(|| e.host_id().checked_add(off))
+                        .flatten()
                 }),
             }
         };

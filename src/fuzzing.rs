@@ -23,8 +23,11 @@ use crate::secrets::{
     collect_refs, has_refs, parse_ref, validate_name,
 };
 
+/// A target: takes one input, panics on a finding.
+pub type FuzzFn = fn(&[u8]);
+
 /// Every target, by the name of its directory under `fuzz/corpus/` and `fuzz/regressions/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, FuzzFn)] = &[
     ("argv", argv),
     ("refs", refs),
     ("config", config),

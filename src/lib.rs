@@ -6,6 +6,8 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keyring;
 pub mod providers;
 pub mod rotation;

@@ -132,16 +132,54 @@ fn handle(mut conn: TcpStream, key: &[u8], audit: &Audit, tx: &mpsc::Sender<Trig
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
     let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let reject = |conn: &mut TcpStream, code: u16, reason: &str, why: &str| {
-        let msg = format!("{why} (from {peer})");
-        audit.record(&Event::new("webhook_rejected", "failure").error(&msg));
-        respond(
-            conn,
-            code,
-            reason,
-            &serde_json::json!({ "error": why }).to_string(),
-        );
+    let clock = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64
     };
+    match process_request(&mut conn, key, clock) {
+        Outcome::Closed => {}
+        Outcome::Rejected { code, reason, why } => {
+            let msg = format!("{why} (from {peer})");
+            audit.record(&Event::new("webhook_rejected", "failure").error(&msg));
+            respond(
+                &mut conn,
+                code,
+                reason,
+                &serde_json::json!({ "error": why }).to_string(),
+            );
+        }
+        Outcome::Accepted(secrets) => {
+            for s in &secrets {
+                audit.record(&Event::new("webhook_accepted", "success").secret(s));
+            }
+            let _ = tx.send(Trigger::Secrets(secrets));
+            respond(&mut conn, 202, "Accepted", "{\"status\":\"accepted\"}");
+        }
+    }
+}
+
+/// What became of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Signed, fresh, well-formed: refresh these secrets (answered 202).
+    Accepted(Vec<String>),
+    /// Refused with this HTTP status; `why` goes into the audit event and the response body.
+    Rejected {
+        code: u16,
+        reason: &'static str,
+        why: &'static str,
+    },
+    /// The peer went away (or timed out) before sending a whole request: nothing to answer.
+    Closed,
+}
+
+/// Reads one request from `conn` and decides it with `key`; `now` gives the unix time, read
+/// once the whole body is in (a slow sender does not widen the replay window). No I/O other
+/// than reading `conn`: the caller answers and audits.
+pub fn process_request<R: Read>(conn: &mut R, key: &[u8], now: impl FnOnce() -> i64) -> Outcome {
+    let reject = |code, reason, why| Outcome::Rejected { code, reason, why };
 
     // Head: up to the blank line, at most MAX_HEAD bytes.
     let mut buf = Vec::with_capacity(1024);
@@ -151,74 +189,55 @@ fn handle(mut conn: TcpStream, key: &[u8], audit: &Audit, tx: &mpsc::Sender<Trig
             break i;
         }
         if buf.len() > MAX_HEAD {
-            return reject(
-                &mut conn,
-                431,
-                "Request Header Fields Too Large",
-                "header too large",
-            );
+            return reject(431, "Request Header Fields Too Large", "header too large");
         }
         match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return Outcome::Closed,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     };
     let Some(head) = parse_head(&buf[..head_end]) else {
-        return reject(&mut conn, 400, "Bad Request", "malformed request");
+        return reject(400, "Bad Request", "malformed request");
     };
     if head.path.split('?').next() != Some(PATH) {
-        return reject(&mut conn, 404, "Not Found", "no such endpoint");
+        return reject(404, "Not Found", "no such endpoint");
     }
     if head.method != "POST" {
-        return reject(&mut conn, 405, "Method Not Allowed", "only POST");
+        return reject(405, "Method Not Allowed", "only POST");
     }
     let Some(len) = head
         .header("content-length")
         .and_then(|v| v.trim().parse::<usize>().ok())
     else {
-        return reject(&mut conn, 411, "Length Required", "Content-Length required");
+        return reject(411, "Length Required", "Content-Length required");
     };
     if len > MAX_BODY {
-        return reject(&mut conn, 413, "Payload Too Large", "body over 64 KiB");
+        return reject(413, "Payload Too Large", "body over 64 KiB");
     }
     let mut body = buf[head_end + 4..].to_vec();
     while body.len() < len {
         match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return Outcome::Closed,
             Ok(n) => body.extend_from_slice(&chunk[..n]),
         }
     }
     if body.len() > len {
-        return reject(
-            &mut conn,
-            413,
-            "Payload Too Large",
-            "body longer than Content-Length",
-        );
+        return reject(413, "Payload Too Large", "body longer than Content-Length");
     }
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
     if let Err(why) = verify(
         key,
         head.header("x-dso-timestamp"),
         head.header("x-dso-signature"),
         &body,
-        now,
+        now(),
     ) {
-        return reject(&mut conn, 401, "Unauthorized", why);
+        return reject(401, "Unauthorized", why);
     }
-    let secrets = match parse_body(&body) {
-        Ok(s) => s,
-        Err(why) => return reject(&mut conn, 400, "Bad Request", why),
-    };
-    for s in &secrets {
-        audit.record(&Event::new("webhook_accepted", "success").secret(s));
+    match parse_body(&body) {
+        Ok(secrets) => Outcome::Accepted(secrets),
+        Err(why) => reject(400, "Bad Request", why),
     }
-    let _ = tx.send(Trigger::Secrets(secrets));
-    respond(&mut conn, 202, "Accepted", "{\"status\":\"accepted\"}");
 }
 
 /// Checks timestamp window and signature. The error is the reason, for the audit event.
@@ -231,7 +250,8 @@ pub fn verify(
 ) -> Result<(), &'static str> {
     let ts = timestamp.ok_or("missing X-DSO-Timestamp")?.trim();
     let t: i64 = ts.parse().map_err(|_| "malformed X-DSO-Timestamp")?;
-    if (now - t).abs() > MAX_SKEW_SECS {
+    // abs_diff: `now - t` overflows for a timestamp near i64::MIN (a panic, which aborts).
+    if now.abs_diff(t) > MAX_SKEW_SECS as u64 {
         return Err("stale timestamp");
     }
     let sig = signature
@@ -275,8 +295,10 @@ fn parse_body(body: &[u8]) -> Result<Vec<String>, &'static str> {
     Ok(names)
 }
 
+/// Strict hex: digits and letters only (`u8::from_str_radix` alone would also take a sign,
+/// `+a`, so one MAC would have several accepted spellings).
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -364,6 +386,30 @@ mod tests {
         );
         assert!(verify(KEY, None, Some(&sig), body, 1_700_000_000).is_err());
         assert!(verify(KEY, Some(ts), Some("sha256=zz"), body, 1_700_000_000).is_err());
+        // Found in review while writing the fuzz target: i64::MIN overflowed `now - t`.
+        let min = i64::MIN.to_string();
+        let sig_min = sign(KEY, &min, body);
+        assert_eq!(
+            verify(KEY, Some(&min), Some(&sig_min), body, 1_700_000_000),
+            Err("stale timestamp")
+        );
+        // Found by fuzzing: a sign inside the hex ("+a" for "0a") was taken as the same MAC.
+        let plus = sig.replacen("0", "+", 1);
+        assert_ne!(plus, sig);
+        assert_eq!(
+            verify(KEY, Some(ts), Some(&plus), body, 1_700_000_000),
+            Err("malformed X-DSO-Signature")
+        );
+        assert_eq!(
+            verify(
+                KEY,
+                Some(ts),
+                Some(&sig.to_uppercase().replace("SHA256=", "sha256=")),
+                body,
+                1_700_000_000
+            ),
+            Ok(())
+        );
     }
 
     #[test]

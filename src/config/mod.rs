@@ -348,19 +348,7 @@ impl Config {
     /// `remember`: look the text up in, and add it to, the cache of configs this build has
     /// validated (see [`validated_marker`]), which spares a create the schema compilation.
     fn parse(text: &str, path: &Path, remember: bool) -> Result<Config, ConfigError> {
-        let doc: serde_json::Value = if text.trim().is_empty() {
-            serde_json::Value::Object(Default::default())
-        } else {
-            match serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml {
-                path: path.to_path_buf(),
-                line: e.location().map(|l| l.line()).unwrap_or(0),
-                message: e.to_string(),
-            })? {
-                // A file of comments only is an empty config, like an empty file.
-                serde_json::Value::Null => serde_json::Value::Object(Default::default()),
-                doc => doc,
-            }
-        };
+        let doc = yaml_document(text, path)?;
         let marker = remember.then(|| validated_marker(text));
         let known_good = marker
             .as_deref()
@@ -399,6 +387,22 @@ impl Config {
             None if self.providers.len() == 1 => self.providers.keys().next().map(String::as_str),
             None => None,
         }
+    }
+}
+
+/// The YAML text as a JSON document, before any check. Empty text, or comments only, is an
+/// empty mapping.
+pub(crate) fn yaml_document(text: &str, path: &Path) -> Result<serde_json::Value, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    match serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml {
+        path: path.to_path_buf(),
+        line: e.location().map(|l| l.line()).unwrap_or(0),
+        message: e.to_string(),
+    })? {
+        serde_json::Value::Null => Ok(serde_json::Value::Object(Default::default())),
+        doc => Ok(doc),
     }
 }
 

@@ -650,20 +650,29 @@ fn seal(
     key: &[u8; KEY_LEN],
     entries: &Entries,
 ) -> Result<Vec<u8>, StoreError> {
-    let mut plain = encode_entries(entries);
+    seal_plaintext(header, key, encode_entries(entries)).ok_or_else(|| StoreError::Corrupt {
+        path: path.to_path_buf(),
+    })
+}
+
+/// Encrypts `plain` in place into a complete store file: header (the associated data),
+/// ciphertext, tag. `None` only for plaintexts beyond AES-GCM's limit (64 GiB).
+fn seal_plaintext(
+    header: &Header,
+    key: &[u8; KEY_LEN],
+    mut plain: Zeroizing<Vec<u8>>,
+) -> Option<Vec<u8>> {
     let aad = header.encode();
     let cipher = Aes256Gcm::new(key.into());
     let tag = cipher
         .encrypt_in_place_detached((&header.nonce).into(), &aad, &mut plain[..])
-        .map_err(|_| StoreError::Corrupt {
-            path: path.to_path_buf(),
-        })?;
+        .ok()?;
     // `plain` now holds ciphertext.
     let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + TAG_LEN);
     out.extend_from_slice(&aad);
     out.extend_from_slice(&plain);
     out.extend_from_slice(&tag);
-    Ok(out)
+    Some(out)
 }
 
 /// Authenticates and decrypts a complete store file.
@@ -690,6 +699,59 @@ fn open_sealed(
     decode_entries(&plain).ok_or_else(|| StoreError::Corrupt {
         path: path.to_path_buf(),
     })
+}
+
+/// Everything `open` does once the key is derived: header checks (weak KDF parameters refused),
+/// then authenticated decryption and decoding, with `key` taken as the derived key. The seam the
+/// fuzzer drives (PBKDF2 at 600 000 rounds is far too slow to run per input).
+pub(crate) fn decode_with_key(
+    path: &Path,
+    raw: &[u8],
+    key: &[u8; KEY_LEN],
+) -> Result<Vec<(String, SecretValue, u64, u64)>, StoreError> {
+    let header = Header::parse(path, raw)?;
+    let entries = open_sealed(path, raw, &header, key)?;
+    Ok(entries
+        .into_iter()
+        .map(|(name, e)| (name, e.value, e.version, e.updated))
+        .collect())
+}
+
+/// A store file holding `plaintext` (any bytes, well-formed or not) sealed under `key` the way
+/// every write seals, with the header fields as given (no range check on `iterations`): what a
+/// writer holding the key could produce. For the fuzzer and its seeds; empty if `plaintext` is
+/// beyond AES-GCM's limit.
+pub(crate) fn seal_raw(
+    iterations: u32,
+    salt: [u8; SALT_LEN],
+    nonce: [u8; NONCE_LEN],
+    key: &[u8; KEY_LEN],
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let header = Header {
+        iterations,
+        salt,
+        nonce,
+    };
+    seal_plaintext(&header, key, Zeroizing::new(plaintext.to_vec())).unwrap_or_default()
+}
+
+/// The plaintext encoding of `(name, value, version, updated)` entries, as `seal` writes it.
+pub(crate) fn encode_plaintext(entries: &[(String, SecretValue, u64, u64)]) -> Zeroizing<Vec<u8>> {
+    let map: Entries = entries
+        .iter()
+        .map(|(name, value, version, updated)| {
+            (
+                name.clone(),
+                Entry {
+                    value: value.clone(),
+                    version: *version,
+                    updated: *updated,
+                },
+            )
+        })
+        .collect();
+    encode_entries(&map)
 }
 
 fn encode_entries(entries: &Entries) -> Zeroizing<Vec<u8>> {

@@ -128,9 +128,11 @@ impl Invocation {
             i += 1;
         }
 
-        // Subcommand and everything after it: copied unchanged.
+        // Subcommand and everything after it: copied unchanged. (`i` is past the end when the
+        // last argument is a global flag whose value is missing: runc reports that.)
         let rest_start = inv.args.len();
-        inv.args.extend(raw[i..].iter().cloned());
+        inv.args
+            .extend(raw.get(i..).unwrap_or_default().iter().cloned());
         let Some(cmd) = inv.args.get(rest_start) else {
             return Ok(inv);
         };
@@ -211,9 +213,15 @@ impl Invocation {
         let mut j = ci + 1;
         while j < end {
             let arg = &self.args[j];
-            let drop = flag_parts(arg).is_some_and(|(n, _)| RUN_ONLY_FLAGS.contains(&n));
-            if !drop {
-                out.push(arg.clone());
+            match flag_parts(arg) {
+                Some((n, _)) if RUN_ONLY_FLAGS.contains(&n) => {}
+                // A flag's value is kept whatever it looks like (`--pid-file --keep`).
+                Some((n, None)) if CREATE_VALUE_FLAGS.contains(&n) && j + 1 < end => {
+                    out.push(arg.clone());
+                    out.push(self.args[j + 1].clone());
+                    j += 1;
+                }
+                _ => out.push(arg.clone()),
             }
             j += 1;
         }
@@ -441,8 +449,31 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing: a flag value that looks like a run-only flag (`--bundle --keep`) was
+    /// dropped with the flags, and the create read the next argument as the bundle.
+    #[test]
+    fn run_becomes_create_keeping_flag_values() {
+        let inv = parse(&["run", "-d", "--bundle", "--keep", "--pid-file", "-d", "c1"]);
+        assert_eq!(inv.bundle, Some("--keep".into()));
+        assert_eq!(
+            inv.run_as_create_args(),
+            os(&["create", "--bundle", "--keep", "--pid-file", "-d", "c1"])
+        );
+    }
+
     #[test]
     fn missing_flag_value_is_an_error() {
         assert!(Invocation::parse(os(&["create", "--bundle"])).is_err());
+    }
+
+    /// Found by fuzzing: a value-taking global flag as the last argument ran the index past
+    /// the end and panicked. runc gets the argv unchanged and reports the missing value.
+    #[test]
+    fn global_flag_without_value_at_the_end() {
+        for argv in [&["--rootless"][..], &["--debug", "--root"], &["--log"]] {
+            let inv = parse(argv);
+            assert_eq!(inv.args, os(argv));
+            assert_eq!(inv.command, None);
+        }
     }
 }

@@ -617,19 +617,18 @@ pub fn create_with_secrets(
     let secrets_dir = cfg.runtime.secrets_dir.clone();
     let all_owned_by_user = planned.iter().all(|p| (p.uid, p.gid) == user);
     let dir_mode = if all_owned_by_user { 0o700 } else { 0o711 };
-    modify::add_secrets_tmpfs(
+    modify::rewrite_spec(
         &mut spec,
-        &secrets_dir,
-        cfg.runtime.tmpfs_size,
-        user.0,
-        user.1,
-        dir_mode,
+        &refs,
+        modify::TmpfsLayout {
+            secrets_dir: &secrets_dir,
+            size: cfg.runtime.tmpfs_size,
+            uid: user.0,
+            gid: user.1,
+            mode: dir_mode,
+        },
+        init.as_deref(),
     )?;
-    modify::point_file_refs(&mut spec, &refs, &secrets_dir)?;
-    let env_file_path = modify::container_path(&secrets_dir, ENV_FILE_NAME);
-    if let Some(init) = &init {
-        modify::wrap_with_init(&mut spec, init, &env_file_path)?;
-    }
     spec.flush()?;
     timing.mark("spec");
 

@@ -174,6 +174,41 @@ pub fn wrap_with_init(
     Ok(())
 }
 
+/// The secrets tmpfs as `create` lays it out.
+#[derive(Debug, Clone, Copy)]
+pub struct TmpfsLayout<'a> {
+    pub secrets_dir: &'a str,
+    pub size: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// The whole rewrite of step 5, in order: the tmpfs, file references pointed at their paths,
+/// and (when `init` is given: there are env references) the dso-init wrapper. Idempotent, like
+/// each modifier.
+pub fn rewrite_spec(
+    spec: &mut Spec,
+    refs: &[SecretRef],
+    tmpfs: TmpfsLayout<'_>,
+    init: Option<&Path>,
+) -> Result<(), SpecError> {
+    add_secrets_tmpfs(
+        spec,
+        tmpfs.secrets_dir,
+        tmpfs.size,
+        tmpfs.uid,
+        tmpfs.gid,
+        tmpfs.mode,
+    )?;
+    point_file_refs(spec, refs, tmpfs.secrets_dir)?;
+    if let Some(init) = init {
+        let env_file = container_path(tmpfs.secrets_dir, ENV_FILE_NAME);
+        wrap_with_init(spec, init, &env_file)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

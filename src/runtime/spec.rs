@@ -43,8 +43,12 @@ pub fn has_references(bundle: &Path) -> Result<bool, SpecError> {
         path: path.clone(),
         source,
     })?;
-    let doc: Value =
-        serde_json::from_slice(&bytes).map_err(|source| SpecError::Parse { path, source })?;
+    references_in(&bytes).map_err(|source| SpecError::Parse { path, source })
+}
+
+/// [`has_references`] on config.json's bytes.
+pub fn references_in(bytes: &[u8]) -> Result<bool, serde_json::Error> {
+    let doc: Value = serde_json::from_slice(bytes)?;
     let env = doc
         .pointer("/process/env")
         .and_then(Value::as_array)
@@ -145,7 +149,11 @@ impl Spec {
                 Some(m) if m.is_empty() => Some(id),
                 Some(m) => m.iter().find_map(|e| {
                     let off = id.checked_sub(e.container_id())?;
-                    (off < e.size()).then(|| e.host_id() + off)
+                    // checked: hostID + offset past u32::MAX is not a host id (and must not
+                    // wrap onto a low one, or panic).
+                    (off < e.size())
+                        .then(|| e.host_id().checked_add(off))
+                        .flatten()
                 }),
             }
         };
@@ -155,20 +163,17 @@ impl Spec {
         ))
     }
 
-    /// `process.env` as a mutable JSON array (created if absent).
+    /// `process.env` as a mutable JSON array (created if absent). A missing `process` is an
+    /// error, not created: `{"env": [...]}` alone is not a valid process (no `user`, no `cwd`).
     pub fn env_mut(&mut self) -> Result<&mut Vec<Value>, SpecError> {
         let path = self.path.clone();
         let process = self
             .doc
-            .as_object_mut()
-            .map(|o| {
-                o.entry("process")
-                    .or_insert_with(|| Value::Object(Default::default()))
-            })
+            .get_mut("process")
             .and_then(Value::as_object_mut)
             .ok_or_else(|| SpecError::Shape {
                 path: path.clone(),
-                what: "process is not an object".into(),
+                what: "process is missing or not an object".into(),
             })?;
         process
             .entry("env")
@@ -328,5 +333,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plain.host_ids(5, 6), Some((5, 6)));
+        // Found in review while writing the spec fuzz target: hostID + offset overflowed.
+        let high = Spec::from_slice(
+            br#"{"ociVersion":"1.0.2","root":{"path":"r"},
+                "linux":{"uidMappings":[{"containerID":0,"hostID":4294967295,"size":10}]}}"#,
+            PathBuf::from("x"),
+        )
+        .unwrap();
+        assert_eq!(high.host_ids(0, 0), Some((u32::MAX, 0)));
+        assert_eq!(high.host_ids(5, 0), None);
+    }
+
+    /// Found by fuzzing: file references in a spec without `process` made a `process` of
+    /// `env` alone, which no longer parsed as a spec. Now an error before anything is written.
+    #[test]
+    fn env_needs_a_process() {
+        let mut spec = Spec::from_slice(
+            br#"{"ociVersion":"1.0.2","root":{"path":"r"}}"#,
+            PathBuf::from("x"),
+        )
+        .unwrap();
+        assert!(spec.env_mut().is_err());
+        assert!(spec.doc().get("process").is_none());
     }
 }

@@ -52,8 +52,22 @@ pub fn add_secrets_tmpfs(
         if dest_of(m).as_deref().map(|d| d.trim_end_matches('/'))
             == Some(secrets_dir.trim_end_matches('/'))
         {
-            if m.get("source").and_then(Value::as_str) == Some(TMPFS_SOURCE) {
-                return Ok(()); // already ours
+            // Ours (a spec rewritten once already) only if it is exactly what dso adds: a
+            // tmpfs from source `dso` with nosuid, nodev and noexec. A bind mount or another
+            // filesystem that merely borrows the source name is refused like any other mount.
+            let opts: Vec<&str> = m
+                .get("options")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let ours = m.get("source").and_then(Value::as_str) == Some(TMPFS_SOURCE)
+                && m.get("type").and_then(Value::as_str) == Some("tmpfs")
+                && ["nosuid", "nodev", "noexec"]
+                    .iter()
+                    .all(|o| opts.contains(o))
+                && !opts.iter().any(|o| matches!(*o, "bind" | "rbind"));
+            if ours {
+                return Ok(());
             }
             return Err(SpecError::Shape {
                 path,
@@ -261,6 +275,28 @@ mod tests {
         let mut s = spec(BASE);
         let err = add_secrets_tmpfs(&mut s, "/proc", 1, 0, 0, 0o700).unwrap_err();
         assert!(err.to_string().contains("secrets_dir"), "{err}");
+    }
+
+    /// A mount that only borrows dso's source name is not dso's tmpfs: a bind mount from the
+    /// host, or a tmpfs without nosuid/nodev/noexec, at the secrets dir is refused.
+    #[test]
+    fn a_mount_borrowing_the_source_name_is_not_ours() {
+        for m in [
+            r#"{"destination":"/run/secrets","type":"bind","source":"dso","options":["rbind"]}"#,
+            r#"{"destination":"/run/secrets","type":"none","source":"dso","options":["bind","nosuid","nodev","noexec"]}"#,
+            r#"{"destination":"/run/secrets","type":"tmpfs","source":"dso","options":["nosuid"]}"#,
+        ] {
+            let json = BASE.replace(
+                r#"{"destination":"/proc","type":"proc","source":"proc"}"#,
+                &format!(r#"{{"destination":"/proc","type":"proc","source":"proc"}},{m}"#),
+            );
+            let mut s = spec(&json);
+            let err = add_secrets_tmpfs(&mut s, "/run/secrets", 1 << 20, 0, 0, 0o700).unwrap_err();
+            assert!(
+                err.to_string().contains("a mount already exists"),
+                "{m}: {err}"
+            );
+        }
     }
 
     #[test]

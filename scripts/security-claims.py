@@ -62,7 +62,7 @@ def commands(cell, problems, row):
             cmd = f"cargo test --lib {filt}"
         else:
             target = pathlib.PurePosixPath(path).stem
-            cmd = f"cargo test --test {target} {filt}"
+            cmd = f"cargo test --test {target}" + (f" {filt}" if name is not None else "")
         if cmd not in cmds:
             cmds.append(cmd)
     return "<br>".join(f"`{c}`" for c in cmds)

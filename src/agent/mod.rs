@@ -42,6 +42,10 @@ pub fn jittered(interval: Duration) -> Duration {
 pub fn run(rotator: &Rotator, triggers: mpsc::Receiver<Trigger>, stop: Arc<AtomicBool>) {
     // Each secret has its own interval (`rotation.interval`, else `watch.interval`): the loop
     // wakes for the earliest one due and checks the secrets whose (jittered) time has come.
+    let swept = rotator.sweep_stale_temps();
+    if swept > 0 {
+        eprintln!("dso agent: removed {swept} temp file(s) an interrupted rotation left");
+    }
     let mut due_at: BTreeMap<String, Instant> = BTreeMap::new();
     let mut next = Instant::now();
     // New containers are looked for as often as the shortest interval of any declared secret

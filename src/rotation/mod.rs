@@ -289,6 +289,18 @@ impl Rotator {
         &self.cfg.runtime.state_dir
     }
 
+    /// Removes the temp files a writer killed mid-rotation left in the secrets dirs of the
+    /// managed containers (the agent, when it starts: its predecessor may have been killed).
+    /// Returns how many were removed; a container that cannot be opened is skipped (its next
+    /// rotation reports why).
+    pub fn sweep_stale_temps(&self) -> usize {
+        prune(self.state_dir())
+            .iter()
+            .filter_map(|r| SecretsDir::open(r.rec.pid, &r.rec.secrets_dir).ok())
+            .filter_map(|dir| dir.sweep_stale_temps(None).ok())
+            .sum()
+    }
+
     /// Loads the registry, drops gone containers, and rotates what `sel` selects.
     pub fn rotate(&self, sel: &Selector, mode: Mode) -> Vec<Outcome> {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
@@ -530,7 +542,8 @@ impl Rotator {
                 .unwrap_or_else(|| host_ids(&rec.rec.bundle, s.uid, s.gid));
             let dir =
                 SecretsDir::open(rec.rec.pid, &rec.rec.secrets_dir).map_err(|e| e.to_string())?;
-            dir.sweep_stale_temps(file).map_err(|e| e.to_string())?;
+            dir.sweep_stale_temps(Some(file))
+                .map_err(|e| e.to_string())?;
             dir.write(&SecretFile {
                 name: file,
                 value,

@@ -238,18 +238,18 @@ fn temp_prefix(name: &str) -> String {
 }
 
 impl SecretsDir {
-    /// Removes temp files of `name` left by a writer that died between creating its temp file
-    /// and renaming it (the agent killed mid-rotation). Called by rotation before it rewrites
-    /// `name`; not by create, whose tmpfs is new. A concurrent writer of the same name (there
-    /// is none: the agent rotates serially, and create runs before the container is known to
-    /// it) would only see its rename fail, never publish a torn file.
-    pub fn sweep_stale_temps(&self, name: &str) -> Result<usize, InjectError> {
+    /// Removes temp files left by a writer that died between creating its temp file and
+    /// renaming it (the agent killed mid-rotation): those of `name`, or with `None` those of
+    /// any secret. Rotation calls it for a name before rewriting it, and the agent for every
+    /// container when it starts; create does not (its tmpfs is new). A concurrent writer of
+    /// the same name (there is none: the agent rotates serially, and create runs before the
+    /// container is known to it) would only see its rename fail, never publish a torn file.
+    pub fn sweep_stale_temps(&self, name: Option<&str>) -> Result<usize, InjectError> {
         let werr = |source| InjectError::Write {
             dir: self.dir.clone(),
-            name: name.to_string(),
+            name: name.unwrap_or("*").to_string(),
             source,
         };
-        let prefix = temp_prefix(name);
         let mut dir = nix::dir::Dir::openat(
             Some(self.fd.as_raw_fd()),
             ".",
@@ -262,11 +262,7 @@ impl SecretsDir {
         let mut stale = Vec::new();
         for entry in dir.iter() {
             let entry = entry.map_err(|e| werr(std::io::Error::from(e)))?;
-            let bytes = entry.file_name().to_bytes();
-            if bytes.len() == prefix.len() + 8
-                && bytes.starts_with(prefix.as_bytes())
-                && bytes[prefix.len()..].iter().all(u8::is_ascii_hexdigit)
-            {
+            if is_temp_name(entry.file_name().to_bytes(), name) {
                 stale.push(entry.file_name().to_owned());
             }
         }
@@ -281,6 +277,26 @@ impl SecretsDir {
         }
         Ok(stale.len())
     }
+}
+
+/// `.<name>~<8 hex>` (see [`temp_prefix`]), for `name`, or with `None` for any valid name.
+fn is_temp_name(entry: &[u8], name: Option<&str>) -> bool {
+    let Some((head, hex)) = entry.len().checked_sub(8).map(|at| entry.split_at(at)) else {
+        return false;
+    };
+    let Some(middle) = head.strip_prefix(b".").and_then(|h| h.strip_suffix(b"~")) else {
+        return false;
+    };
+    hex.iter().all(u8::is_ascii_hexdigit)
+        && match name {
+            Some(n) => middle == n.as_bytes(),
+            None => {
+                !middle.is_empty()
+                    && middle
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            }
+        }
 }
 
 fn random_u32() -> u32 {
@@ -322,14 +338,23 @@ mod tests {
             std::fs::write(d.join(n), b"x").unwrap();
         }
         let sd = SecretsDir::open_in(&root, "/secrets").unwrap();
-        assert_eq!(sd.sweep_stale_temps("db").unwrap(), 2);
+        assert_eq!(sd.sweep_stale_temps(Some("db")).unwrap(), 2);
         let mut names: Vec<_> = std::fs::read_dir(&d)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
         assert_eq!(names, [".api~0badf00d", ".db.tmp-0badf00d", "db"]);
-        assert_eq!(sd.sweep_stale_temps("db").unwrap(), 0);
+        assert_eq!(sd.sweep_stale_temps(Some("db")).unwrap(), 0);
+        // Any secret's (the agent at start): the other temp goes, nothing else.
+        std::fs::write(d.join(".x~12"), b"x").unwrap();
+        assert_eq!(sd.sweep_stale_temps(None).unwrap(), 1);
+        let mut names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".db.tmp-0badf00d", ".x~12", "db"]);
     }
 
     #[test]

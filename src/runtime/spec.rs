@@ -49,6 +49,13 @@ pub fn has_references(bundle: &Path) -> Result<bool, SpecError> {
 /// [`has_references`] on config.json's bytes.
 pub fn references_in(bytes: &[u8]) -> Result<bool, serde_json::Error> {
     let doc: Value = serde_json::from_slice(bytes)?;
+    // The CRI's sandbox (pause) container carries the pod's annotations too, references
+    // included; it never gets secrets.
+    if let Some(a) = doc.get("annotations").and_then(Value::as_object)
+        && crate::policy::identity::is_sandbox(a)
+    {
+        return Ok(false);
+    }
     let env = doc
         .pointer("/process/env")
         .and_then(Value::as_array)

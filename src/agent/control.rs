@@ -356,10 +356,9 @@ fn authorize(r: &WireRequest, workload: &Workload, rotator: &Rotator) -> Result<
     let cfg = rotator.config();
     let ask = match &r.secret {
         Some(name) => {
-            let sc = cfg
-                .secrets
-                .get(name)
-                .ok_or_else(|| format!("secret {name:?} is not defined in {}", cfg.source.display()))?;
+            let sc = cfg.secrets.get(name).ok_or_else(|| {
+                format!("secret {name:?} is not defined in {}", cfg.source.display())
+            })?;
             let provider = cfg.provider_of(sc).unwrap_or_default();
             let path = sc.path.as_deref().unwrap_or(name);
             if provider != r.provider || path != r.path {
@@ -375,18 +374,20 @@ fn authorize(r: &WireRequest, workload: &Workload, rotator: &Rotator) -> Result<
             path: &r.path,
         },
     };
-    policy::check(cfg, ask, workload).map(|_| ()).map_err(|refusal| {
-        let msg = refusal.to_string();
-        rotator.audit().record(
-            &Event::new("access_denied", "failure")
-                .secret(refusal.subject())
-                .container(&workload.id)
-                .workload(workload)
-                .via("agent")
-                .error(&msg),
-        );
-        msg
-    })
+    policy::check(cfg, ask, workload)
+        .map(|_| ())
+        .map_err(|refusal| {
+            let msg = refusal.to_string();
+            rotator.audit().record(
+                &Event::new("access_denied", "failure")
+                    .secret(refusal.subject())
+                    .container(&workload.id)
+                    .workload(workload)
+                    .via("agent")
+                    .error(&msg),
+            );
+            msg
+        })
 }
 
 fn fetch_answer(
@@ -421,11 +422,7 @@ fn fetch_answer(
                 out.push(b'}');
             }
             Err(e) => {
-                out.extend_from_slice(
-                    serde_json::json!({"error": e})
-                        .to_string()
-                        .as_bytes(),
-                );
+                out.extend_from_slice(serde_json::json!({"error": e}).to_string().as_bytes());
             }
         }
     }

@@ -102,8 +102,13 @@ impl Workload {
     }
 }
 
+/// The first 12 characters of a hex id (as `docker ps` shows it); other ids whole.
 fn short_id(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
+    if id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        id.get(..12).unwrap_or(id)
+    } else {
+        id
+    }
 }
 
 impl fmt::Display for Workload {
@@ -190,7 +195,10 @@ fn kubernetes(id: &str, bundle: &Path, ann: impl Fn(&str) -> Option<String>) -> 
     }
     let (namespace, pod, container) = (ann(CRI_NAMESPACE), ann(CRI_POD), ann(CRI_CONTAINER));
     if namespace.is_none() || pod.is_none() || container.is_none() {
-        return Workload::unknown(id, "CRI annotations without namespace, pod or container name");
+        return Workload::unknown(
+            id,
+            "CRI annotations without namespace, pod or container name",
+        );
     }
     Workload {
         engine: Engine::Kubernetes,
@@ -255,7 +263,9 @@ struct ImageRecordConfig {
 /// Reads a root-owned file that no one else can write, up to [`MAX_RECORD`] bytes.
 fn read_trusted(path: &Path) -> Result<Vec<u8>, String> {
     let f = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let meta = f.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if !trusted_owner(meta.uid()) || meta.mode() & 0o022 != 0 || !meta.is_file() {
         return Err(format!(
             "{}: not a root-owned file that only root can write",
@@ -401,7 +411,11 @@ mod tests {
     fn a_record_others_can_write_is_not_trusted() {
         use std::os::unix::fs::PermissionsExt;
         let root = data_root(json!({}), json!({}));
-        let rec = root.path().join("containers").join(ID).join("config.v2.json");
+        let rec = root
+            .path()
+            .join("containers")
+            .join(ID)
+            .join("config.v2.json");
         fs::set_permissions(&rec, fs::Permissions::from_mode(0o666)).unwrap();
         let w = identify(&spec_with_hostname(root.path()), ID, Path::new("/b"));
         assert_eq!(w.engine, Engine::Unknown);
@@ -417,7 +431,11 @@ mod tests {
         let w = identify(&spec, ID, Path::new(&bundle));
         assert_eq!(w.engine, Engine::Kubernetes);
         assert_eq!(
-            (w.namespace.as_deref(), w.pod.as_deref(), w.container.as_deref()),
+            (
+                w.namespace.as_deref(),
+                w.pod.as_deref(),
+                w.container.as_deref()
+            ),
             (Some("billing"), Some("api-7d9"), Some("app"))
         );
         assert_eq!(
@@ -447,14 +465,20 @@ mod tests {
             w.to_string(),
             "container plain (identity unknown: no engine record found for it)"
         );
-        assert_eq!(identify(&json!({}), "../x", Path::new("/b")).engine, Engine::Unknown);
+        assert_eq!(
+            identify(&json!({}), "../x", Path::new("/b")).engine,
+            Engine::Unknown
+        );
     }
 
     #[test]
     fn podman_by_bundle_and_manager() {
         let bundle = format!("/var/lib/containers/storage/overlay-containers/{ID}/userdata");
         let spec = json!({"annotations": {"io.container.manager": "libpod"}});
-        assert_eq!(identify(&spec, ID, Path::new(&bundle)).engine, Engine::Podman);
+        assert_eq!(
+            identify(&spec, ID, Path::new(&bundle)).engine,
+            Engine::Podman
+        );
         assert_eq!(
             identify(&json!({}), ID, Path::new(&bundle)).engine,
             Engine::Unknown

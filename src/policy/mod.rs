@@ -234,12 +234,10 @@ pub fn check(cfg: &Config, ask: Ask<'_>, w: &Workload) -> Result<Grant, Refusal>
                     workload: w.to_string(),
                 });
             }
-            by_rules(pc.and_then(|p| p.allow.as_deref()), cfg, w).map_err(|_| {
-                Refusal::InlineRule {
-                    reference,
-                    provider: provider.to_string(),
-                    workload: w.to_string(),
-                }
+            by_rules(pc.and_then(|p| p.allow.as_deref()), cfg, w).map_err(|_| Refusal::InlineRule {
+                reference,
+                provider: provider.to_string(),
+                workload: w.to_string(),
             })
         }
     }
@@ -341,6 +339,54 @@ impl AllowRule {
     }
 }
 
+/// `docker name=billing-* image=busybox:*`, `kubernetes namespace=billing`, `podman (any)`.
+impl std::fmt::Display for AllowRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        let mut section = |engine: &str, keys: &[(&str, &Option<String>)]| {
+            let set: Vec<String> = keys
+                .iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+                .collect();
+            parts.push(if set.is_empty() {
+                format!("{engine} (any)")
+            } else {
+                format!("{engine} {}", set.join(" "))
+            });
+        };
+        if let Some(d) = &self.docker {
+            section(
+                "docker",
+                &[
+                    ("name", &d.name),
+                    ("image", &d.image),
+                    ("compose_project", &d.compose_project),
+                    ("compose_service", &d.compose_service),
+                    ("swarm_service", &d.swarm_service),
+                ],
+            );
+        }
+        if let Some(k) = &self.kubernetes {
+            section(
+                "kubernetes",
+                &[
+                    ("namespace", &k.namespace),
+                    ("pod", &k.pod),
+                    ("container", &k.container),
+                    ("image", &k.image),
+                ],
+            );
+        }
+        if self.podman.is_some() {
+            section("podman", &[]);
+        }
+        if parts.is_empty() {
+            return f.write_str("(no engine: never matches)");
+        }
+        f.write_str(&parts.join(" and "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,7 +483,9 @@ secrets:
             let got = check(&c, ask, &w);
             match (&got, &want) {
                 (Ok(g), Ok(wg)) => assert_eq!(g, wg, "{ask:?} for {w}"),
-                (Err(e), Err(frag)) => assert!(e.to_string().contains(frag), "{ask:?} for {w}: {e}"),
+                (Err(e), Err(frag)) => {
+                    assert!(e.to_string().contains(frag), "{ask:?} for {w}: {e}")
+                }
                 _ => panic!("{ask:?} for {w}: got {got:?}, want {want:?}"),
             }
         }
@@ -466,7 +514,11 @@ secrets:
             Ok(Grant::Rule(0))
         );
         let e = check(&c, inline("apps/billingx"), &k8s("billing", "p", "c")).unwrap_err();
-        assert!(e.to_string().contains("outside providers.vault.allow_paths"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("outside providers.vault.allow_paths"),
+            "{e}"
+        );
         let e = check(&c, inline("apps/billing/db"), &k8s("default", "p", "c")).unwrap_err();
         assert!(e.to_string().contains("no allow rule of provider"), "{e}");
         // A provider without rules or prefixes: the default (allow here).

@@ -386,19 +386,21 @@ impl Rotator {
                 key: s.key.as_deref(),
             }
         };
-        policy::check(&self.cfg, ask, workload).map(|_| ()).map_err(|refusal| {
-            let msg = refusal.to_string();
-            bump(&self.counters.rotations_failed);
-            self.audit.record(
-                &Event::new("access_denied", "failure")
-                    .secret(&s.name)
-                    .provider(&s.provider)
-                    .container(&rec.id)
-                    .workload(workload)
-                    .error(&msg),
-            );
-            msg
-        })
+        policy::check(&self.cfg, ask, workload)
+            .map(|_| ())
+            .map_err(|refusal| {
+                let msg = refusal.to_string();
+                bump(&self.counters.rotations_failed);
+                self.audit.record(
+                    &Event::new("access_denied", "failure")
+                        .secret(&s.name)
+                        .provider(&s.provider)
+                        .container(&rec.id)
+                        .workload(workload)
+                        .error(&msg),
+                );
+                msg
+            })
     }
 
     fn rotate_group(

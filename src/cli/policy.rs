@@ -143,11 +143,11 @@ impl Wanted {
     }
 }
 
+/// The workload asked about and what it asks for, by label.
+type Subject = (Workload, Vec<(String, Wanted)>);
+
 /// The workload asked about and what it asks for (label, ask); None: no workload given.
-fn subject(
-    cfg: &Config,
-    args: &ExplainArgs,
-) -> anyhow::Result<Option<(Workload, Vec<(String, Wanted)>)>> {
+fn subject(cfg: &Config, args: &ExplainArgs) -> anyhow::Result<Option<Subject>> {
     let every_secret = || -> Vec<(String, Wanted)> {
         cfg.secrets
             .keys()

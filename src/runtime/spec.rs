@@ -272,6 +272,16 @@ mod tests {
     }"#;
 
     #[test]
+    fn sandbox_containers_have_no_references() {
+        // A pod's annotations reach its pause container too (containerd's CRI).
+        let pause = r#"{"process": {"env": ["A=dso://a"]}, "annotations": {
+            "io.kubernetes.cri.container-type": "sandbox", "dso.secrets/B": "dsofile://b"}}"#;
+        assert!(!references_in(pause.as_bytes()).unwrap());
+        let app = pause.replace("\"sandbox\"", "\"container\"");
+        assert!(references_in(app.as_bytes()).unwrap());
+    }
+
+    #[test]
     fn round_trip_keeps_unknown_fields_and_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");

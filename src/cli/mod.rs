@@ -87,7 +87,10 @@ enum Command {
     )]
     Agent(agent::AgentArgs),
     /// Who gets which secret: the access policy of dso.yaml explained
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  dso policy explain\n  dso policy explain --docker-name billing-api\n  dso policy explain --k8s-namespace billing --json"
+    )]
     Policy(policy::PolicyCommand),
     /// Re-fetch a secret and re-inject it into the running containers that use it, now
     #[command(after_help = "Examples:\n  dso rotate db_password\n  dso rotate --container 3f2a9c")]

@@ -586,6 +586,12 @@ fn ungranted_service_never_runs(swarm: &Swarm) {
     for node in &swarm.nodes {
         for (id, logs) in node.task_logs("evil") {
             assert!(!logs.contains("must not run"), "(c) {id} ran: {logs}");
+            let started = node.docker_ok(&["inspect", "--format", "{{.State.StartedAt}}", &id]);
+            assert!(
+                started.starts_with("0001-01-01"),
+                "(c) {id} on node {} was started at {started}",
+                node.index
+            );
             assert!(!logs.contains(&node.value), "(c) {id} printed the value");
             assert!(
                 node.state_record(&id).is_none(),

@@ -927,8 +927,17 @@ fn shut_down(mut state: Cleanup) {
 /// Kills what is left running from `dir` (containers, shims, daemons) and unmounts everything
 /// under it. Used at exit and for dirs left behind by killed test processes.
 pub fn release_dir(dir: &Path) {
-    // Containers that survived their daemon: delete them through runc, under every runtime root.
-    if let Ok(entries) = fs::read_dir(dir.join("exec")) {
+    // Containers that survived their daemon: delete them through runc, under every runtime root
+    // of the dockerd of `dir` and of those in its subdirectories (e2e_swarm's nodes).
+    let mut exec_roots = vec![dir.join("exec")];
+    if let Ok(entries) = fs::read_dir(dir) {
+        exec_roots.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path().join("exec")),
+        );
+    }
+    for entries in exec_roots.iter().filter_map(|e| fs::read_dir(e).ok()) {
         for root in entries
             .filter_map(Result::ok)
             .map(|e| e.path().join("moby"))

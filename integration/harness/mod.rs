@@ -29,8 +29,8 @@ pub const RUNLINK_IMAGE: &str = "dso-test/runlink:latest";
 pub const RUNLINK_TARGET: &str = "/var/dso-e2e-hostrun";
 
 /// Temp dirs are made here, not under `$TMPDIR`: unix socket paths must stay under 108 bytes.
-const TMP_PARENT: &str = "/tmp";
-const TMP_PREFIX: &str = "dsoe2e-";
+pub const TMP_PARENT: &str = "/tmp";
+pub const TMP_PREFIX: &str = "dsoe2e-";
 /// How long dockerd may take to answer `docker version`.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -112,7 +112,7 @@ fn find_in_path(tool: &str) -> Option<PathBuf> {
 }
 
 /// `$PATH` plus the sbin directories, where dockerd and runc live on Debian.
-fn search_path() -> std::ffi::OsString {
+pub fn search_path() -> std::ffi::OsString {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -564,11 +564,12 @@ fn find_dir_named(root: &Path, name: &str, marker: &str, depth: usize) -> Option
         .find_map(|e| find_dir_named(&e.path(), name, marker, depth - 1))
 }
 
-fn path_str(p: &Path) -> &str {
+pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("harness paths are UTF-8")
 }
 
-fn docker_command(dir: &Path) -> Command {
+/// A `docker` command aimed at the dockerd whose socket is `<dir>/docker.sock`.
+pub fn docker_command(dir: &Path) -> Command {
     let mut cmd = Command::new("docker");
     cmd.env("PATH", search_path())
         .env(
@@ -582,7 +583,7 @@ fn docker_command(dir: &Path) -> Command {
     cmd
 }
 
-fn log_tail(path: &Path, lines: usize) -> String {
+pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
@@ -670,7 +671,7 @@ fn start() -> Result<Harness, String> {
 }
 
 /// `dockerd --version` → 20 for "Docker version 20.10.24+dfsg1, build 5d6db84".
-fn dockerd_major_version() -> Option<u32> {
+pub fn dockerd_major_version() -> Option<u32> {
     let out = Command::new("dockerd")
         .env("PATH", search_path())
         .arg("--version")
@@ -689,12 +690,20 @@ fn lock_cleanup() -> MutexGuard<'static, Option<Cleanup>> {
 /// `PR_SET_PDEATHSIG` (which fires when the *thread* that forked exits) only fires when the
 /// test process dies without running its exit handler (SIGKILL, abort).
 fn spawn_dockerd(dir: &Path) -> Result<Child, String> {
+    spawn_dockerd_in(dir, None)
+}
+
+/// [`spawn_dockerd`] for the dockerd of `dir`, inside the network namespace `netns`
+/// (`/run/netns/NAME`) when given. `nsenter --net` and not `ip netns exec`: the latter also
+/// remounts /sys for the namespace, and dockerd then fails.
+pub fn spawn_dockerd_in(dir: &Path, netns: Option<&Path>) -> Result<Child, String> {
     let (tx, rx) = mpsc::channel();
     let dir = dir.to_path_buf();
+    let netns = netns.map(Path::to_path_buf);
     thread::Builder::new()
         .name("dso-e2e-dockerd".into())
         .spawn(move || {
-            let _ = tx.send(spawn_dockerd_here(&dir));
+            let _ = tx.send(spawn_dockerd_here(&dir, netns.as_deref()));
             loop {
                 thread::park();
             }
@@ -704,7 +713,7 @@ fn spawn_dockerd(dir: &Path) -> Result<Child, String> {
         .map_err(|_| "the dockerd keeper thread died".to_string())?
 }
 
-fn spawn_dockerd_here(dir: &Path) -> Result<Child, String> {
+fn spawn_dockerd_here(dir: &Path, netns: Option<&Path>) -> Result<Child, String> {
     use std::os::unix::process::CommandExt;
     let log = fs::File::create(dir.join("dockerd.log"))
         .map_err(|e| format!("creating dockerd.log: {e}"))?;
@@ -712,7 +721,16 @@ fn spawn_dockerd_here(dir: &Path) -> Result<Child, String> {
         .try_clone()
         .map_err(|e| format!("dup of dockerd.log: {e}"))?;
     let p = |name: &str| dir.join(name).display().to_string();
-    let mut cmd = Command::new("dockerd");
+    let mut cmd = match netns {
+        // nsenter execs dockerd (no fork): the child is dockerd itself.
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display()))
+                .args(["--", "dockerd"]);
+            c
+        }
+        None => Command::new("dockerd"),
+    };
     cmd.env("PATH", search_path())
         .env_remove("DOCKER_HOST")
         .args(["--data-root", &p("data")])
@@ -738,6 +756,20 @@ fn spawn_dockerd_here(dir: &Path) -> Result<Child, String> {
 }
 
 fn wait_until_ready(dir: &Path) -> Result<(), String> {
+    wait_until_answering(dir, || {
+        lock_cleanup()
+            .as_mut()
+            .and_then(|c| c.dockerd.as_mut())
+            .and_then(|child| child.try_wait().ok().flatten())
+    })
+}
+
+/// Waits until the dockerd of `dir` answers `docker version`; fails with the tail of its log
+/// when `exited` says it is gone or after [`STARTUP_DEADLINE`].
+pub fn wait_until_answering(
+    dir: &Path,
+    mut exited: impl FnMut() -> Option<std::process::ExitStatus>,
+) -> Result<(), String> {
     let started = Instant::now();
     loop {
         let out = docker_command(dir)
@@ -748,11 +780,7 @@ fn wait_until_ready(dir: &Path) -> Result<(), String> {
         if out.status.success() {
             return Ok(());
         }
-        let exited = lock_cleanup()
-            .as_mut()
-            .and_then(|c| c.dockerd.as_mut())
-            .and_then(|child| child.try_wait().ok().flatten());
-        if let Some(status) = exited {
+        if let Some(status) = exited() {
             return Err(format!(
                 "dockerd exited ({status}) before answering; last lines of its log:\n{}",
                 log_tail(&dir.join("dockerd.log"), 40)
@@ -774,7 +802,12 @@ fn wait_until_ready(dir: &Path) -> Result<(), String> {
 /// Builds a busybox rootfs (every applet a symlink in /bin, root and `app` (1000) users) and
 /// `docker import`s it as `name`. With `run_link`, `/run` is a symlink to that absolute path.
 fn import_image(h: &Harness, name: &str, run_link: Option<&str>) -> Result<(), String> {
-    let rootfs = h.dir.join(format!(
+    import_image_into(&h.dir, name, run_link)
+}
+
+/// [`import_image`] into the dockerd of `dir` (its socket `<dir>/docker.sock`).
+pub fn import_image_into(dir: &Path, name: &str, run_link: Option<&str>) -> Result<(), String> {
+    let rootfs = dir.join(format!(
         "rootfs-{}",
         name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
     ));
@@ -787,8 +820,7 @@ fn import_image(h: &Harness, name: &str, run_link: Option<&str>) -> Result<(), S
         .spawn()
         .map_err(|e| format!("cannot run tar: {e}"))?;
     let tar_out = tar.stdout.take().expect("tar stdout is piped");
-    let out = h
-        .docker_command()
+    let out = docker_command(dir)
         .args(["import", "-", name])
         .stdin(Stdio::from(tar_out))
         .output()
@@ -894,9 +926,18 @@ fn shut_down(mut state: Cleanup) {
 
 /// Kills what is left running from `dir` (containers, shims, daemons) and unmounts everything
 /// under it. Used at exit and for dirs left behind by killed test processes.
-fn release_dir(dir: &Path) {
-    // Containers that survived their daemon: delete them through runc, under every runtime root.
-    if let Ok(entries) = fs::read_dir(dir.join("exec")) {
+pub fn release_dir(dir: &Path) {
+    // Containers that survived their daemon: delete them through runc, under every runtime root
+    // of the dockerd of `dir` and of those in its subdirectories (e2e_swarm's nodes).
+    let mut exec_roots = vec![dir.join("exec")];
+    if let Ok(entries) = fs::read_dir(dir) {
+        exec_roots.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path().join("exec")),
+        );
+    }
+    for entries in exec_roots.iter().filter_map(|e| fs::read_dir(e).ok()) {
         for root in entries
             .filter_map(Result::ok)
             .map(|e| e.path().join("moby"))
@@ -930,7 +971,7 @@ fn release_dir(dir: &Path) {
 
 /// Removes temp dirs whose owning test process is gone (it was killed before its exit handler
 /// ran). Dirs of live processes — another suite running right now — are left alone.
-fn clean_stale_dirs() {
+pub fn clean_stale_dirs() {
     let Ok(entries) = fs::read_dir(TMP_PARENT) else {
         return;
     };
@@ -956,12 +997,12 @@ fn clean_stale_dirs() {
     }
 }
 
-fn read_pid(path: &Path) -> Option<u32> {
+pub fn read_pid(path: &Path) -> Option<u32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// Alive and not a zombie (a reparented zombie is dead for our purposes).
-fn pid_alive(pid: u32) -> bool {
+pub fn pid_alive(pid: u32) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -1022,7 +1063,7 @@ fn terminate_pid(pid: u32, grace: Duration) {
 }
 
 /// SIGTERM our child, wait up to `grace`, then SIGKILL; always reaps it.
-fn terminate_child(child: &mut Child, grace: Duration) {
+pub fn terminate_child(child: &mut Child, grace: Duration) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
@@ -1040,7 +1081,7 @@ fn terminate_child(child: &mut Child, grace: Duration) {
 }
 
 /// Runs `cmd` (stdout captured), killing it after `deadline`; None if it could not finish.
-fn run_with_deadline(cmd: &mut Command, deadline: Duration) -> Option<Output> {
+pub fn run_with_deadline(cmd: &mut Command, deadline: Duration) -> Option<Output> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -840,7 +840,7 @@ mod tests {
         (
             "secret:\n  a: {}\n",
             &[
-                "line 1: secret: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime)",
+                "line 1: secret: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, policy)",
             ],
         ),
         (
@@ -1029,14 +1029,14 @@ mod tests {
         (
             "base: &b {provider: default}\n",
             &[
-                "line 1: base: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime)",
+                "line 1: base: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, policy)",
             ],
         ),
         (
             "provider: {type: local}\nsecrets:\n  a:\n    <<: {path: x}\n    key: k\n",
             &[
                 "line 4: secrets.a.\"<<\": YAML merge keys (<<) are not supported; write the keys out",
-                "line 4: secrets.a.\"<<\": unknown key (expected one of provider, path, key, version, uid, gid, mode, rotation)",
+                "line 4: secrets.a.\"<<\": unknown key (expected one of provider, path, key, version, uid, gid, mode, rotation, allow, keys)",
             ],
         ),
         (
@@ -1154,11 +1154,15 @@ mod tests {
         .expect("full.yaml parses");
         let mut used = std::collections::BTreeSet::new();
         fn keys(v: &Value, used: &mut std::collections::BTreeSet<String>) {
-            if let Value::Object(m) = v {
-                for (k, child) in m {
-                    used.insert(k.clone());
-                    keys(child, used);
+            match v {
+                Value::Object(m) => {
+                    for (k, child) in m {
+                        used.insert(k.clone());
+                        keys(child, used);
+                    }
                 }
+                Value::Array(a) => a.iter().for_each(|c| keys(c, used)),
+                _ => {}
             }
         }
         keys(&full, &mut used);

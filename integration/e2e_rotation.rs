@@ -182,6 +182,15 @@ fn restart_strategy_brings_the_new_env_value() {
         )),
         "{said}"
     );
+    // dso status names the container as Docker does, beside its short id.
+    let status = h.dso(&["status"], None);
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&format!("{:<12} {:<24} ", &id.trim()[..12], c.name))),
+        "{table}"
+    );
     let t0 = Instant::now();
     while !logs().contains(&format!("token={v2}")) {
         assert!(

@@ -167,13 +167,15 @@ rm -rf "$R"
 say "Creating a local encrypted store with dso init"
 show "$BIN/dso" --config "$T/dso.yaml" init --store "$T/store.vault" --key-file "$T/master.key"
 
-say "Declaring the secret db_password in dso.yaml, granted to the containers named dso-demo-*"
+say "Declaring the secret db_password in dso.yaml, granted to containers named dso-demo-*"
 cat >"$T/dso.yaml" <<EOF
 providers:
   local: { type: local, path: "$T/store.vault", key_file: "$T/master.key" }
-policy: { default: deny }
 secrets:
-  db_password: { allow: [ {docker: {name: "dso-demo-*"}} ] }
+  db_password:
+    allow:
+      - docker: { name: "dso-demo-*" }
+policy: { default: deny }
 audit: { path: "$T/audit.log" }
 runtime: { state_dir: "$T/dso-state" }
 EOF
@@ -187,9 +189,17 @@ show "$BIN/dso" --config "$T/dso.yaml" secret ls
 
 say "Reading it from inside a container (file reference)"
 # shellcheck disable=SC2016 # expanded by the shell inside the container
-show docker run --rm --name "$CONTAINER-read" --runtime dso --network none \
+show docker run --rm --name "$CONTAINER-reader" --runtime dso --network none \
     -e DB_PASSWORD_FILE=dsofile://db_password dso-test/busybox \
     sh -c 'echo "DB_PASSWORD_FILE=$DB_PASSWORD_FILE"; printf "content: "; cat "$DB_PASSWORD_FILE"; echo'
+
+say "A container the policy does not grant the secret to is refused before it exists"
+printf '$ %s\n' "docker run --rm --name intruder --runtime dso -e X_FILE=dsofile://db_password dso-test/busybox true"
+if docker run --rm --name intruder --runtime dso --network none \
+    -e X_FILE=dsofile://db_password dso-test/busybox true; then
+    echo "FAIL: a container without a grant received the secret" >&2
+    exit 1
+fi
 
 say "A detached container: the secret is in its tmpfs, docker inspect holds only the reference"
 show docker run -d --name "$CONTAINER" --runtime dso --network none \
@@ -221,6 +231,7 @@ cat <<EOF
   - dso secret set stored the value encrypted (AES-256-GCM) from stdin: never in argv or a plain file;
   - the container read it from /run/secrets/db_password, a 0400 file on a tmpfs
     (nosuid,nodev,noexec) inside its own mount namespace;
+  - a container the secret is not granted to (intruder) was refused before it was created;
   - docker inspect held only the reference dsofile://db_password;
   - a search of the host's /run, /etc, /var/lib and the demo directory found the value nowhere.
 EOF

@@ -15,7 +15,8 @@ use serde_json::Value;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
-use crate::config::{AllowRule, Config, DockerMatch, KubernetesMatch, yaml_document};
+use crate::config::{Config, yaml_document};
+use crate::policy::{AllowRule, DockerRule, KubernetesRule};
 
 /// One `--allow` value: `docker:NAME_GLOB` or `kubernetes:NAMESPACE_GLOB`.
 pub(super) fn parse_allow(s: &str) -> Result<AllowRule, String> {
@@ -30,18 +31,18 @@ pub(super) fn parse_allow(s: &str) -> Result<AllowRule, String> {
     }
     match engine {
         "docker" => Ok(AllowRule {
-            docker: Some(DockerMatch {
+            docker: Some(DockerRule {
                 name: Some(glob.to_string()),
                 ..Default::default()
             }),
-            kubernetes: None,
+            ..Default::default()
         }),
         "kubernetes" | "k8s" => Ok(AllowRule {
-            docker: None,
-            kubernetes: Some(KubernetesMatch {
+            kubernetes: Some(KubernetesRule {
                 namespace: Some(glob.to_string()),
                 ..Default::default()
             }),
+            ..Default::default()
         }),
         _ => Err(bad()),
     }

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::policy::{AllowRule, PolicyConfig};
+
 pub use schema::{SCHEMA_JSON, validate_document};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dso/dso.yaml";
@@ -75,7 +77,7 @@ pub struct Config {
     pub agent: AgentConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
-    /// Who may receive secrets (parsed; not enforced yet).
+    /// Who may have which secret (see [`crate::policy`]).
     #[serde(default)]
     pub policy: PolicyConfig,
     /// Where this config was read from (for messages).
@@ -92,6 +94,12 @@ pub struct Config {
 pub struct ProviderConfig {
     #[serde(rename = "type")]
     pub kind: ProviderKind,
+    /// Who may use inline references (`dso://<provider>/<path>`) to this provider.
+    #[serde(default)]
+    pub allow: Option<Vec<AllowRule>>,
+    /// Path prefixes inline references to this provider may name.
+    #[serde(default)]
+    pub allow_paths: Option<Vec<String>>,
     #[serde(flatten)]
     pub settings: serde_json::Map<String, serde_json::Value>,
 }
@@ -140,66 +148,12 @@ pub struct SecretConfig {
     pub mode: Option<u32>,
     #[serde(default)]
     pub rotation: Option<RotationConfig>,
-    /// The workloads this secret is granted to (parsed; not enforced yet).
+    /// Who may have it: any rule matches = granted. Absent: `policy.default`.
     #[serde(default)]
     pub allow: Option<Vec<AllowRule>>,
-    /// JSON keys a reference may pick besides `key` (parsed; not enforced yet).
+    /// JSON keys a reference may pick with `#key` besides `key`.
     #[serde(default)]
     pub keys: Option<Vec<String>>,
-}
-
-/// `policy:` — what a secret without `allow` gets, and whether inline references are accepted.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    #[serde(default)]
-    pub default: PolicyDefault,
-    #[serde(default)]
-    pub inline_references: bool,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyDefault {
-    #[default]
-    Deny,
-    Allow,
-}
-
-/// One `allow:` rule: every engine key given must match (globs with `*` and `?`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AllowRule {
-    #[serde(default)]
-    pub docker: Option<DockerMatch>,
-    #[serde(default)]
-    pub kubernetes: Option<KubernetesMatch>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DockerMatch {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub image: Option<String>,
-    #[serde(default)]
-    pub compose_project: Option<String>,
-    #[serde(default)]
-    pub compose_service: Option<String>,
-    #[serde(default)]
-    pub swarm_service: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KubernetesMatch {
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub pod: Option<String>,
-    #[serde(default)]
-    pub container: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -550,51 +504,5 @@ mod tests {
         assert_eq!(cfg.provider_of(&cfg.secrets["a"]), Some(SHORTHAND_PROVIDER));
         assert_eq!(cfg.runtime.secrets_dir, "/run/secrets");
         assert_eq!(cfg.runtime.file_mode, 0o400);
-        assert_eq!(cfg.policy.default, PolicyDefault::Deny);
-        assert!(!cfg.policy.inline_references);
-    }
-
-    #[test]
-    fn policy_allow_and_keys_parse() {
-        let cfg = Config::from_str_at(
-            "policy: { default: allow, inline_references: true }\n\
-             providers:\n  l: { type: local, path: /s, key_file: /k }\n\
-             secrets:\n  a:\n    keys: [user, password]\n    allow:\n      - docker: { name: \"web-*\", image: \"nginx:*\" }\n      - kubernetes: { namespace: billing, pod: \"api-*\", container: app }\n",
-            Path::new("t.yaml"),
-        )
-        .unwrap();
-        assert_eq!(cfg.policy.default, PolicyDefault::Allow);
-        assert!(cfg.policy.inline_references);
-        let a = &cfg.secrets["a"];
-        assert_eq!(
-            a.keys.as_deref(),
-            Some(&["user".to_string(), "password".to_string()][..])
-        );
-        let allow = a.allow.as_ref().unwrap();
-        assert_eq!(
-            allow[0].docker.as_ref().unwrap().name.as_deref(),
-            Some("web-*")
-        );
-        assert_eq!(
-            allow[1].kubernetes.as_ref().unwrap().namespace.as_deref(),
-            Some("billing")
-        );
-        // `allow` is a list of rules, each naming a known engine with known keys.
-        for bad in [
-            "allow: {docker: {name: web}}",
-            "allow: [{podman: {name: web}}]",
-            "allow: [{docker: {nam: web}}]",
-            "allow: [{docker: {name: 3}}]",
-            "allow: [{}]",
-        ] {
-            let text = format!(
-                "providers:\n  l: {{ type: local, path: /s, key_file: /k }}\nsecrets:\n  a: {{ {bad} }}\n"
-            );
-            assert!(
-                Config::from_str_at(&text, Path::new("t.yaml")).is_err(),
-                "{bad}"
-            );
-        }
-        assert!(Config::from_str_at("policy: { default: maybe }\n", Path::new("t.yaml")).is_err());
     }
 }

@@ -23,6 +23,7 @@ use super::spec::{Spec, SpecError};
 use crate::agent::control::{self, WireRequest};
 use crate::audit::{Audit, Event};
 use crate::config::{Config, ConfigError, ProviderKind, config_path};
+use crate::policy::{self, Ask, Refusal, Workload};
 use crate::providers::{self, FetchRequest, Provider, ProviderError};
 use crate::secrets::{RefError, RefKind, SecretRef, SecretValue, Target, collect_refs};
 
@@ -43,6 +44,8 @@ pub enum CreateError {
         "secret {secret:?} is not defined in {config}; declare it under secrets: there with the containers it is for, e.g. `dso secret set {secret} --declare --allow docker:CONTAINER_NAME` (stores the value and adds {secret}: {{ provider: ..., allow: [ {{docker: {{name: \"CONTAINER_NAME\"}}}} ] }})"
     )]
     UnknownSecret { secret: String, config: PathBuf },
+    #[error("{0}")]
+    Denied(#[from] Refusal),
     #[error(
         "secret {secret:?}: provider {provider:?} is not defined in {config}; add it under providers: there (`dso config reference` lists the settings of each type)"
     )]
@@ -143,6 +146,10 @@ pub struct StateRecord {
     pub secrets_dir: String,
     pub secrets: Vec<StateSecret>,
     pub created: String,
+    /// Who the container is (engine, name…), as established at create; rotation checks the
+    /// policy against it again. Absent in records written before access policy existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +252,39 @@ fn plan(cfg: &Config, refs: &[SecretRef], user: (u32, u32)) -> Result<Vec<Planne
     Ok(by_file.into_values().collect())
 }
 
+/// What the policy asks of one reference.
+pub(crate) fn ask_of(r: &SecretRef) -> Ask<'_> {
+    match &r.target {
+        Target::Named { name, key } => Ask::Named {
+            name,
+            key: key.as_deref(),
+        },
+        Target::Inline { provider, path, .. } => Ask::Inline { provider, path },
+    }
+}
+
+/// Every reference must be granted to the workload; the first refusal is audited and returned.
+fn authorize(
+    cfg: &Config,
+    refs: &[SecretRef],
+    workload: &Workload,
+    audit: &Audit,
+) -> Result<(), CreateError> {
+    for r in refs {
+        if let Err(refusal) = policy::check(cfg, ask_of(r), workload) {
+            audit.record(
+                &Event::new("access_denied", "failure")
+                    .secret(refusal.subject())
+                    .container(&workload.id)
+                    .workload(workload)
+                    .error(&refusal.to_string()),
+            );
+            return Err(refusal.into());
+        }
+    }
+    Ok(())
+}
+
 /// One direct fetch: the index of the planned secret, its provider and request.
 type Job = (usize, Arc<dyn Provider>, FetchRequest);
 
@@ -253,6 +293,7 @@ type Job = (usize, Arc<dyn Provider>, FetchRequest);
 fn fetch_all(
     cfg: &Config,
     planned: &[Planned],
+    workload: &Workload,
     audit: &Audit,
 ) -> Result<Vec<(SecretValue, Option<String>)>, CreateError> {
     let timeout = cfg.runtime.fetch_timeout;
@@ -265,13 +306,14 @@ fn fetch_all(
     let wire: Vec<WireRequest> = planned
         .iter()
         .map(|p| WireRequest {
+            secret: (!p.label.contains('/')).then(|| p.label.clone()),
             provider: p.provider.clone(),
             path: p.request.path.clone(),
             key: p.request.key.clone(),
             version: p.request.version.clone(),
         })
         .collect();
-    if let Some(served) = control::fetch_via_agent(cfg, &wire, timeout) {
+    if let Some(served) = control::fetch_via_agent(cfg, &wire, workload, timeout) {
         for (i, f) in served.into_iter().enumerate() {
             if let Some(f) = f {
                 audit.record(
@@ -571,6 +613,9 @@ pub fn create_with_secrets(
     let refs = collect_refs(&spec.env(), Some(&spec.annotations()))?;
     let user = spec.user();
     let planned = plan(&cfg, &refs, user)?;
+    let bundle = inv.bundle_dir().unwrap_or_default();
+    let workload = policy::identity::identify(spec.doc(), &id, &bundle);
+    authorize(&cfg, &refs, &workload, &audit)?;
     let has_env = planned.iter().any(|p| !p.env_vars.is_empty());
     let init = if has_env {
         Some(init_path(&cfg)?)
@@ -591,7 +636,7 @@ pub fn create_with_secrets(
 
     timing.mark("plan");
     // 4: fetch everything before anything is created.
-    let values = fetch_all(&cfg, &planned, &audit)?;
+    let values = fetch_all(&cfg, &planned, &workload, &audit)?;
     timing.mark("fetch");
     for (p, (v, _)) in planned.iter().zip(&values) {
         if v.len() as u64 > cfg.runtime.max_secret_size {
@@ -683,7 +728,7 @@ pub fn create_with_secrets(
         }
         let rec = StateRecord {
             id: id.clone(),
-            bundle: inv.bundle_dir().unwrap_or_default(),
+            bundle: bundle.clone(),
             runc_root: inv.root.clone(),
             delegate: delegate.clone(),
             pid,
@@ -708,6 +753,7 @@ pub fn create_with_secrets(
                 })
                 .collect(),
             created: crate::audit::now_rfc3339(),
+            workload: Some(workload.clone()),
         };
         register(&cfg.runtime.state_dir, &rec)?;
         Ok(pid)
@@ -736,6 +782,7 @@ pub fn create_with_secrets(
                 .secret(&p.label)
                 .provider(&p.provider)
                 .container(&id)
+                .workload(&workload)
                 .duration(started.elapsed()),
         );
     }

@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '[install-deps] %s\n' "$*"; }
 
-packages=(runc docker.io busybox-static docker-compose podman containerd python3-pip jq gdb e2fsprogs)
+packages=(runc docker.io busybox-static docker-compose podman containerd python3-pip jq gdb e2fsprogs protobuf-compiler)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

@@ -338,10 +338,11 @@ pub fn status_json(rotator: &Rotator) -> serde_json::Value {
         .map(|r| {
             serde_json::json!({
                 "id": r.rec.id,
+                "name": r.rec.workload.as_ref().map(Workload::label),
+                "workload": r.rec.workload,
                 "pid": r.rec.pid,
                 "bundle": r.rec.bundle,
                 "created": r.rec.created,
-                "workload": r.rec.workload,
                 "secrets_dir": r.rec.secrets_dir,
                 "secrets": r.rec.secrets.iter().map(|s| serde_json::json!({
                     "name": s.name,

@@ -195,7 +195,11 @@ fn print_status(report: &serde_json::Value, socket: &Path, json: bool) -> anyhow
     for c in containers {
         let full_id = s(c, "id");
         let id = crate::rotation::short_id(&full_id);
-        let name = workload_name(c);
+        // The engine's name for it (docker:web, k8s:ns/pod/container).
+        let name = match c.get("name").and_then(|n| n.as_str()) {
+            Some(label) => label.to_string(),
+            None => workload_name(c),
+        };
         let dir = s(c, "secrets_dir");
         for sec in c
             .get("secrets")

@@ -182,13 +182,15 @@ fn restart_strategy_brings_the_new_env_value() {
         )),
         "{said}"
     );
-    // dso status names the container as Docker does, beside its short id.
+    // dso status names the container as its engine does (docker:NAME), beside its short id.
     let status = h.dso(&["status"], None);
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with(&format!("{:<12} {:<24} ", &id.trim()[..12], c.name))),
+        table.lines().any(|l| l.starts_with(&format!(
+            "{:<12} {:<24} ",
+            &id.trim()[..12],
+            format!("docker:{}", c.name)
+        ))),
         "{table}"
     );
     let t0 = Instant::now();

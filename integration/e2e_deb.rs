@@ -41,7 +41,7 @@ fn skip_or_fail(why: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("\n\n*** CI=true and the .deb test cannot run: {why} ***\n\n");
     }
-    eprintln!("SKIPPED: {why}");
+    dso::test_support::skipped(why);
     false
 }
 

@@ -44,7 +44,7 @@ fn require_tool(tool: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("\n\n*** CI=true and an engine test cannot run: {why} ***\n\n");
     }
-    eprintln!("SKIPPED: {why}");
+    dso::test_support::skipped(&why);
     false
 }
 

@@ -171,6 +171,28 @@ fn restart_strategy_brings_the_new_env_value() {
         None,
     );
     ok(h, "dso rotate (restart)", &out);
+    // It says what it is waiting for (Docker stops the container first).
+    let id = h.docker_ok(&["inspect", "--format", "{{.Id}}", &c.name]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "dso: {}: rot_env: restarting the container through the Docker API at {}; Docker waits up to 10s for it to stop\n",
+            &id.trim()[..12],
+            socket.display()
+        )),
+        "{said}"
+    );
+    // dso status names the container as its engine does (docker:NAME), beside its short id.
+    let status = h.dso(&["status"], None);
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        table.lines().any(|l| l.starts_with(&format!(
+            "{:<12} {:<24} ",
+            &id.trim()[..12],
+            format!("docker:{}", c.name)
+        ))),
+        "{table}"
+    );
     let t0 = Instant::now();
     while !logs().contains(&format!("token={v2}")) {
         assert!(

@@ -37,13 +37,25 @@ step "clippy" cargo clippy --all-targets -- -D warnings
 step "build" cargo build
 # Every target, like `--all-targets`, except that `test = false` is honoured: `--bins` would
 # also build dso-init (a no_std binary that cannot link the test harness) as a test.
-step "tests" cargo test --lib --tests --benches --examples --no-fail-fast
+# Skipped tests (no root, daemon or tool here) pass as far as cargo knows: each one also writes
+# a line to $DSO_SKIP_LOG (dso::test_support::skipped), and the report below counts them, and
+# the ignored ones, by suite.
+report_dir=$(mktemp -d)
+trap 'rm -rf "$report_dir"' EXIT
+export DSO_SKIP_LOG="$report_dir/skipped.tsv"
+run_tests() {
+    cargo test --lib --tests --benches --examples --no-fail-fast 2>&1 | tee "$report_dir/cargo-test.log"
+}
+step "tests" run_tests
 # The benchmarks are not pass/fail on their figures, but they must keep working: a short run of
 # each with the debug binaries (root only: they run containers).
 if [[ $(id -u) -eq 0 ]]; then
     step "bench smoke (runtime)" python3 bench/bench.py --smoke --bindir target/debug
     step "bench smoke (rotation)" python3 bench/rotation.py --smoke --bindir target/debug
 fi
+
+printf '\n==================== tests by suite: skipped and ignored ====================\n'
+python3 scripts/test-report.py "$report_dir/cargo-test.log" "$DSO_SKIP_LOG"
 
 printf '\n==================== summary ====================\n'
 printf '%s\n' "${summary[@]}"

@@ -14,3 +14,5 @@ pub mod providers;
 pub mod rotation;
 pub mod runtime;
 pub mod secrets;
+#[doc(hidden)]
+pub mod test_support;

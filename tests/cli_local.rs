@@ -193,30 +193,287 @@ fn set_refuses_bad_input() {
 }
 
 #[test]
-fn init_never_overwrites() {
+fn init_never_overwrites_and_creates_what_is_missing() {
     let env = Env::new();
     assert_ok(&env.init());
-    let before: Vec<Vec<u8>> = [env.config(), env.key(), env.store()]
-        .iter()
-        .map(|p| fs::read(p).unwrap())
-        .collect();
-    let err = assert_fails_one_line(&env.init());
-    assert!(err.contains("already exist"), "{err}");
-    let after: Vec<Vec<u8>> = [env.config(), env.key(), env.store()]
-        .iter()
-        .map(|p| fs::read(p).unwrap())
-        .collect();
-    assert_eq!(before, after);
+    let (config, key, store) = (env.config(), env.key(), env.store());
+    let (c, k, s) = (config.display(), key.display(), store.display());
+    let snapshot = |paths: &[&PathBuf]| -> Vec<Vec<u8>> {
+        paths.iter().map(|p| fs::read(p).unwrap()).collect()
+    };
+    let next = "next: store a secret and grant it to a container: printf %s \"$VALUE\" | dso secret set NAME --declare --allow docker:CONTAINER_NAME\n";
 
-    // Only the config exists: nothing else is written either.
+    // Everything there: all kept, nothing written, exit 0.
+    let before = snapshot(&[&config, &key, &store]);
+    let out = env.run(&["init"], b"");
+    assert_ok(&out);
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "kept key file {k} (it exists)\nkept store    {s} (it exists)\nkept config   {c} (it exists; its provider \"local\" uses this store)\n{next}"
+        )
+    );
+    assert_eq!(before, snapshot(&[&config, &key, &store]));
+
+    // A key file and a config (put there by a config-management tool), no store: the store is
+    // created where the config says, with that key.
+    fs::remove_file(&store).unwrap();
+    let before = snapshot(&[&config, &key]);
+    let out = env.run(&["init"], b"");
+    assert_ok(&out);
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "kept key file {k} (it exists)\ncreated store    {s} (mode 0600)\nkept config   {c} (it exists; its provider \"local\" uses this store)\n{next}"
+        )
+    );
+    assert_eq!(before, snapshot(&[&config, &key]));
+    assert_ok(&env.run(&["secret", "set", "a"], b"v1"));
+    assert_eq!(env.run(&["secret", "get", "a"], b"").stdout, b"v1");
+
+    // A store and its key without a config: a starter config pointing at them.
+    fs::remove_file(&config).unwrap();
+    let before = snapshot(&[&key, &store]);
+    let out = env.init();
+    assert_ok(&out);
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "kept key file {k} (it exists)\nkept store    {s} (it exists)\ncreated config   {c}\n{next}"
+        )
+    );
+    assert_eq!(before, snapshot(&[&key, &store]));
+    let starter = fs::read_to_string(&config).unwrap();
+    assert!(
+        starter.contains("\npolicy: { default: deny }\n"),
+        "{starter}"
+    );
+    assert!(starter.contains("#    allow:"), "{starter}");
+    assert!(
+        starter.contains("#      - docker: { name: \"web\" }"),
+        "{starter}"
+    );
+    assert_eq!(env.run(&["secret", "get", "a"], b"").stdout, b"v1");
+
+    // A store without its key: refused, nothing created.
+    fs::remove_file(&key).unwrap();
+    let err = assert_fails_one_line(&env.run(&["init"], b""));
+    assert_eq!(
+        err,
+        format!(
+            "dso: store {s} exists but its key file {k} does not: the store cannot be opened without it; restore the key file from your copy, or move the store away to start afresh\n"
+        )
+    );
+    assert!(!key.exists());
+
+    // A config that does not validate is never overwritten, and nothing else is created.
     let env = Env::new();
     fs::create_dir_all(env.config().parent().unwrap()).unwrap();
-    fs::write(env.config(), b"# mine\n").unwrap();
+    fs::write(env.config(), b"# mine\nprovidrs: {}\n").unwrap();
     let err = assert_fails_one_line(&env.init());
-    assert!(err.contains(env.config().to_str().unwrap()), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "dso: {} exists and does not validate (line 2: providrs: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, policy)); dso init never overwrites it: fix it (`dso config validate` lists every problem) or pass --config PATH for a new one\n",
+            env.config().display()
+        )
+    );
     assert!(!env.key().exists());
     assert!(!env.store().exists());
-    assert_eq!(fs::read(env.config()).unwrap(), b"# mine\n");
+    assert_eq!(fs::read(env.config()).unwrap(), b"# mine\nprovidrs: {}\n");
+}
+
+#[test]
+fn set_declare_adds_the_entry_keeping_comments_mode_and_layout() {
+    let env = Env::new();
+    assert_ok(&env.init());
+    let config = env.config();
+    let c = config.display().to_string();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o640)).unwrap();
+    let before = fs::read_to_string(&config).unwrap();
+
+    // Without --declare: stored, and told that no container can use it yet.
+    let out = env.run(&["secret", "set", "db_password"], b"pw");
+    assert_ok(&out);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "dso: secret \"db_password\" stored in {} (version 1)\ndso: note: \"db_password\" is not declared in {c}, so no container can use it yet: run again with --declare --allow docker:CONTAINER_NAME, or add under secrets: db_password: {{ provider: local, allow: [ {{docker: {{name: \"CONTAINER_NAME\"}}}} ] }}\n",
+            env.store().display()
+        )
+    );
+    assert_eq!(fs::read_to_string(&config).unwrap(), before);
+
+    let out = env.run(
+        &[
+            "secret",
+            "set",
+            "db_password",
+            "--declare",
+            "--allow",
+            "docker:web",
+            "--allow",
+            "kubernetes:billing",
+        ],
+        b"pw2",
+    );
+    assert_ok(&out);
+    assert!(
+        stderr(&out).ends_with(&format!(
+            "dso: secret \"db_password\" declared in {c} (provider \"local\")\n"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let after = fs::read_to_string(&config).unwrap();
+    // Exactly one line more, every other line (comments included) as it was.
+    let entry = "  db_password: { provider: \"local\", allow: [ {docker: {name: \"web\"}}, {kubernetes: {namespace: \"billing\"}} ] }";
+    assert_eq!(
+        after,
+        before.replace("secrets: {}\n", &format!("secrets:\n{entry}\n")),
+    );
+    assert_eq!(mode(&config), 0o640);
+    assert_ok(&env.run(&["config", "validate"], b""));
+    // No temp file left next to it.
+    let names: Vec<String> = fs::read_dir(config.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("dso-tmp")), "{names:?}");
+
+    // Again with the same grants: stored, the file unchanged.
+    let out = env.run(
+        &[
+            "secret",
+            "set",
+            "db_password",
+            "--declare",
+            "--allow",
+            "docker:web",
+            "--allow",
+            "kubernetes:billing",
+        ],
+        b"pw3",
+    );
+    assert_ok(&out);
+    assert!(stderr(&out).ends_with(&format!(
+        "dso: secret \"db_password\" was already declared in {c}\n"
+    )));
+    assert_eq!(fs::read_to_string(&config).unwrap(), after);
+
+    // Other grants: refused before anything is stored.
+    let err = assert_fails_one_line(&env.run(
+        &[
+            "secret",
+            "set",
+            "db_password",
+            "--declare",
+            "--allow",
+            "docker:other",
+        ],
+        b"pw4",
+    ));
+    assert_eq!(
+        err,
+        format!(
+            "dso: secret \"db_password\" is already declared in {c} with other settings; edit its entry there (nothing stored)\n"
+        )
+    );
+    assert_eq!(
+        env.run(&["secret", "get", "db_password"], b"").stdout,
+        b"pw3"
+    );
+
+    // A bad grant, and --allow without --declare.
+    let err = assert_fails_one_line(&env.run(
+        &["secret", "set", "x", "--declare", "--allow", "podman:web"],
+        b"v",
+    ));
+    assert_eq!(
+        err,
+        "dso: --allow \"podman:web\": expected docker:CONTAINER_NAME_GLOB or kubernetes:NAMESPACE_GLOB (globs with * and ?)\n"
+    );
+    let out = env.run(&["secret", "set", "x", "--allow", "docker:web"], b"v");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // A layout the edit does not understand: the YAML to add by hand, nothing stored.
+    fs::write(
+        &config,
+        format!(
+            "{{providers: {{local: {{type: local, path: {}, key_file: {}}}}}}}\n",
+            env.store().display(),
+            env.key().display()
+        ),
+    )
+    .unwrap();
+    let err = assert_fails_one_line(&env.run(&["secret", "set", "api", "--declare"], b"v"));
+    assert_eq!(
+        err,
+        format!(
+            "dso: cannot edit {c} safely; add under secrets: in {c}: api: {{ provider: \"local\" }}\n"
+        )
+    );
+    assert!(!stdout(&env.run(&["secret", "ls"], b"")).contains("api"));
+}
+
+#[test]
+fn get_and_rm_validate_names_and_say_what_to_do() {
+    let env = Env::new();
+    assert_ok(&env.init());
+    for cmd in ["get", "rm", "set"] {
+        let err = assert_fails_one_line(&env.run(&["secret", cmd, "../etc"], b"v"));
+        assert_eq!(
+            err,
+            "dso: secret name \"../etc\" is not valid: only letters, digits, '_', '.' and '-' are allowed\n",
+            "{cmd}"
+        );
+    }
+    for cmd in ["get", "rm"] {
+        let err = assert_fails_one_line(&env.run(&["secret", cmd, "nope"], b""));
+        assert_eq!(
+            err,
+            format!(
+                "dso: secret \"nope\" not found in store {}; `dso secret ls` lists what it holds, `dso secret set nope` stores it\n",
+                env.store().display()
+            ),
+            "{cmd}"
+        );
+    }
+    // A one-line value with a newline (echo): stored as given, and said.
+    let out = env.run(&["secret", "set", "echoed"], b"pw\n");
+    assert_ok(&out);
+    assert!(
+        stderr(&out).starts_with("dso: note: the value of \"echoed\" ends with a newline, stored as given (printf %s sends none; echo does)\n"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.run(&["secret", "get", "echoed"], b"").stdout, b"pw\n");
+}
+
+#[test]
+fn doctor_without_a_config_says_run_dso_init() {
+    let env = Env::new();
+    let out = env.run(
+        &[
+            "doctor", "--json", "--skip", "dockerd", "--skip", "runc", "--skip", "binaries",
+        ],
+        b"",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let config = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "config")
+        .unwrap();
+    assert_eq!(config["status"], "fail");
+    assert_eq!(
+        config["detail"],
+        format!(
+            "{} does not exist; run `dso init` (it creates a key file, a local store and this config)",
+            env.config().display()
+        )
+    );
 }
 
 #[test]
@@ -446,4 +703,111 @@ fn disk_full_while_writing_the_store_keeps_the_old_store() {
         env.run(&["secret", "get", "b"], b"").stdout,
         b"old value of b"
     );
+}
+
+/// Runs `dso --config <config> ARGS` on a real pseudo-terminal (python3's pty module), typing
+/// each of `lines` after the next prompt that ends in `": "`; returns (exit code, everything
+/// the terminal showed).
+fn on_a_terminal(config: &Path, args: &[&str], lines: &[&str]) -> (i32, String) {
+    const DRIVER: &str = r#"
+import os, pty, sys
+argv = sys.argv[1:]
+n = int(argv.pop(0))
+lines, cmd = argv[:n], argv[n:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(cmd[0], cmd)
+seen = b""
+def read_more():
+    global seen
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        return False
+    seen += chunk
+    return bool(chunk)
+for line in lines:
+    prompts = seen.count(b": ")
+    while seen.count(b": ") == prompts and read_more():
+        pass
+    os.write(fd, line.encode())
+while read_more():
+    pass
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(seen)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let n = lines.len().to_string();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(DRIVER)
+        .arg(&n)
+        .args(lines)
+        .arg(env!("CARGO_BIN_EXE_dso"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("DSO_CONFIG")
+        .output()
+        .expect("python3 (scripts/install-deps.sh installs it)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn terminal_input_is_not_echoed_asked_twice_and_the_enter_is_not_part_of_the_value() {
+    let env = Env::new();
+    assert_ok(&env.init());
+    let (code, screen) = on_a_terminal(
+        &env.config(),
+        &["secret", "set", "tty_pw"],
+        &["hunter2-typed\n", "hunter2-typed\n"],
+    );
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        !screen.contains("hunter2"),
+        "the value was echoed: {screen:?}"
+    );
+    assert!(
+        screen.starts_with(
+            "dso: value of \"tty_pw\" (not echoed; Enter ends it): \r\ndso: the same again: \r\n"
+        ),
+        "{screen:?}"
+    );
+    assert_eq!(
+        env.run(&["secret", "get", "tty_pw"], b"").stdout,
+        b"hunter2-typed"
+    );
+
+    // --keep-newline keeps the Enter; Backspace edits the line.
+    let (code, screen) = on_a_terminal(
+        &env.config(),
+        &["secret", "set", "tty_nl", "--keep-newline"],
+        &["abX\x7fc\n", "abc\n"],
+    );
+    assert_eq!(code, 0, "{screen}");
+    assert_eq!(env.run(&["secret", "get", "tty_nl"], b"").stdout, b"abc\n");
+
+    // Two different entries: nothing stored.
+    let (code, screen) = on_a_terminal(
+        &env.config(),
+        &["secret", "set", "tty_typo"],
+        &["one\n", "two\n"],
+    );
+    assert_eq!(code, 1, "{screen}");
+    assert!(
+        screen.ends_with("dso: the two entries of \"tty_typo\" differ; nothing stored\r\n"),
+        "{screen:?}"
+    );
+    // Ctrl-C cancels (and leaves the terminal as it was: the process is not killed by it).
+    let (code, screen) = on_a_terminal(&env.config(), &["secret", "set", "tty_c"], &["ab\x03"]);
+    assert_eq!(code, 1, "{screen}");
+    assert!(
+        screen.ends_with("dso: cancelled; nothing stored\r\n"),
+        "{screen:?}"
+    );
+    let ls = stdout(&env.run(&["secret", "ls"], b""));
+    assert!(!ls.contains("tty_typo") && !ls.contains("tty_c"), "{ls}");
 }

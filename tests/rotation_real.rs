@@ -826,3 +826,195 @@ fn agent_killed_at_random_points_mid_rotation_leaves_old_or_new_and_the_next_cyc
     lab.kill("t-kill9");
     lab.runc(&["delete", "--force", "t-kill9"]);
 }
+
+/// `dso status --json` of the lab (through the agent when one runs).
+fn status_json(lab: &Lab) -> serde_json::Value {
+    serde_json::from_str(&ok(&lab.dso(&["status", "--json"]))).unwrap()
+}
+
+/// Sends SIGHUP to the agent.
+fn hup(agent: &AgentProc) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+}
+
+/// Waits until `file` holds `needle` `n` times.
+fn wait_count(file: &Path, needle: &str, n: usize) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        if text.matches(needle).count() >= n {
+            return text;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{needle:?} not seen {n} times in {}: {text}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn agent_reloads_dso_yaml_on_sighup_and_on_change_and_keeps_running_an_invalid_ones_predecessor() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    append_config(&lab, "watch: { interval: 1s }\n");
+    lab.set_secret("db", b"v1");
+    let b = lab.bundle(
+        "while :; do sleep 1; done",
+        &["DB_FILE=dsofile://db"],
+        (0, 0),
+    );
+    let pid = lab.run_detached(&b, "t-reload");
+    let file = format!("/proc/{pid}/root/run/secrets/db");
+    let config = lab.path("dso.yaml");
+    let log = lab.path("agent.log");
+    let original = fs::read_to_string(&config).unwrap();
+    let agent = start_agent(&lab);
+    wait_for(&log, "watching", Duration::from_secs(10));
+    let shown = config.display().to_string();
+    let digest = |text: &str| dso::config::digest_of(text);
+
+    // SIGHUP with nothing changed: read, compared, nothing to do.
+    hup(&agent);
+    wait_for(
+        &log,
+        &format!(
+            "dso agent: SIGHUP: {shown} unchanged (digest {})",
+            &digest(&original)[..12]
+        ),
+        Duration::from_secs(10),
+    );
+
+    // An invalid file: refused, reported in the log, the audit and `dso status`; the old
+    // config keeps running (the agent still rotates under it).
+    let invalid = original.replace("type: local", "type: lcoal");
+    assert_ne!(invalid, original);
+    fs::write(&config, &invalid).unwrap();
+    let text = wait_for(&log, "file changed: ", Duration::from_secs(10));
+    assert!(
+        text.contains(&format!(
+            "dso agent: file changed: {shown} rejected, keeping the config loaded at "
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("is not one of local, vault, aws, azure"),
+        "{text}"
+    );
+    let audit = wait_for(
+        &lab.path("audit.log"),
+        "config_rejected",
+        Duration::from_secs(5),
+    );
+    let rejected: serde_json::Value = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "config_rejected")
+        .unwrap();
+    assert_eq!(rejected["status"], "failure");
+    assert!(
+        rejected["error"].as_str().unwrap().contains("lcoal"),
+        "{rejected}"
+    );
+    let st = status_json(&lab);
+    assert_eq!(st["agent"], true);
+    assert_eq!(st["config"]["digest"], digest(&original));
+    assert_eq!(st["config"]["rejected"]["digest"], digest(&invalid));
+    assert!(
+        st["config"]["rejected"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("lcoal"),
+        "{st}"
+    );
+    let table = ok(&lab.dso(&["status"]));
+    assert!(
+        table.contains("config REJECTED at ")
+            && table.contains("the agent keeps running the config above"),
+        "{table}"
+    );
+    // The running config still serves: a new value (stored through a valid copy of the
+    // config, since the file is broken) reaches the container.
+    fs::write(lab.path("valid.yaml"), &original).unwrap();
+    let mut set = Command::new(DSO)
+        .arg("--config")
+        .arg(lab.path("valid.yaml"))
+        .args(["secret", "set", "db"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut set.stdin.take().unwrap(), b"v2").unwrap();
+    assert!(set.wait().unwrap().success());
+    wait_file(&file, b"v2", Duration::from_secs(10));
+
+    // SIGHUP reads the file again (still invalid: refused again).
+    hup(&agent);
+    wait_for(
+        &log,
+        &format!("dso agent: SIGHUP: {shown} rejected"),
+        Duration::from_secs(10),
+    );
+
+    // A valid new file, noticed without a signal: in force, the rejection cleared.
+    let with_spare = original.replacen(
+        "secrets:\n  db: {}\n  api: {}\n",
+        &format!(
+            "  spare: {{ type: local, path: {}, key_file: {} }}\nsecrets:\n  db: {{ provider: local }}\n  api: {{ provider: local }}\n",
+            lab.path("store").display(),
+            lab.path("key").display()
+        ),
+        1,
+    );
+    assert_ne!(with_spare, original);
+    fs::write(&config, &with_spare).unwrap();
+    wait_for(
+        &log,
+        &format!(
+            "dso agent: file changed: reloaded {shown} (digest {})",
+            &digest(&with_spare)[..12]
+        ),
+        Duration::from_secs(10),
+    );
+    let st = status_json(&lab);
+    assert_eq!(st["config"]["digest"], digest(&with_spare));
+    assert!(st["config"]["rejected"].is_null(), "{st}");
+    let table = ok(&lab.dso(&["status"]));
+    assert!(
+        table.starts_with(&format!(
+            "config {shown}: digest {}, loaded by the agent at ",
+            &digest(&with_spare)[..12]
+        )),
+        "{table}"
+    );
+
+    // A provider removed (with a SIGHUP; the change may also be noticed on its own first).
+    fs::write(&config, &original).unwrap();
+    hup(&agent);
+    let text = wait_for(&log, "providers removed: spare", Duration::from_secs(10));
+    assert!(
+        text.contains(&format!(
+            "reloaded {shown} (digest {}); providers removed: spare",
+            &digest(&original)[..12]
+        )),
+        "{text}"
+    );
+
+    // `dso rotate` served by the agent shows in the agent's log.
+    lab.set_secret("db", b"v3");
+    ok(&lab.dso(&["rotate", "db"]));
+    assert_eq!(fs::read(&file).unwrap(), b"v3");
+    let text = wait_for(&log, "`dso rotate` by uid 0", Duration::from_secs(5));
+    wait_count(&log, "t-reload: db: rotated to version", 2);
+    assert!(text.contains("secret \"db\""), "{text}");
+    drop(agent);
+    lab.kill("t-reload");
+    lab.runc(&["delete", "--force", "t-reload"]);
+}

@@ -152,7 +152,7 @@ fn unknown_secret_fails_closed_with_its_name() {
     assert_eq!(
         last["msg"],
         format!(
-            "dso: secret \"no_such_secret\" is not defined in {}",
+            "dso: secret \"no_such_secret\" is not defined in {}; declare it under secrets: there with the containers it is for, e.g. `dso secret set no_such_secret --declare --allow docker:CONTAINER_NAME` (stores the value and adds no_such_secret: {{ provider: ..., allow: [ {{docker: {{name: \"CONTAINER_NAME\"}}}} ] }})",
             cfg.display()
         )
     );

@@ -62,7 +62,7 @@ pub fn require_root() -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("\n\n*** CI=true and an end-to-end test cannot run: {why} ***\n\n");
     }
-    eprintln!("SKIPPED: {why}");
+    dso::test_support::skipped(&why);
     false
 }
 
@@ -75,7 +75,7 @@ pub fn require_tool(tool: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("\n\n*** CI=true and an end-to-end test cannot run: {why} ***\n\n");
     }
-    eprintln!("SKIPPED: {why}");
+    dso::test_support::skipped(&why);
     false
 }
 

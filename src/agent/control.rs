@@ -279,11 +279,24 @@ fn answer(req: &Request, access: Access, peer: Peer, rotator: &Rotator) -> Zeroi
                     );
                 }
             };
-            let outcomes: Vec<serde_json::Value> = rotator
-                .rotate(&sel, Mode::Force)
-                .into_iter()
-                .map(|o| outcome_json(&o))
-                .collect();
+            // In the agent's log too: a rotation asked for by `dso rotate` is as much the
+            // agent's work as one it started itself.
+            eprintln!(
+                "dso agent: `dso rotate` by uid {} (pid {}): {}",
+                peer.uid,
+                peer.pid,
+                match &sel {
+                    Selector::Secret(s) => format!("secret {s:?}"),
+                    Selector::Container(c) => format!("container {c:?}"),
+                    _ => "everything".to_string(),
+                }
+            );
+            let done = rotator.rotate(&sel, Mode::Force);
+            if done.is_empty() {
+                eprintln!("dso agent: `dso rotate`: no running container matched");
+            }
+            super::report(&done);
+            let outcomes: Vec<serde_json::Value> = done.iter().map(outcome_json).collect();
             plain(serde_json::json!({"ok": true, "outcomes": outcomes}))
         }
         "fetch" if access == Access::Root => {
@@ -321,6 +334,7 @@ pub fn outcome_json(o: &rotation::Outcome) -> serde_json::Value {
 /// The managed containers (from the state dir), with what this agent knows about them.
 pub fn status_json(rotator: &Rotator) -> serde_json::Value {
     let cfg = rotator.config();
+    let cfg = &*cfg;
     let records = rotation::prune(&cfg.runtime.state_dir);
     let containers: Vec<serde_json::Value> = records
         .iter()
@@ -347,9 +361,16 @@ pub fn status_json(rotator: &Rotator) -> serde_json::Value {
             })
         })
         .collect();
+    let events = rotator.config_events();
     serde_json::json!({
         "ok": true,
         "agent": true,
+        "config": {
+            "path": cfg.source,
+            "digest": cfg.digest,
+            "loaded_at": events.loaded_at,
+            "rejected": events.rejected,
+        },
         "containers": containers,
         "providers": rotator.provider_health(),
     })
@@ -379,7 +400,7 @@ fn authorize(r: &WireRequest, workload: &Workload, rotator: &Rotator) -> Result<
             path: &r.path,
         },
     };
-    policy::check(cfg, ask, workload)
+    policy::check(&cfg, ask, workload)
         .map(|_| ())
         .map_err(|refusal| {
             let msg = refusal.to_string();

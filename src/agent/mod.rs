@@ -2,18 +2,23 @@
 //! `watch.interval` (± 10 % jitter) it asks each provider for the current version of every
 //! secret in use (one cheap check per secret, however many containers use it) and re-injects
 //! the ones that moved (see [`crate::rotation`]); a signed webhook (`agent.webhook`) triggers the
-//! same for the named secrets at once.
+//! same for the named secrets at once. dso.yaml is read again on SIGHUP and when the file
+//! changes (see [`reload`]); a file that does not validate leaves the running config in force.
 
 pub mod control;
 pub mod metrics;
 pub mod webhook;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::audit::Event;
+use crate::config::Config;
 use crate::rotation::{Mode, OutcomeStatus, Rotator, Selector};
 
 /// No secret is checked more often than this.
@@ -22,11 +27,115 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a webhook trigger waits for more before the rotation runs.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
+/// How often the agent looks at dso.yaml's metadata for a change. A `stat` a second costs
+/// nothing measurable, needs no inotify watch (which misses a ConfigMap's symlink swap or a
+/// file on NFS unless the directory is watched too) and no new dependency.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+
 /// What wakes the agent besides its timer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
     /// Refresh these secrets now (webhook).
     Secrets(Vec<String>),
+    /// Read dso.yaml again (SIGHUP).
+    Reload,
+}
+
+/// What identifies one version of the config file: any change (an edit in place, a rename
+/// over it, a symlink pointed elsewhere) changes one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+/// Reads dso.yaml at `path` again and puts it in force if it is valid and differs from the
+/// running one (`why` says what asked, for the log). An invalid or unreadable file changes
+/// nothing: it is logged, recorded for `dso status` and audited as `config_rejected`. Returns
+/// true when a new config is in force.
+pub fn reload(rotator: &Rotator, path: &Path, why: &str) -> bool {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path);
+    let parsed = match &text {
+        Ok(t) => Config::from_str_at(t, path).map_err(|e| e.messages().join("; ")),
+        Err(e) => Err(format!("{shown}: {e}")),
+    };
+    let current = rotator.config();
+    match parsed {
+        Ok(cfg) if cfg.digest == current.digest => {
+            eprintln!(
+                "dso agent: {why}: {shown} unchanged (digest {})",
+                short_digest(&cfg.digest)
+            );
+            false
+        }
+        Ok(cfg) => {
+            let digest = cfg.digest.clone();
+            let restart_only = [
+                (
+                    format!("{:?}", current.agent) != format!("{:?}", cfg.agent),
+                    "agent",
+                ),
+                (
+                    format!("{:?}", current.audit) != format!("{:?}", cfg.audit),
+                    "audit",
+                ),
+            ];
+            let removed = rotator.reload(cfg);
+            eprintln!(
+                "dso agent: {why}: reloaded {shown} (digest {}){}",
+                short_digest(&digest),
+                if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; providers removed: {}", removed.join(", "))
+                }
+            );
+            for (changed, section) in restart_only {
+                if changed {
+                    eprintln!(
+                        "dso agent: {section}: changes to this section take effect when the agent restarts"
+                    );
+                }
+            }
+            true
+        }
+        Err(error) => {
+            let digest = text
+                .as_deref()
+                .map(crate::config::digest_of)
+                .unwrap_or_default();
+            eprintln!(
+                "dso agent: {why}: {shown} rejected, keeping the config loaded at {} (digest {}): {error}",
+                rotator.config_events().loaded_at,
+                short_digest(&current.digest)
+            );
+            rotator.reject_config(&digest, &error);
+            rotator
+                .audit()
+                .record(&Event::new("config_rejected", "failure").error(&error));
+            false
+        }
+    }
+}
+
+/// The first 12 hex digits of a SHA-256, as logs and `dso status` show it.
+pub fn short_digest(d: &str) -> &str {
+    d.get(..12).unwrap_or(d)
 }
 
 /// `interval` ± 10 %, from a random draw.
@@ -38,8 +147,14 @@ pub fn jittered(interval: Duration) -> Duration {
 }
 
 /// Runs the agent until `stop` is set: a poll every jittered interval, and whatever arrives on
-/// `triggers`. One cycle is one [`Rotator::rotate`] in [`Mode::IfChanged`].
-pub fn run(rotator: &Rotator, triggers: mpsc::Receiver<Trigger>, stop: Arc<AtomicBool>) {
+/// `triggers`. One cycle is one [`Rotator::rotate`] in [`Mode::IfChanged`]. With `config`,
+/// that file is watched and read again when it changes (and on [`Trigger::Reload`]).
+pub fn run(
+    rotator: &Rotator,
+    triggers: mpsc::Receiver<Trigger>,
+    stop: Arc<AtomicBool>,
+    config: Option<&Path>,
+) {
     // Each secret has its own interval (`rotation.interval`, else `watch.interval`): the loop
     // wakes for the earliest one due and checks the secrets whose (jittered) time has come.
     let swept = rotator.sweep_stale_temps();
@@ -51,22 +166,45 @@ pub fn run(rotator: &Rotator, triggers: mpsc::Receiver<Trigger>, stop: Arc<Atomi
     // New containers are looked for as often as the shortest interval of any declared secret
     // (never less often than `watch.interval`): a container started after the agent, using a
     // secret with `rotation.interval: 1s`, is rotated within about a second, as configured.
-    let discover_every = rotator
-        .config()
-        .secrets
-        .keys()
-        .map(|name| rotator.interval_of(name))
-        .chain([rotator.config().watch.interval])
-        .min()
-        .unwrap_or(rotator.config().watch.interval)
-        .max(MIN_INTERVAL);
+    let discovery = |rotator: &Rotator| {
+        let cfg = rotator.config();
+        cfg.secrets
+            .keys()
+            .map(|name| rotator.interval_of(name))
+            .chain([cfg.watch.interval])
+            .min()
+            .unwrap_or(cfg.watch.interval)
+            .max(MIN_INTERVAL)
+    };
+    let mut discover_every = discovery(rotator);
+    let mut config_stamp = config.and_then(stamp);
+    let mut config_checked = Instant::now();
+    let mut reload_why: Option<&str> = None;
     while !stop.load(Ordering::SeqCst) {
+        if let Some(path) = config
+            && config_checked.elapsed() >= CONFIG_POLL
+        {
+            config_checked = Instant::now();
+            let now_stamp = stamp(path);
+            if now_stamp != config_stamp {
+                config_stamp = now_stamp;
+                reload_why = reload_why.or(Some("file changed"));
+            }
+        }
+        if let (Some(path), Some(why)) = (config, reload_why.take())
+            && reload(rotator, path, why)
+        {
+            // Everything in use is checked again at once, under the new config.
+            discover_every = discovery(rotator);
+            due_at.clear();
+            next = Instant::now();
+        }
         let now = Instant::now();
         if now >= next {
             // prune: the records of containers that are gone are dropped here, at the
             // discovery cadence, not only when one of their secrets is due.
             let in_use: std::collections::BTreeSet<String> =
-                crate::rotation::prune(rotator.state_dir())
+                crate::rotation::prune(&rotator.state_dir())
                     .into_iter()
                     .flat_map(|r| r.rec.secrets.into_iter().map(|s| s.name))
                     .collect();
@@ -95,14 +233,17 @@ pub fn run(rotator: &Rotator, triggers: mpsc::Receiver<Trigger>, stop: Arc<Atomi
         }
         let wait = (next - now).min(Duration::from_millis(200));
         match triggers.recv_timeout(wait) {
+            Ok(Trigger::Reload) => reload_why = Some("SIGHUP"),
             Ok(Trigger::Secrets(first)) => {
                 // Debounce: a burst of triggers becomes one rotation per named secret.
                 let mut names = std::collections::BTreeSet::from_iter(first);
                 let quiet = Instant::now() + DEBOUNCE;
-                while let Ok(Trigger::Secrets(more)) =
-                    triggers.recv_timeout(quiet.saturating_duration_since(Instant::now()))
-                {
-                    names.extend(more);
+                loop {
+                    match triggers.recv_timeout(quiet.saturating_duration_since(Instant::now())) {
+                        Ok(Trigger::Secrets(more)) => names.extend(more),
+                        Ok(Trigger::Reload) => reload_why = Some("SIGHUP"),
+                        Err(_) => break,
+                    }
                 }
                 for name in names {
                     report(&rotator.rotate(&Selector::Secret(name), Mode::IfChanged));
@@ -116,8 +257,9 @@ pub fn run(rotator: &Rotator, triggers: mpsc::Receiver<Trigger>, stop: Arc<Atomi
     }
 }
 
-/// Logs what a cycle did (stderr, for journald). Audit events are written by the rotator.
-fn report(outcomes: &[crate::rotation::Outcome]) {
+/// Logs what a cycle (or a `dso rotate` served over the socket) did (stderr, for journald).
+/// Audit events are written by the rotator.
+pub fn report(outcomes: &[crate::rotation::Outcome]) {
     for o in outcomes {
         match &o.status {
             OutcomeStatus::Unchanged => {}

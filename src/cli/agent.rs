@@ -1,6 +1,7 @@
 //! `dso agent`: the foreground daemon (systemd: packaging/dso-agent.service). Polls the versions
 //! of the secrets in use every `watch.interval`, re-injects what changed, and serves the signed
-//! rotation webhook when `agent.webhook` is configured. Logs go to stderr (journald).
+//! rotation webhook when `agent.webhook` is configured. Reads dso.yaml again on SIGHUP
+//! (`systemctl reload dso-agent`) and when the file changes. Logs go to stderr (journald).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +57,12 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
+    // SIGHUP is taken by a thread that waits for it (sigwait), not by a handler: blocked here,
+    // before any thread starts, so that every thread inherits the mask and none dies of it.
+    let mut hup = nix::sys::signal::SigSet::empty();
+    hup.add(nix::sys::signal::Signal::SIGHUP);
+    hup.thread_block()
+        .map_err(|e| anyhow!("cannot block SIGHUP: {e}"))?;
     let started = Instant::now();
     let listener = control::bind(&socket, group, &state_dir).map_err(|e| anyhow!(e))?;
     eprintln!("dso agent: control socket {}", socket.display());
@@ -73,24 +80,44 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
         std::thread::spawn(move || metrics::serve(listener, rotator, started));
     }
     let (tx, rx) = mpsc::channel();
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            while hup.wait().is_ok() {
+                if tx.send(agent::Trigger::Reload).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     if let Some(v) = webhook_cfg {
         let settings = webhook::WebhookSettings::from_value(&v).map_err(|e| anyhow!(e))?;
         let key = webhook::read_key(&settings.secret_file).map_err(|e| anyhow!(e))?;
-        let hook = webhook::Webhook::bind(&settings.listen, key, audit, tx)
+        let hook = webhook::Webhook::bind(&settings.listen, key, audit, tx.clone())
             .map_err(|e| anyhow!("webhook listener {}: {e}", settings.listen))?;
         eprintln!(
             "dso agent: webhook on http://{}/v1/webhook",
             hook.local_addr()?
         );
         hook.spawn();
-    } else {
-        drop(tx);
     }
+    drop(tx);
+    let cfg = rotator.config();
+    eprintln!(
+        "dso agent: config {} (digest {}); read again on SIGHUP and when it changes",
+        cfg.source.display(),
+        agent::short_digest(&cfg.digest)
+    );
     eprintln!(
         "dso agent: watching {} every {:?}",
         rotator.state_dir().display(),
         interval
     );
-    agent::run(&rotator, rx, Arc::new(AtomicBool::new(false)));
+    agent::run(
+        &rotator,
+        rx,
+        Arc::new(AtomicBool::new(false)),
+        Some(config_path),
+    );
     Ok(0)
 }

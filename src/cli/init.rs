@@ -1,5 +1,7 @@
-//! `dso init`: a fresh key file, an empty local store and a starter dso.yaml. Never overwrites
-//! anything; on failure, whatever it had created is removed again.
+//! `dso init`: whatever is missing of a key file, a local store and a dso.yaml that points at
+//! them. Never overwrites anything: what exists is kept (and used: a key file without a store
+//! gets its store, a config's local provider names the store and key to create) and said so;
+//! on failure, whatever it had created is removed again.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
@@ -10,16 +12,17 @@ use anyhow::{anyhow, bail};
 use clap::Args;
 use zeroize::Zeroizing;
 
-use crate::providers::local::{DEFAULT_KEY_FILE, DEFAULT_STORE_PATH, Store};
+use crate::config::{Config, ProviderKind};
+use crate::providers::local::{DEFAULT_KEY_FILE, DEFAULT_STORE_PATH, LocalSettings, Store};
 
 #[derive(Debug, Args)]
 pub(super) struct InitArgs {
-    /// Where to create the encrypted store
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_STORE_PATH)]
-    store: PathBuf,
-    /// Where to create the key file (32 random bytes, hex-encoded, mode 0400)
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_KEY_FILE)]
-    key_file: PathBuf,
+    /// Where the encrypted store is [default: the path of the config's local provider, else /var/lib/dso/local.vault]
+    #[arg(long, value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// Where the key file is (32 random bytes, hex-encoded, mode 0400) [default: the config's local provider's, else /etc/dso/master.key]
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
 }
 
 pub(super) fn run(config_path: &Path, args: &InitArgs) -> anyhow::Result<()> {
@@ -27,22 +30,59 @@ pub(super) fn run(config_path: &Path, args: &InitArgs) -> anyhow::Result<()> {
         std::path::absolute(p).map_err(|e| anyhow!("cannot resolve {}: {e}", p.display()))
     };
     let config = absolute(config_path)?;
-    let store = absolute(&args.store)?;
-    let key_file = absolute(&args.key_file)?;
+    let exists = |p: &Path| fs::symlink_metadata(p).is_ok();
+    // An existing config is kept; its local provider says where the store and key belong.
+    let from_config = if exists(&config) {
+        let cfg = Config::load(&config).map_err(|e| {
+            anyhow!(
+                "{} exists and does not validate ({}); dso init never overwrites it: fix it (`dso config validate` lists every problem) or pass --config PATH for a new one",
+                config.display(),
+                e.messages().join("; ")
+            )
+        })?;
+        Some(config_local(&cfg, &config)?)
+    } else {
+        None
+    };
+    let settings = from_config.as_ref().and_then(|(_, s)| s.as_ref());
+    let choose = |flag: &Option<PathBuf>,
+                  configured: Option<&PathBuf>,
+                  default: &str,
+                  what: &str| {
+        match (flag, configured) {
+            (Some(f), Some(c)) if absolute(f)? != absolute(c)? => bail!(
+                "{} names {what} {} for its local provider, not {}; run dso init without --{} (or with that path)",
+                config.display(),
+                c.display(),
+                f.display(),
+                what.replace(' ', "-")
+            ),
+            (Some(f), _) => absolute(f),
+            (None, Some(c)) => absolute(c),
+            (None, None) => absolute(Path::new(default)),
+        }
+    };
+    let store = choose(
+        &args.store,
+        settings.map(|s| &s.path),
+        DEFAULT_STORE_PATH,
+        "store",
+    )?;
+    let key_file = choose(
+        &args.key_file,
+        settings.map(|s| &s.key_file),
+        DEFAULT_KEY_FILE,
+        "key file",
+    )?;
     if config == store || config == key_file || store == key_file {
         bail!("the config, the store and the key file must be three different paths");
     }
-    let existing: Vec<String> = [&config, &store, &key_file]
-        .into_iter()
-        .filter(|p| fs::symlink_metadata(p).is_ok())
-        .map(|p| p.display().to_string())
-        .collect();
-    if !existing.is_empty() {
+    let (have_key, have_store) = (exists(&key_file), exists(&store));
+    if have_store && !have_key {
         bail!(
-            "{} already exist{}; dso init never overwrites (move {} away or pass other paths)",
-            existing.join(", "),
-            if existing.len() == 1 { "s" } else { "" },
-            if existing.len() == 1 { "it" } else { "them" },
+            "store {} exists but its key file {} does not: the store cannot be opened without it; restore the key file from your copy, or move the store away to start afresh",
+            store.display(),
+            key_file.display()
         );
     }
     let yaml_path = |p: &Path| -> anyhow::Result<String> {
@@ -58,28 +98,82 @@ pub(super) fn run(config_path: &Path, args: &InitArgs) -> anyhow::Result<()> {
     let config_text = starter_config(&yaml_path(&store)?, &yaml_path(&key_file)?);
 
     let mut created = Created::default();
-    for path in [&key_file, &store, &config] {
-        create_parents(path, &mut created)?;
+    let mut report = Vec::new();
+    if have_key {
+        report.push(format!("kept key file {} (it exists)", key_file.display()));
+    } else {
+        create_parents(&key_file, &mut created)?;
+        write_new(&key_file, &new_key()?, 0o400, &mut created)?;
+        report.push(format!(
+            "created key file {} (mode 0400)",
+            key_file.display()
+        ));
     }
-    write_new(&key_file, &new_key()?, 0o400, &mut created)?;
-    let lock = lock_path(&store);
-    let lock_existed = fs::symlink_metadata(&lock).is_ok();
-    let store_result = Store::create(&store, &key_file);
-    if !lock_existed {
-        created.files.push(lock);
+    if have_store {
+        report.push(format!("kept store    {} (it exists)", store.display()));
+    } else {
+        create_parents(&store, &mut created)?;
+        let lock = lock_path(&store);
+        let lock_existed = fs::symlink_metadata(&lock).is_ok();
+        let store_result = Store::create(&store, &key_file);
+        if !lock_existed {
+            created.files.push(lock);
+        }
+        store_result?;
+        created.files.push(store.clone());
+        report.push(format!("created store    {} (mode 0600)", store.display()));
     }
-    store_result?;
-    created.files.push(store.clone());
-    write_new(&config, config_text.as_bytes(), 0o644, &mut created)?;
+    match &from_config {
+        None => {
+            create_parents(&config, &mut created)?;
+            write_new(&config, config_text.as_bytes(), 0o644, &mut created)?;
+            report.push(format!("created config   {}", config.display()));
+        }
+        Some((name, Some(_))) => report.push(format!(
+            "kept config   {} (it exists; its provider {name:?} uses this store)",
+            config.display()
+        )),
+        Some((_, None)) => report.push(format!(
+            "kept config   {} (it exists, without a local provider: to use this store, add under providers: `local: {{ type: local, path: {}, key_file: {} }}`)",
+            config.display(),
+            yaml_path(&store)?,
+            yaml_path(&key_file)?
+        )),
+    }
     created.keep();
-
-    println!("created key file {} (mode 0400)", key_file.display());
-    println!("created store    {} (mode 0600)", store.display());
-    println!("created config   {}", config.display());
+    for line in report {
+        println!("{line}");
+    }
+    if !have_key {
+        println!(
+            "keep a copy of the key file somewhere safe: without it the store cannot be decrypted"
+        );
+    }
     println!(
-        "keep a copy of the key file somewhere safe: without it the store cannot be decrypted"
+        "next: store a secret and grant it to a container: printf %s \"$VALUE\" | dso secret set NAME --declare --allow docker:CONTAINER_NAME"
     );
     Ok(())
+}
+
+/// The local provider of an existing config (name, and its store and key when it has exactly
+/// one; `None` settings when it has none).
+fn config_local(cfg: &Config, shown: &Path) -> anyhow::Result<(String, Option<LocalSettings>)> {
+    let mut locals = cfg
+        .providers
+        .iter()
+        .filter(|(_, pc)| pc.kind == ProviderKind::Local);
+    match (locals.next(), locals.next()) {
+        (None, _) => Ok((String::new(), None)),
+        (Some((name, pc)), None) => {
+            let s = LocalSettings::from_config(pc)
+                .map_err(|detail| anyhow!("provider {name:?} in {}: {detail}", shown.display()))?;
+            Ok((name.clone(), Some(s)))
+        }
+        (Some(_), Some(_)) => bail!(
+            "{} declares several local providers; dso init does not know which store to create (create it with --config PATH of a config naming only one)",
+            shown.display()
+        ),
+    }
 }
 
 fn starter_config(store: &str, key_file: &str) -> String {
@@ -91,12 +185,18 @@ fn starter_config(store: &str, key_file: &str) -> String {
          \x20   path: {store}\n\
          \x20   key_file: {key_file}\n\
          \n\
+         # A secret reaches only the containers its allow rules name.\n\
+         policy: {{ default: deny }}\n\
+         \n\
          # Secrets containers may reference as dso://<name> (env) or dsofile://<name> (file).\n\
-         # Store a value with: dso secret set db_password < value.txt\n\
+         # Store and declare one with: printf %s \"$VALUE\" | dso secret set db_password --declare --allow docker:web\n\
          secrets: {{}}\n\
          #  db_password:\n\
          #    provider: local\n\
          #    path: db_password        # name in the store (default: the secret's name)\n\
+         #    allow:                   # any rule grants; globs with * and ?\n\
+         #      - docker: {{ name: \"web\" }}\n\
+         #      - kubernetes: {{ namespace: billing }}\n\
          #    rotation: {{ strategy: signal, signal: SIGHUP }}\n"
     )
 }

@@ -4,12 +4,14 @@
 //! stderr. Exit codes: 0 success, 1 failure (a failed doctor check included), 2 usage error.
 
 mod agent;
+mod declare;
 mod doctor;
 mod init;
 mod install;
 mod policy;
 mod rotate;
 mod secret;
+mod tty;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

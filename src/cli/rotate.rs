@@ -4,6 +4,7 @@
 //! state records hold).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
@@ -96,11 +97,19 @@ fn ask_agent(
     req: &serde_json::Value,
     timeout: std::time::Duration,
 ) -> Option<serde_json::Value> {
-    let socket = control::socket_path(cfg);
+    ask_agent_at(&control::socket_path(cfg), req, timeout)
+}
+
+/// [`ask_agent`] at a given socket.
+fn ask_agent_at(
+    socket: &Path,
+    req: &serde_json::Value,
+    timeout: std::time::Duration,
+) -> Option<serde_json::Value> {
     if !socket.exists() {
         return None;
     }
-    let bytes = control::request(&socket, req, timeout).ok()?;
+    let bytes = control::request(socket, req, timeout).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     if v.get("ok") == Some(&serde_json::Value::Bool(true)) {
         Some(v)
@@ -116,23 +125,54 @@ fn ask_agent(
 }
 
 pub(super) fn status(config_path: &Path, args: &StatusArgs) -> anyhow::Result<i32> {
-    let cfg = super::load_config(config_path)?;
-    let report = match ask_agent(
-        &cfg,
-        &serde_json::json!({"op": "status"}),
-        cfg.runtime.fetch_timeout,
-    ) {
+    let status_req = serde_json::json!({"op": "status"});
+    let cfg = match super::load_config(config_path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            // An agent may still run an earlier, valid version of this file (it refuses an
+            // invalid one): ask it, where the file says it listens, and say what is wrong.
+            let socket = lenient_socket_path(config_path);
+            let Some(report) = ask_agent_at(&socket, &status_req, Duration::from_secs(10)) else {
+                return Err(e);
+            };
+            eprintln!("dso: {e}");
+            return print_status(&report, &socket, args.json);
+        }
+    };
+    let socket = control::socket_path(&cfg);
+    let report = match ask_agent(&cfg, &status_req, cfg.runtime.fetch_timeout) {
         Some(v) => v,
         None => {
             // No agent: the same report from the state dir, without what only an agent knows.
             let rotator = Rotator::new(cfg.clone(), Options::default());
             let mut v = control::status_json(&rotator);
             v["agent"] = serde_json::Value::Bool(false);
+            // What is on disk now, not what an agent runs with.
+            v["config"]["loaded_at"] = serde_json::Value::Null;
             v
         }
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    print_status(&report, &socket, args.json)
+}
+
+/// Where the agent of a config that does not validate listens: its `agent.socket`, else
+/// `<runtime.state_dir>/dso.sock`, else the default, read from the YAML without the schema.
+fn lenient_socket_path(config_path: &Path) -> PathBuf {
+    let doc = std::fs::read_to_string(config_path)
+        .ok()
+        .and_then(|t| crate::config::yaml_document(&t, config_path).ok())
+        .unwrap_or_default();
+    let str_at = |a: &str, b: &str| doc.get(a).and_then(|v| v.get(b)).and_then(|v| v.as_str());
+    if let Some(s) = str_at("agent", "socket") {
+        return PathBuf::from(s);
+    }
+    let state_dir = str_at("runtime", "state_dir").unwrap_or("/run/dso");
+    Path::new(state_dir).join(control::DEFAULT_SOCKET_NAME)
+}
+
+fn print_status(report: &serde_json::Value, socket: &Path, json: bool) -> anyhow::Result<i32> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(0);
     }
     let empty = Vec::new();
@@ -147,15 +187,18 @@ pub(super) fn status(config_path: &Path, args: &StatusArgs) -> anyhow::Result<i3
             Some(other) => other.to_string(),
         }
     };
+    print!("{}", config_lines(report));
     println!(
-        "{:<20} {:>8} {:<24} {:<12} {:<10} {:<9} {:<24} INJECTED AS",
-        "CONTAINER", "PID", "SECRET", "PROVIDER", "VERSION", "STRATEGY", "LAST ROTATION"
+        "{:<12} {:<24} {:>8} {:<24} {:<12} {:<10} {:<9} {:<24} INJECTED AS",
+        "CONTAINER", "NAME", "PID", "SECRET", "PROVIDER", "VERSION", "STRATEGY", "LAST ROTATION"
     );
     for c in containers {
-        // The engine's name for it (docker:web, k8s:ns/pod/container), else the short id.
-        let id: String = match c.get("name").and_then(|n| n.as_str()) {
-            Some(name) => name.to_string(),
-            None => s(c, "id").chars().take(12).collect(),
+        let full_id = s(c, "id");
+        let id = crate::rotation::short_id(&full_id);
+        // The engine's name for it (docker:web, k8s:ns/pod/container).
+        let name = match c.get("name").and_then(|n| n.as_str()) {
+            Some(label) => label.to_string(),
+            None => workload_name(c),
         };
         let dir = s(c, "secrets_dir");
         for sec in c
@@ -171,8 +214,9 @@ pub(super) fn status(config_path: &Path, args: &StatusArgs) -> anyhow::Result<i3
                 how.push(format!("env {}", e.as_str().unwrap_or("?")));
             }
             println!(
-                "{:<20} {:>8} {:<24} {:<12} {:<10} {:<9} {:<24} {}",
+                "{:<12} {:<24} {:>8} {:<24} {:<12} {:<10} {:<9} {:<24} {}",
                 id,
+                name,
                 s(c, "pid"),
                 s(sec, "name"),
                 s(sec, "provider"),
@@ -186,7 +230,7 @@ pub(super) fn status(config_path: &Path, args: &StatusArgs) -> anyhow::Result<i3
     if report.get("agent") == Some(&serde_json::Value::Bool(false)) {
         println!(
             "\n(no agent answering at {}: versions from the state records; no rotation history or provider health)",
-            control::socket_path(&cfg).display()
+            socket.display()
         );
     } else if let Some(p) = report.get("providers").and_then(|p| p.as_object()) {
         println!();
@@ -204,4 +248,76 @@ pub(super) fn status(config_path: &Path, args: &StatusArgs) -> anyhow::Result<i3
         }
     }
     Ok(0)
+}
+
+/// The container's name as its engine recorded it (the state record's `workload`): the Docker
+/// name, or `namespace/pod/container` for Kubernetes; `-` when the record has none.
+fn workload_name(c: &serde_json::Value) -> String {
+    let w = &c["workload"];
+    let get = |k: &str| w.get(k).and_then(|v| v.as_str()).filter(|v| !v.is_empty());
+    if let (Some(ns), Some(pod)) = (get("namespace"), get("pod")) {
+        return match get("container") {
+            Some(ctr) => format!("{ns}/{pod}/{ctr}"),
+            None => format!("{ns}/{pod}"),
+        };
+    }
+    get("name")
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_else(|| "-".to_string())
+}
+
+/// The config the report describes: path, digest, when the agent loaded it, and a refused
+/// reload if there was one.
+fn config_lines(report: &serde_json::Value) -> String {
+    let c = &report["config"];
+    let get =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let Some(path) = get(c, "path") else {
+        return String::new();
+    };
+    let digest = get(c, "digest").unwrap_or_default();
+    let digest = crate::agent::short_digest(&digest);
+    let mut out = match get(c, "loaded_at") {
+        Some(at) => format!("config {path}: digest {digest}, loaded by the agent at {at}\n"),
+        None => format!("config {path}: digest {digest} (as on disk now)\n"),
+    };
+    if let Some(r) = c.get("rejected").filter(|r| r.is_object()) {
+        let rd = get(r, "digest").unwrap_or_default();
+        out.push_str(&format!(
+            "config REJECTED at {} (digest {}): {}; the agent keeps running the config above\n",
+            get(r, "at").unwrap_or_default(),
+            crate::agent::short_digest(&rd),
+            get(r, "error").unwrap_or_default()
+        ));
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_the_workload_record() {
+        let docker = serde_json::json!({"workload": {"engine": "docker", "name": "/web"}});
+        assert_eq!(workload_name(&docker), "web");
+        let k8s = serde_json::json!({"workload": {"engine": "kubernetes", "name": "x",
+            "namespace": "billing", "pod": "api-0", "container": "app"}});
+        assert_eq!(workload_name(&k8s), "billing/api-0/app");
+        assert_eq!(workload_name(&serde_json::json!({"id": "abc"})), "-");
+    }
+
+    #[test]
+    fn config_lines_show_digest_time_and_rejection() {
+        let r = serde_json::json!({"config": {"path": "/etc/dso/dso.yaml",
+            "digest": "0123456789abcdef0123", "loaded_at": "2026-01-01T00:00:00.000Z",
+            "rejected": {"at": "2026-01-01T00:01:00.000Z", "digest": "fedcba9876543210",
+                "error": "line 2: x: unknown key"}}});
+        assert_eq!(
+            config_lines(&r),
+            "config /etc/dso/dso.yaml: digest 0123456789ab, loaded by the agent at 2026-01-01T00:00:00.000Z\n\
+             config REJECTED at 2026-01-01T00:01:00.000Z (digest fedcba987654): line 2: x: unknown key; the agent keeps running the config above\n\n"
+        );
+    }
 }

@@ -11,21 +11,38 @@ use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
-use crate::config::ProviderKind;
+use super::declare::{Declaration, Declared};
+use crate::config::{Config, ProviderKind};
 use crate::providers::local::{EntryInfo, LocalSettings, MAX_VALUE_LEN, Store};
 use crate::secrets::{SecretValue, validate_name};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum SecretCommand {
-    /// Create or update a secret. The value is read from stdin (exact bytes) or --from-file
+    /// Create or update a secret. The value is read from stdin or --from-file, never from argv
     #[command(
-        after_help = "Examples:\n  dso secret set db_password < value.txt\n  printf %s \"$TOKEN\" | dso secret set api_key\n  dso secret set tls_key --from-file key.pem"
+        long_about = "Create or update a secret in the local store. The value is read from stdin or --from-file, never from argv.\n\n\
+            At a terminal the value is typed without echo, twice (the two must match); the Enter that ends \
+            it is not part of the value unless --keep-newline is given. From a pipe or a file the value is \
+            stored byte for byte, a trailing newline included (use printf %s, not echo; dso says when a \
+            one-line value ends with a newline).\n\n\
+            --declare also adds the secret to dso.yaml's secrets: (provider and --allow grants), editing the \
+            file's text so that its comments and layout stay; nothing is stored if that edit cannot be made.",
+        after_help = "Examples:\n  dso secret set db_password                                  # typed at the terminal, not echoed\n  printf %s \"$PW\" | dso secret set db_password --declare --allow docker:web\n  dso secret set db_password < value.txt\n  dso secret set tls_key --from-file key.pem"
     )]
     Set {
         name: String,
         /// Read the value from this file instead of stdin ("-" is stdin)
         #[arg(long, value_name = "FILE")]
         from_file: Option<PathBuf>,
+        /// Keep the newline that ends a value typed at a terminal (dropped by default)
+        #[arg(long)]
+        keep_newline: bool,
+        /// Also declare the secret in dso.yaml (secrets: NAME: {provider, allow}), keeping the file's comments
+        #[arg(long)]
+        declare: bool,
+        /// With --declare: grant it to docker:CONTAINER_NAME_GLOB or kubernetes:NAMESPACE_GLOB (repeatable)
+        #[arg(long, value_name = "ENGINE:GLOB", requires = "declare")]
+        allow: Vec<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -68,22 +85,54 @@ pub(super) fn run(config_path: &Path, cmd: SecretCommand) -> anyhow::Result<()> 
         SecretCommand::Set {
             name,
             from_file,
+            keep_newline,
+            declare,
+            allow,
             store,
         } => {
             validate_name(&name)?;
-            let settings = local_settings(config_path, store.provider.as_deref())?;
+            let allow = allow
+                .iter()
+                .map(|a| super::declare::parse_allow(a))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow!(e))?;
+            let (cfg, provider, settings) = local_settings(config_path, store.provider.as_deref())?;
+            // Checked first: a config that cannot take the entry is reported before a value
+            // is read or stored.
+            let declaration = if declare {
+                Some(Declaration::plan(config_path, &name, &provider, &allow)?)
+            } else {
+                None
+            };
             // Open first: a bad key file or store is reported before anyone types a value.
             let mut store = Store::open(&settings.path, &settings.key_file)?;
-            let value = read_value(&name, from_file.as_deref())?;
+            let value = read_value(&name, from_file.as_deref(), keep_newline)?;
             let version = store.set(&name, SecretValue::from_zeroizing(value))?;
             eprintln!(
                 "dso: secret {name:?} stored in {} (version {version})",
                 settings.path.display()
             );
+            let shown = config_path.display();
+            match declaration.map(Declaration::write).transpose() {
+                Err(e) => {
+                    bail!("{e}; the value is stored, but {name:?} is not declared in {shown}")
+                }
+                Ok(Some(Declared::Added)) => {
+                    eprintln!("dso: secret {name:?} declared in {shown} (provider {provider:?})")
+                }
+                Ok(Some(Declared::AlreadyThere)) => {
+                    eprintln!("dso: secret {name:?} was already declared in {shown}")
+                }
+                Ok(None) if !cfg.secrets.contains_key(&name) => eprintln!(
+                    "dso: note: {name:?} is not declared in {shown}, so no container can use it yet: run again with --declare --allow docker:CONTAINER_NAME, or add under secrets: {name}: {{ provider: {provider}, allow: [ {{docker: {{name: \"CONTAINER_NAME\"}}}} ] }}"
+                ),
+                Ok(None) => {}
+            }
             Ok(())
         }
         SecretCommand::Get { name, store } => {
-            let settings = local_settings(config_path, store.provider.as_deref())?;
+            validate_name(&name)?;
+            let (_, _, settings) = local_settings(config_path, store.provider.as_deref())?;
             let store = Store::open(&settings.path, &settings.key_file)?;
             let (value, _) = store
                 .get(&name)
@@ -91,7 +140,7 @@ pub(super) fn run(config_path: &Path, cmd: SecretCommand) -> anyhow::Result<()> 
             write_stdout(value.expose()).map_err(|e| anyhow!("cannot write to stdout: {e}"))
         }
         SecretCommand::Ls { json, store } => {
-            let settings = local_settings(config_path, store.provider.as_deref())?;
+            let (_, _, settings) = local_settings(config_path, store.provider.as_deref())?;
             let store = Store::open(&settings.path, &settings.key_file)?;
             let entries = store.list();
             if json {
@@ -105,7 +154,7 @@ pub(super) fn run(config_path: &Path, cmd: SecretCommand) -> anyhow::Result<()> 
         }
         SecretCommand::Rm { name, store } => {
             validate_name(&name)?;
-            let settings = local_settings(config_path, store.provider.as_deref())?;
+            let (_, _, settings) = local_settings(config_path, store.provider.as_deref())?;
             let mut store = Store::open(&settings.path, &settings.key_file)?;
             if !store.remove(&name)? {
                 return Err(not_found(&name, &settings.path));
@@ -120,12 +169,18 @@ pub(super) fn run(config_path: &Path, cmd: SecretCommand) -> anyhow::Result<()> 
 }
 
 fn not_found(name: &str, store: &Path) -> anyhow::Error {
-    anyhow!("secret {name:?} not found in store {}", store.display())
+    anyhow!(
+        "secret {name:?} not found in store {}; `dso secret ls` lists what it holds, `dso secret set {name}` stores it",
+        store.display()
+    )
 }
 
 /// The store of the config's `type: local` provider: the one named by `--provider`, else the
-/// only one there is.
-fn local_settings(config_path: &Path, provider: Option<&str>) -> anyhow::Result<LocalSettings> {
+/// only one there is; with the config and the provider's name.
+fn local_settings(
+    config_path: &Path,
+    provider: Option<&str>,
+) -> anyhow::Result<(Config, String, LocalSettings)> {
     let cfg = super::load_config(config_path)?;
     let shown = config_path.display();
     let (name, pc) = match provider {
@@ -150,7 +205,7 @@ fn local_settings(config_path: &Path, provider: Option<&str>) -> anyhow::Result<
             match (locals.next(), locals.next()) {
                 (Some((name, pc)), None) => (name.as_str(), pc),
                 (None, _) => bail!(
-                    "config {shown} declares no provider of type local; add one (see `dso init`)"
+                    "config {shown} declares no provider of type local; add one under providers: (local: {{ type: local, path: /var/lib/dso/local.vault, key_file: /etc/dso/master.key }}), then run `dso init` to create its key file and store"
                 ),
                 (Some(_), Some(_)) => bail!(
                     "config {shown} declares several local providers; choose one with --provider NAME"
@@ -158,23 +213,34 @@ fn local_settings(config_path: &Path, provider: Option<&str>) -> anyhow::Result<
             }
         }
     };
-    LocalSettings::from_config(pc)
-        .map_err(|detail| anyhow!("provider {name:?} in {shown}: {detail}"))
+    let settings = LocalSettings::from_config(pc)
+        .map_err(|detail| anyhow!("provider {name:?} in {shown}: {detail}"))?;
+    let name = name.to_string();
+    Ok((cfg, name, settings))
 }
 
-/// The value to store: all of stdin, or of `from_file`, byte for byte.
-fn read_value(name: &str, from_file: Option<&Path>) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+/// The value to store: all of `from_file` or of piped stdin, byte for byte; or a line typed
+/// (twice, without echo) at a terminal, without its newline unless `keep_newline`.
+fn read_value(
+    name: &str,
+    from_file: Option<&Path>,
+    keep_newline: bool,
+) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let value = match from_file {
         Some(path) if path != Path::new("-") => {
             let file =
                 File::open(path).map_err(|e| anyhow!("cannot open {}: {e}", path.display()))?;
             read_to_limit(file).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?
         }
+        _ if io::stdin().is_terminal() => super::tty::read_secret_twice(name, keep_newline)?,
         _ => {
-            if io::stdin().is_terminal() {
-                eprintln!("dso: reading the value of {name:?} from stdin; end it with Ctrl-D");
+            let value = read_to_limit(RawStdin).map_err(|e| anyhow!("cannot read stdin: {e}"))?;
+            if value.last() == Some(&b'\n') && value.iter().filter(|b| **b == b'\n').count() == 1 {
+                eprintln!(
+                    "dso: note: the value of {name:?} ends with a newline, stored as given (printf %s sends none; echo does)"
+                );
             }
-            read_to_limit(RawStdin).map_err(|e| anyhow!("cannot read stdin: {e}"))?
+            value
         }
     };
     if value.len() > MAX_VALUE_LEN {

@@ -384,13 +384,7 @@ impl Config {
             errors: vec![e.to_string()],
         })?;
         cfg.source = path.to_path_buf();
-        cfg.digest = {
-            use sha2::{Digest, Sha256};
-            Sha256::digest(text.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        };
+        cfg.digest = digest_of(text);
         if let Some(p) = cfg.provider.take() {
             cfg.providers.insert(SHORTHAND_PROVIDER.to_string(), p);
         }
@@ -405,6 +399,15 @@ impl Config {
             None => None,
         }
     }
+}
+
+/// SHA-256 (hex) of config text: [`Config::digest`].
+pub fn digest_of(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The YAML text as a JSON document, before any check. Empty text, or comments only, is an

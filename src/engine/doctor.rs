@@ -86,6 +86,19 @@ pub fn run(opts: &DoctorOptions) -> Vec<Check> {
             ));
             Some(cfg)
         }
+        Err(crate::config::ConfigError::Read { path, source })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            out.push(check(
+                "config",
+                Status::Fail,
+                format!(
+                    "{} does not exist; run `dso init` (it creates a key file, a local store and this config)",
+                    path.display()
+                ),
+            ));
+            None
+        }
         Err(e) => {
             out.push(check(
                 "config",

@@ -1550,7 +1550,7 @@ mod tests {
     #[test]
     fn keyring_cache_is_used_and_repaired() {
         if !keyring_available() {
-            eprintln!("kernel keyring not available here; skipping");
+            crate::test_support::skipped("kernel keyring not available here");
             return;
         }
         let fx = fixture();

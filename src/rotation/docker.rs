@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Seconds Docker waits for the container to stop before killing it.
-const STOP_TIMEOUT_SECS: u32 = 10;
+pub const STOP_TIMEOUT_SECS: u32 = 10;
 
 /// Restarts container `id` through the Engine API at `socket`.
 pub fn restart(socket: &Path, id: &str) -> Result<(), String> {

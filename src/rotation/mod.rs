@@ -11,7 +11,7 @@ pub mod registry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use crate::audit::{Audit, Event};
@@ -147,7 +147,8 @@ struct FetchKey {
 /// Rotates secrets of running containers. Keeps built providers (sessions, the derived local
 /// key) between runs, so an agent pays for them once.
 pub struct Rotator {
-    cfg: Config,
+    /// The config in force; replaced as a whole by [`Rotator::reload`].
+    cfg: RwLock<Arc<Config>>,
     audit: Audit,
     opts: Options,
     providers: Mutex<BTreeMap<String, Arc<dyn Provider>>>,
@@ -157,7 +158,26 @@ pub struct Rotator {
     health: Mutex<BTreeMap<String, ProviderHealth>>,
     /// `(container, secret)` → when its value was last re-injected.
     last_rotation: Mutex<BTreeMap<(String, String), String>>,
+    /// When the config in force was loaded, and the last reload that was refused.
+    config_events: Mutex<ConfigEvents>,
     pub counters: Counters,
+}
+
+/// The history of the config in force (for `dso status`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConfigEvents {
+    pub loaded_at: String,
+    /// The newest refused reload, cleared by the next successful one.
+    pub rejected: Option<RejectedConfig>,
+}
+
+/// A dso.yaml the agent refused to switch to (the previous config stays in force).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RejectedConfig {
+    pub at: String,
+    /// SHA-256 of the refused text (empty when it could not be read).
+    pub digest: String,
+    pub error: String,
 }
 
 /// What the last call to a provider said.
@@ -187,13 +207,17 @@ impl Rotator {
     pub fn new(cfg: Config, opts: Options) -> Rotator {
         let audit = Audit::new(&cfg.audit);
         Rotator {
-            cfg,
+            cfg: RwLock::new(Arc::new(cfg)),
             audit,
             opts,
             providers: Mutex::new(BTreeMap::new()),
             serial: Mutex::new(()),
             health: Mutex::new(BTreeMap::new()),
             last_rotation: Mutex::new(BTreeMap::new()),
+            config_events: Mutex::new(ConfigEvents {
+                loaded_at: crate::audit::now_rfc3339(),
+                rejected: None,
+            }),
             counters: Counters::default(),
         }
     }
@@ -246,8 +270,69 @@ impl Rotator {
             .cloned()
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
+    /// The config in force now (a reload does not change the one a caller holds).
+    pub fn config(&self) -> Arc<Config> {
+        self.cfg
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `cfg` in force, between two rotations (never during one). A cached provider is
+    /// kept only when its settings and the fetch timeout are unchanged (its session and derived
+    /// key stay valid); a removed or changed one is dropped, so the next use sees the new file.
+    /// Returns the names of the providers that are gone.
+    pub fn reload(&self, cfg: Config) -> Vec<String> {
+        let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.config();
+        let same_timeout = old.runtime.fetch_timeout == cfg.runtime.fetch_timeout;
+        self.providers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|name, _| {
+                same_timeout
+                    && matches!((old.providers.get(name), cfg.providers.get(name)),
+                        (Some(a), Some(b)) if a.kind == b.kind && a.settings == b.settings)
+            });
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|name, _| cfg.providers.contains_key(name));
+        let removed = old
+            .providers
+            .keys()
+            .filter(|n| !cfg.providers.contains_key(*n))
+            .cloned()
+            .collect();
+        *self.cfg.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cfg);
+        *self
+            .config_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = ConfigEvents {
+            loaded_at: crate::audit::now_rfc3339(),
+            rejected: None,
+        };
+        removed
+    }
+
+    /// Records a refused reload (the config in force does not change).
+    pub fn reject_config(&self, digest: &str, error: &str) {
+        self.config_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rejected = Some(RejectedConfig {
+            at: crate::audit::now_rfc3339(),
+            digest: digest.to_string(),
+            error: error.to_string(),
+        });
+    }
+
+    /// When the config in force was loaded, and the last refused reload.
+    pub fn config_events(&self) -> ConfigEvents {
+        self.config_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn audit(&self) -> &Audit {
@@ -262,33 +347,36 @@ impl Rotator {
         if let Some(p) = map.get(name) {
             return Ok(p.clone());
         }
-        let pc = self
-            .cfg
+        let cfg = self.config();
+        let pc = cfg
             .providers
             .get(name)
             .ok_or_else(|| ProviderError::Config {
                 kind: "config",
                 provider: name.to_string(),
-                detail: format!("provider is not defined in {}", self.cfg.source.display()),
+                detail: format!(
+                    "provider is not defined in {}; add it under providers: there (a running agent reads the file again when it changes, or on SIGHUP)",
+                    cfg.source.display()
+                ),
             })?;
-        let p: Arc<dyn Provider> = Arc::from(providers::build(name, pc, &self.cfg)?);
+        let p: Arc<dyn Provider> = Arc::from(providers::build(name, pc, &cfg)?);
         map.insert(name.to_string(), p.clone());
         Ok(p)
     }
 
     /// How often secret `name` is checked: its `rotation.interval`, else `watch.interval`.
     pub fn interval_of(&self, name: &str) -> std::time::Duration {
-        self.cfg
-            .secrets
+        let cfg = self.config();
+        cfg.secrets
             .get(name)
             .and_then(|s| s.rotation.as_ref())
             .and_then(|r| r.interval)
-            .unwrap_or(self.cfg.watch.interval)
+            .unwrap_or(cfg.watch.interval)
     }
 
     /// The state dir of the config.
-    pub fn state_dir(&self) -> &Path {
-        &self.cfg.runtime.state_dir
+    pub fn state_dir(&self) -> PathBuf {
+        self.config().runtime.state_dir.clone()
     }
 
     /// Removes the temp files a writer killed mid-rotation left in the secrets dirs of the
@@ -296,7 +384,7 @@ impl Rotator {
     /// Returns how many were removed; a container that cannot be opened is skipped (its next
     /// rotation reports why).
     pub fn sweep_stale_temps(&self) -> usize {
-        prune(self.state_dir())
+        prune(&self.state_dir())
             .iter()
             .filter_map(|r| SecretsDir::open(r.rec.pid, &r.rec.secrets_dir).ok())
             .filter_map(|dir| dir.sweep_stale_temps(None).ok())
@@ -306,7 +394,7 @@ impl Rotator {
     /// Loads the registry, drops gone containers, and rotates what `sel` selects.
     pub fn rotate(&self, sel: &Selector, mode: Mode) -> Vec<Outcome> {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
-        let records = prune(self.state_dir());
+        let records = prune(&self.state_dir());
         self.rotate_records(records, sel, mode)
     }
 
@@ -368,11 +456,12 @@ impl Rotator {
     /// made under another dso.yaml (`--dso-config`) is not this agent's to rotate: the same
     /// secret name may mean another provider there. Refusals are audited.
     fn authorize(&self, rec: &StateRecord, s: &StateSecret) -> Result<(), String> {
-        if !same_file(&rec.config, &self.cfg.source) {
+        let cfg = self.config();
+        if !same_file(&rec.config, &cfg.source) {
             let msg = format!(
                 "created under {}, not this agent's {}; rotate it with an agent on that dso.yaml",
                 rec.config.display(),
-                self.cfg.source.display()
+                cfg.source.display()
             );
             self.audit.record(
                 &Event::new("rotation_failed", "skipped")
@@ -403,7 +492,7 @@ impl Rotator {
                 key: s.key.as_deref(),
             }
         };
-        policy::check(&self.cfg, ask, workload)
+        policy::check(&cfg, ask, workload)
             .map(|_| ())
             .map_err(|refusal| {
                 let msg = refusal.to_string();
@@ -517,13 +606,14 @@ impl Rotator {
                 .version(fetched.version.as_deref())
                 .duration(started.elapsed()),
         );
-        let limit = self.cfg.runtime.max_secret_size;
+        let cfg = self.config();
+        let limit = cfg.runtime.max_secret_size;
         if fetched.value.len() as u64 > limit {
             // Refused before any container is touched: every file keeps its current value.
             let msg = format!(
                 "secret {name:?} is {} bytes, more than runtime.max_secret_size ({limit} bytes) in {}",
                 fetched.value.len(),
-                self.cfg.source.display()
+                cfg.source.display()
             );
             return fail_all(records, &msg);
         }
@@ -604,7 +694,7 @@ impl Rotator {
         if mode == Mode::IfChanged && version.is_some() && s.version.as_deref() == version {
             return Ok(OutcomeStatus::Unchanged);
         }
-        let strategy = Strategy::of(&self.cfg, &s.name)?;
+        let strategy = Strategy::of(&self.config(), &s.name)?;
         if let Some(file) = &s.file {
             let (uid, gid) = s
                 .host_ids
@@ -630,6 +720,15 @@ impl Rotator {
                     .map_err(|e| format!("sending {sig} to pid {}: {e}", rec.rec.pid))?;
             }
             Strategy::Restart => {
+                // Docker stops the container first and waits for it: say so, a silent pause of
+                // seconds looks like a hang.
+                eprintln!(
+                    "dso: {}: {}: restarting the container through the Docker API at {}; Docker waits up to {}s for it to stop",
+                    short_id(&rec.rec.id),
+                    s.name,
+                    self.opts.docker_socket.display(),
+                    docker::STOP_TIMEOUT_SECS
+                );
                 docker::restart(&self.opts.docker_socket, &rec.rec.id)?;
                 return Ok(OutcomeStatus::Rotated);
             }
@@ -648,6 +747,11 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => a == b,
     }
+}
+
+/// The first 12 characters of a container id, as `docker ps` shows it.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// Host ids of a container uid/gid, through the bundle's user-namespace mappings when it has any.

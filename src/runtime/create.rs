@@ -40,17 +40,23 @@ pub enum CreateError {
     Ref(#[from] RefError),
     #[error("{0}")]
     Spec(#[from] SpecError),
-    #[error("secret {secret:?} is not defined in {config}")]
+    #[error(
+        "secret {secret:?} is not defined in {config}; declare it under secrets: there with the containers it is for, e.g. `dso secret set {secret} --declare --allow docker:CONTAINER_NAME` (stores the value and adds {secret}: {{ provider: ..., allow: [ {{docker: {{name: \"CONTAINER_NAME\"}}}} ] }})"
+    )]
     UnknownSecret { secret: String, config: PathBuf },
     #[error("{0}")]
     Denied(#[from] Refusal),
-    #[error("secret {secret:?}: provider {provider:?} is not defined in {config}")]
+    #[error(
+        "secret {secret:?}: provider {provider:?} is not defined in {config}; add it under providers: there (`dso config reference` lists the settings of each type)"
+    )]
     UnknownProvider {
         secret: String,
         provider: String,
         config: PathBuf,
     },
-    #[error("secret {secret:?}: no provider given and {config} does not define exactly one")]
+    #[error(
+        "secret {secret:?}: no provider given and {config} does not define exactly one; add provider: NAME to the secret"
+    )]
     NoProvider { secret: String, config: PathBuf },
     #[error("secret file {file:?} is referenced with two different meanings ({a} and {b})")]
     Conflict { file: String, a: String, b: String },
@@ -871,11 +877,14 @@ mod tests {
         let err = plan(&c, &refs, (0, 0)).unwrap_err().to_string();
         assert_eq!(
             err,
-            "secret \"no_such_secret\" is not defined in /etc/dso/dso.yaml"
+            "secret \"no_such_secret\" is not defined in /etc/dso/dso.yaml; declare it under secrets: there with the containers it is for, e.g. `dso secret set no_such_secret --declare --allow docker:CONTAINER_NAME` (stores the value and adds no_such_secret: { provider: ..., allow: [ {docker: {name: \"CONTAINER_NAME\"}} ] })"
         );
         let refs = collect_refs(&["X=dso://nope/a".to_string()], None).unwrap();
         let err = plan(&c, &refs, (0, 0)).unwrap_err().to_string();
-        assert!(err.contains("provider \"nope\" is not defined"), "{err}");
+        assert_eq!(
+            err,
+            "secret \"nope/a\": provider \"nope\" is not defined in /etc/dso/dso.yaml; add it under providers: there (`dso config reference` lists the settings of each type)"
+        );
     }
 
     #[test]

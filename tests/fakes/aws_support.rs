@@ -101,7 +101,7 @@ pub fn require_moto() -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("\n\n*** CI=true and the AWS provider tests cannot run: {why} ***\n\n");
     }
-    eprintln!("SKIPPED: {why}");
+    dso::test_support::skipped(why);
     false
 }
 

@@ -35,7 +35,7 @@ pub fn python_available(modules: &[&str]) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("{why}");
     }
-    eprintln!("SKIPPED: {why}");
+    dso::test_support::skipped(&why);
     false
 }
 

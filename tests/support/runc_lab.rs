@@ -31,7 +31,7 @@ pub fn ready() -> bool {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("runc tests cannot run under CI: {why}");
         }
-        eprintln!("skipping runc test: {why}");
+        dso::test_support::skipped(&format!("runc test: {why}"));
     }
     ok
 }

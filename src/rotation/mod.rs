@@ -7,6 +7,7 @@
 //! API over its unix socket).
 
 pub mod docker;
+pub mod leases;
 pub mod registry;
 
 use std::collections::BTreeMap;

@@ -431,3 +431,104 @@ fn session_renews_then_logs_in_again_at_max_ttl() {
     p.fetch(&req("app/db", Some("password"), None)).unwrap();
     assert!(env.requests_to("auth/approle/login") >= 2);
 }
+
+fn dynamic(
+    engine: dso::config::Engine,
+    role: &str,
+    cn: Option<&str>,
+) -> dso::providers::DynamicRequest {
+    dso::providers::DynamicRequest {
+        engine,
+        mount: engine.as_str().to_string(),
+        role: role.to_string(),
+        common_name: cn.map(str::to_string),
+        ttl: Some(Duration::from_secs(600)),
+        alt_names: vec!["www.web.internal".into()],
+        ip_sans: vec!["10.9.8.7".into()],
+    }
+}
+
+/// `engine: pki` through the provider: certificate, chain and key as PEM; each part by key;
+/// a name the role forbids and a role the server does not have are clear errors.
+#[test]
+fn pki_issue_and_its_parts() {
+    use dso::config::Engine;
+    use dso::providers::select_issued;
+    let Some(env) = start() else { return };
+    env.bao.pki_role("web", "web.internal", "72h");
+    let root = env.bao.file("root.token", env.bao.root_token());
+    let p = build(
+        &config(
+            &[(
+                "vault",
+                env.entry(&format!("{{ token_file: {} }}", root.display()), ""),
+            )],
+            "5s",
+        ),
+        "vault",
+    );
+    let issued = p
+        .issue(&dynamic(Engine::Pki, "web", Some("web.internal")))
+        .unwrap();
+    assert!(issued.lease_id.is_none());
+    assert!(issued.ttl <= Duration::from_secs(600) && issued.ttl >= Duration::from_secs(500));
+    let pem = text(&issued.value);
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem:.40}");
+    assert_eq!(pem.matches("-----BEGIN CERTIFICATE-----").count(), 2);
+    let part = |k: &str| text(&select_issued(Engine::Pki, &issued.value, Some(k)).unwrap());
+    assert!(part("certificate").starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(part("certificate").matches("BEGIN").count(), 1);
+    assert_eq!(part("ca_chain").matches("BEGIN CERTIFICATE").count(), 1);
+    assert_ne!(part("ca_chain"), part("certificate"));
+    assert!(part("private_key").contains("PRIVATE KEY") && !part("private_key").contains("CERT"));
+    assert!(select_issued(Engine::Pki, &issued.value, Some("nope")).is_err());
+
+    let e = p
+        .issue(&dynamic(Engine::Pki, "web", Some("evil.example.com")))
+        .unwrap_err();
+    assert!(e.to_string().contains("evil.example.com"), "{e}");
+    let e = p
+        .issue(&dynamic(Engine::Pki, "nosuchrole", Some("web.internal")))
+        .unwrap_err();
+    assert!(e.to_string().contains("nosuchrole"), "{e}");
+    assert!(!e.to_string().contains(env.bao.root_token()));
+}
+
+/// `engine: database` through the provider against a real PostgreSQL: the credential logs in,
+/// its lease renews, and revoking it drops the role. Needs root (the cluster runs as postgres).
+#[test]
+fn database_issue_renew_revoke() {
+    use dso::config::Engine;
+    let Some(env) = start() else { return };
+    let Some(pg) = bao::Postgres::start() else {
+        return;
+    };
+    env.bao.database_role(&pg, "app", "60s", "1h");
+    env.bao.policy(
+        "db",
+        r#"path "database/creds/app" { capabilities = ["read"] }
+path "sys/leases/renew" { capabilities = ["update"] }
+path "sys/leases/revoke" { capabilities = ["update"] }"#,
+    );
+    std::fs::write(&env.token_file, env.bao.token(&["db"], &["-ttl=1h"])).unwrap();
+    let p = env.provider("");
+    let issued = p.issue(&dynamic(Engine::Database, "app", None)).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(issued.value.expose()).unwrap();
+    let (user, pass) = (
+        v["username"].as_str().unwrap().to_string(),
+        v["password"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(v.as_object().unwrap().len(), 2);
+    assert!(pg.login(&user, &pass));
+    let id = issued.lease_id.clone().expect("a lease");
+    assert!(id.starts_with("database/creds/app/"), "{id}");
+    assert_eq!(issued.ttl, Duration::from_secs(60));
+    assert!(issued.renewable);
+    let g = p.renew_lease(&id, Duration::from_secs(120)).unwrap();
+    assert!(g.ttl > Duration::from_secs(60), "{g:?}");
+    p.revoke_lease(&id).unwrap();
+    assert!(!pg.role_exists(&user));
+    assert!(!pg.login(&user, &pass));
+    // A revoked lease cannot be renewed.
+    assert!(p.renew_lease(&id, Duration::from_secs(60)).is_err());
+}

@@ -1223,6 +1223,33 @@ mod tests {
     }
 
     #[test]
+    fn pem_parts() {
+        let bundle = SecretValue::new(
+            b"-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\
+              -----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n\
+              -----BEGIN CERTIFICATE-----\nCCC\n-----END CERTIFICATE-----\n\
+              -----BEGIN RSA PRIVATE KEY-----\nKKK\n-----END RSA PRIVATE KEY-----\n"
+                .to_vec(),
+        );
+        let part =
+            |k: &str| String::from_utf8(pem_part(&bundle, k).unwrap().expose().to_vec()).unwrap();
+        assert_eq!(
+            part("certificate"),
+            "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n"
+        );
+        assert!(part("ca_chain").contains("BBB") && part("ca_chain").contains("CCC"));
+        assert!(!part("ca_chain").contains("AAA"));
+        assert_eq!(
+            part("private_key"),
+            "-----BEGIN RSA PRIVATE KEY-----\nKKK\n-----END RSA PRIVATE KEY-----\n"
+        );
+        assert_eq!(
+            pem_part(&bundle, "other").unwrap_err(),
+            KeyError::Missing("other".into())
+        );
+    }
+
+    #[test]
     fn compact_keeps_string_whitespace() {
         assert_eq!(
             &http::compact_json("{ \"a b\" : \" x \\\" y \" }")[..],

@@ -483,6 +483,27 @@ impl Rotator {
                 self.cfg.source.display()
             ));
         };
+        // A restart creates the container again, and that create issues its own value (and
+        // owes the old record's leases): issuing one here would only leak it.
+        if Strategy::of(&self.cfg, &s.name) == Ok(Strategy::Restart) {
+            if let Err(e) = docker::restart(&self.opts.docker_socket, &container) {
+                return fail(e);
+            }
+            bump(&self.counters.rotations_completed);
+            self.audit.record(
+                &Event::new("rotation_completed", "success")
+                    .secret(&s.name)
+                    .provider(&s.provider)
+                    .container(&container)
+                    .duration(started.elapsed()),
+            );
+            return Outcome {
+                secret: s.name.clone(),
+                container,
+                version: None,
+                status: OutcomeStatus::Rotated,
+            };
+        }
         let prov = match self.provider(&s.provider) {
             Ok(p) => p,
             Err(e) => return fail(e.to_string()),

@@ -553,6 +553,13 @@ fn register(state_dir: &Path, rec: &StateRecord) -> Result<(), CreateError> {
         .mode(0o700)
         .create(state_dir)
         .map_err(serr)?;
+    // A record under this id already (the container was restarted): its leases are owed a
+    // revocation before the record is replaced.
+    if let Ok(bytes) = fs::read(&path)
+        && let Ok(old) = serde_json::from_slice::<StateRecord>(&bytes)
+    {
+        crate::rotation::registry::owe_leases(state_dir, &old).map_err(serr)?;
+    }
     let bytes = serde_json::to_vec_pretty(rec).map_err(|e| serr(std::io::Error::other(e)))?;
     let tmp = state_dir.join(format!(".{}.json.tmp-{}", rec.id, std::process::id()));
     let res = (|| {

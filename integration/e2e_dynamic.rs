@@ -335,6 +335,32 @@ fn a_revoked_lease_is_replaced_by_rotation() {
 }
 
 #[test]
+fn dso_rotate_issues_a_new_credential_and_revokes_the_old() {
+    let Some(s) = begin("1h", "1h") else { return };
+    let h = s.h;
+    let c = ContainerGuard::new(h, "dso-dyn-db-force");
+    run_detached(h, &c.name, "app_db", false);
+    let first = cred(&read_secret(h, &c.name, "app_db"));
+    // No agent: dso rotate does it itself.
+    let out = h.dso(&["rotate", "app_db"], None);
+    assert!(
+        out.status.success(),
+        "dso rotate: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let second = cred(&read_secret(h, &c.name, "app_db"));
+    assert_ne!(first.username, second.username);
+    assert!(s.pg.login(&second.username, &second.password));
+    assert!(
+        !s.pg.role_exists(&first.username),
+        "the old lease was revoked"
+    );
+    let rec = state_record(h, &c.name);
+    assert!(!rec.to_string().contains(&second.password));
+}
+
+#[test]
 fn key_selects_one_field() {
     let Some(s) = begin("1h", "1h") else { return };
     let h = s.h;

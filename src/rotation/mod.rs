@@ -483,9 +483,18 @@ impl Rotator {
                 self.cfg.source.display()
             ));
         };
+        let strategy = Strategy::of(&self.cfg, &s.name);
+        // Only a restart changes an environment variable: a new value could not reach the
+        // container, and revoking the old one would cut it off.
+        if s.file.is_none() && strategy != Ok(Strategy::Restart) {
+            return fail(format!(
+                "secret {:?} is env-injected: a new value reaches the container only with rotation strategy restart; the current one stays until its lease ends",
+                s.name
+            ));
+        }
         // A restart creates the container again, and that create issues its own value (and
         // owes the old record's leases): issuing one here would only leak it.
-        if Strategy::of(&self.cfg, &s.name) == Ok(Strategy::Restart) {
+        if strategy == Ok(Strategy::Restart) {
             if let Err(e) = docker::restart(&self.opts.docker_socket, &container) {
                 return fail(e);
             }

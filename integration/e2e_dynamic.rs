@@ -87,6 +87,7 @@ fn begin(db_ttl: &str, cert_ttl: &str) -> Option<Setup> {
          \x20 web_tls: {{ provider: bao, engine: pki, role: web, common_name: web.internal, alt_names: [www.web.internal], ip_sans: [\"10.1.2.3\"], ttl: {cert_ttl}, rotation: {{ strategy: signal, signal: SIGHUP }} }}\n\
          \x20 web_key: {{ provider: bao, engine: pki, role: web, common_name: web.internal, key: private_key }}\n\
          \x20 bad_cn: {{ provider: bao, engine: pki, role: web, common_name: evil.example.com }}\n\
+         policy: {{ default: allow }}\n\
          audit: {{ path: {audit} }}\n\
          runtime: {{ state_dir: {state}, fetch_timeout: 20s }}\n",
         addr = bao.addr,

@@ -39,6 +39,9 @@ pub struct Event<'a> {
     /// When that lease (or certificate) expires (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires: Option<&'a str>,
+    /// The container's identity as its engine recorded it (never a value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<&'a crate::policy::Workload>,
 }
 
 impl<'a> Event<'a> {
@@ -81,6 +84,10 @@ impl<'a> Event<'a> {
     pub fn lease(mut self, hash: &'a str, expires: &'a str) -> Self {
         self.lease = Some(hash);
         self.expires = Some(expires);
+        self
+    }
+    pub fn workload(mut self, w: &'a crate::policy::Workload) -> Self {
+        self.workload = Some(w);
         self
     }
 }

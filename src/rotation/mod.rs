@@ -17,9 +17,11 @@ use std::time::Instant;
 
 use crate::audit::{Audit, Event};
 use crate::config::Config;
+use crate::policy::{self, Ask, Workload};
 use crate::providers::{self, FetchRequest, Fetched, Provider, ProviderError};
 use crate::runtime::inject::{SecretFile, SecretsDir};
 use crate::runtime::spec::Spec;
+use crate::runtime::{StateRecord, StateSecret};
 use crate::secrets::SecretValue;
 
 pub use registry::{Record, load_records, prune};
@@ -321,6 +323,7 @@ impl Rotator {
         // lease work of `lease_tick`).
         let mut groups: BTreeMap<FetchKey, Vec<(usize, usize)>> = BTreeMap::new();
         let mut dynamic: Vec<(usize, usize)> = Vec::new();
+        let mut out = Vec::new();
         for (ri, r) in records.iter().enumerate() {
             if let Selector::Container(id) = sel
                 && &r.rec.id != id
@@ -336,6 +339,17 @@ impl Rotator {
                 if let Selector::Secrets(names) = sel
                     && !names.contains(&s.name)
                 {
+                    continue;
+                }
+                // The policy of the dso.yaml in force now: a grant removed since the create
+                // stops new values reaching the container.
+                if let Err(refusal) = self.authorize(&r.rec, s) {
+                    out.push(Outcome {
+                        secret: s.name.clone(),
+                        container: r.rec.id.clone(),
+                        version: s.version.clone(),
+                        status: OutcomeStatus::Failed(refusal),
+                    });
                     continue;
                 }
                 if s.lease.is_some() {
@@ -354,7 +368,6 @@ impl Rotator {
                     .push((ri, si));
             }
         }
-        let mut out = Vec::new();
         for (fk, users) in groups {
             out.extend(self.rotate_group(&mut records, &fk, &users, mode));
         }
@@ -471,6 +484,16 @@ impl Rotator {
                 status: OutcomeStatus::Failed(msg),
             }
         };
+        // Every new value is checked against the policy in force now (a refusal is audited).
+        if let Err(refusal) = self.authorize(&rec.rec, &s) {
+            bump(&self.counters.rotations_failed);
+            return Outcome {
+                secret: s.name.clone(),
+                container,
+                version: None,
+                status: OutcomeStatus::Failed(refusal),
+            };
+        }
         let Some(dreq) = self
             .cfg
             .secrets
@@ -610,6 +633,45 @@ impl Rotator {
             version: None,
             status,
         }
+    }
+
+    /// Is `s` still granted to the container of `rec`? A refusal is audited.
+    fn authorize(&self, rec: &StateRecord, s: &StateSecret) -> Result<(), String> {
+        let unknown;
+        let workload = match &rec.workload {
+            Some(w) => w,
+            None => {
+                unknown = Workload::unknown(&rec.id, "created before access policy; recreate it");
+                &unknown
+            }
+        };
+        // Inline references are recorded as `provider/path`; secret names have no `/`.
+        let ask = if s.name.contains('/') {
+            Ask::Inline {
+                provider: &s.provider,
+                path: &s.path,
+            }
+        } else {
+            Ask::Named {
+                name: &s.name,
+                key: s.key.as_deref(),
+            }
+        };
+        policy::check(&self.cfg, ask, workload)
+            .map(|_| ())
+            .map_err(|refusal| {
+                let msg = refusal.to_string();
+                bump(&self.counters.rotations_failed);
+                self.audit.record(
+                    &Event::new("access_denied", "failure")
+                        .secret(&s.name)
+                        .provider(&s.provider)
+                        .container(&rec.id)
+                        .workload(workload)
+                        .error(&msg),
+                );
+                msg
+            })
     }
 
     fn rotate_group(

@@ -23,6 +23,7 @@ use super::spec::{Spec, SpecError};
 use crate::agent::control::{self, WireRequest};
 use crate::audit::{Audit, Event};
 use crate::config::{Config, ConfigError, ProviderKind, config_path};
+use crate::policy::{self, Ask, Refusal, Workload};
 use crate::providers::{self, DynamicRequest, FetchRequest, Fetched, Provider, ProviderError};
 use crate::rotation::leases::{self, IssuedLeases, LeaseState};
 use crate::secrets::{RefError, RefKind, SecretRef, SecretValue, Target, collect_refs};
@@ -42,6 +43,8 @@ pub enum CreateError {
     Spec(#[from] SpecError),
     #[error("secret {secret:?} is not defined in {config}")]
     UnknownSecret { secret: String, config: PathBuf },
+    #[error("{0}")]
+    Denied(#[from] Refusal),
     #[error("secret {secret:?}: provider {provider:?} is not defined in {config}")]
     UnknownProvider {
         secret: String,
@@ -140,6 +143,10 @@ pub struct StateRecord {
     pub secrets_dir: String,
     pub secrets: Vec<StateSecret>,
     pub created: String,
+    /// Who the container is (engine, name…), as established at create; rotation checks the
+    /// policy against it again. Absent in records written before access policy existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -252,6 +259,39 @@ fn plan(cfg: &Config, refs: &[SecretRef], user: (u32, u32)) -> Result<Vec<Planne
     Ok(by_file.into_values().collect())
 }
 
+/// What the policy asks of one reference.
+pub(crate) fn ask_of(r: &SecretRef) -> Ask<'_> {
+    match &r.target {
+        Target::Named { name, key } => Ask::Named {
+            name,
+            key: key.as_deref(),
+        },
+        Target::Inline { provider, path, .. } => Ask::Inline { provider, path },
+    }
+}
+
+/// Every reference must be granted to the workload; the first refusal is audited and returned.
+fn authorize(
+    cfg: &Config,
+    refs: &[SecretRef],
+    workload: &Workload,
+    audit: &Audit,
+) -> Result<(), CreateError> {
+    for r in refs {
+        if let Err(refusal) = policy::check(cfg, ask_of(r), workload) {
+            audit.record(
+                &Event::new("access_denied", "failure")
+                    .secret(refusal.subject())
+                    .container(&workload.id)
+                    .workload(workload)
+                    .error(&refusal.to_string()),
+            );
+            return Err(refusal.into());
+        }
+    }
+    Ok(())
+}
+
 /// A fetched value and its version.
 type Value = (SecretValue, Option<String>);
 
@@ -304,6 +344,7 @@ fn fetch_one(
 fn fetch_all<'a>(
     cfg: &'a Config,
     planned: &[Planned],
+    workload: &Workload,
     audit: &'a Audit,
     container: &str,
 ) -> Result<(Vec<Value>, IssuedLeases<'a>), CreateError> {
@@ -325,6 +366,7 @@ fn fetch_all<'a>(
         .iter()
         .map(|&i| &planned[i])
         .map(|p| WireRequest {
+            secret: (!p.label.contains('/')).then(|| p.label.clone()),
             provider: p.provider.clone(),
             path: p.request.path.clone(),
             key: p.request.key.clone(),
@@ -332,7 +374,7 @@ fn fetch_all<'a>(
         })
         .collect();
     if !wire.is_empty()
-        && let Some(served) = control::fetch_via_agent(cfg, &wire, timeout)
+        && let Some(served) = control::fetch_via_agent(cfg, &wire, workload, timeout)
     {
         for (j, f) in served.into_iter().enumerate() {
             let i = kv[j];
@@ -649,6 +691,9 @@ pub fn create_with_secrets(
     let refs = collect_refs(&spec.env(), Some(&spec.annotations()))?;
     let user = spec.user();
     let planned = plan(&cfg, &refs, user)?;
+    let bundle = inv.bundle_dir().unwrap_or_default();
+    let workload = policy::identity::identify(spec.doc(), &id, &bundle);
+    authorize(&cfg, &refs, &workload, &audit)?;
     let has_env = planned.iter().any(|p| !p.env_vars.is_empty());
     let init = if has_env {
         Some(init_path(&cfg)?)
@@ -669,7 +714,7 @@ pub fn create_with_secrets(
 
     timing.mark("plan");
     // 4: fetch everything before anything is created.
-    let (values, mut leases) = fetch_all(&cfg, &planned, &audit, &id)?;
+    let (values, mut leases) = fetch_all(&cfg, &planned, &workload, &audit, &id)?;
     timing.mark("fetch");
     for (p, (v, _)) in planned.iter().zip(&values) {
         if v.len() as u64 > cfg.runtime.max_secret_size {
@@ -761,7 +806,7 @@ pub fn create_with_secrets(
         }
         let rec = StateRecord {
             id: id.clone(),
-            bundle: inv.bundle_dir().unwrap_or_default(),
+            bundle: bundle.clone(),
             runc_root: inv.root.clone(),
             delegate: delegate.clone(),
             pid,
@@ -788,6 +833,7 @@ pub fn create_with_secrets(
                 })
                 .collect(),
             created: crate::audit::now_rfc3339(),
+            workload: Some(workload.clone()),
         };
         register(&cfg.runtime.state_dir, &rec)?;
         // Registered: the record carries the leases now (revoked when the container goes).
@@ -818,6 +864,7 @@ pub fn create_with_secrets(
                 .secret(&p.label)
                 .provider(&p.provider)
                 .container(&id)
+                .workload(&workload)
                 .duration(started.elapsed()),
         );
     }

@@ -690,6 +690,24 @@ fn check_engine(
             format!("missing required key \"role\" (engine {engine})"),
         ));
     }
+    // The parts an issued value has: a key outside them could only fail after issuing.
+    let parts: &[&str] = if engine == "database" {
+        &["username", "password"]
+    } else {
+        &["certificate", "ca_chain", "private_key"]
+    };
+    if let Some(k) = s.get("key").and_then(Value::as_str)
+        && !parts.contains(&k)
+    {
+        out.push(Problem::at(
+            at("key"),
+            format!(
+                "{} is not a part of an engine {engine} value (one of {})",
+                show_str(k),
+                parts.join(", ")
+            ),
+        ));
+    }
     for k in ["path", "version"] {
         if s.get(k).is_some() {
             out.push(Problem::at(
@@ -1234,6 +1252,13 @@ mod tests {
         let e = err("  kv: {role: app}\n");
         assert!(
             e.contains("secrets.kv.role: only used with engine database or pki"),
+            "{e}"
+        );
+        let e = err("  db: {engine: database, role: app, key: pass}\n");
+        assert!(e.contains("secrets.db.key: \"pass\" is not a part of an engine database value (one of username, password)"), "{e}");
+        let e = err("  t: {engine: pki, role: w, common_name: x, key: cert}\n");
+        assert!(
+            e.contains("one of certificate, ca_chain, private_key"),
             "{e}"
         );
         let e = err("  db: {engine: database, role: app, path: x}\n");

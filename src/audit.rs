@@ -33,6 +33,12 @@ pub struct Event<'a> {
     /// Who did the work when it was not this process (`"agent"`: served over its socket).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<&'a str>,
+    /// A dynamic secret's lease: a short hash of its lease id (never the id, never a value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<&'a str>,
+    /// When that lease (or certificate) expires (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<&'a str>,
     /// The container's identity as its engine recorded it (never a value).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workload: Option<&'a crate::policy::Workload>,
@@ -73,6 +79,11 @@ impl<'a> Event<'a> {
     }
     pub fn via(mut self, v: &'a str) -> Self {
         self.via = Some(v);
+        self
+    }
+    pub fn lease(mut self, hash: &'a str, expires: &'a str) -> Self {
+        self.lease = Some(hash);
+        self.expires = Some(expires);
         self
     }
     pub fn workload(mut self, w: &'a crate::policy::Workload) -> Self {

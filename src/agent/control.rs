@@ -357,11 +357,25 @@ pub fn status_json(rotator: &Rotator) -> serde_json::Value {
                     "env": s.env,
                     "strategy": Strategy::of(cfg, &s.name).map(|st| st.label()).unwrap_or("invalid"),
                     "last_rotation": rotator.last_rotation(&r.rec.id, &s.name),
+                    "lease": s.lease.as_ref().map(lease_json),
                 })).collect::<Vec<_>>(),
             })
         })
         .collect();
     let events = rotator.config_events();
+    let pending: Vec<serde_json::Value> = rotation::leases::owed(&cfg.runtime.state_dir)
+        .into_iter()
+        .map(|(_, p)| {
+            serde_json::json!({
+                "container": p.container,
+                "secret": p.secret,
+                "provider": p.provider,
+                "lease": lease_json(&p.lease),
+                "attempts": p.attempts,
+                "last_error": p.last_error,
+            })
+        })
+        .collect();
     serde_json::json!({
         "ok": true,
         "agent": true,
@@ -373,6 +387,20 @@ pub fn status_json(rotator: &Rotator) -> serde_json::Value {
         },
         "containers": containers,
         "providers": rotator.provider_health(),
+        "pending_revocations": pending,
+    })
+}
+
+/// A lease as status shows it: a hash of its id, never the id or the value.
+fn lease_json(l: &rotation::leases::LeaseState) -> serde_json::Value {
+    use rotation::leases::rfc3339;
+    serde_json::json!({
+        "engine": l.engine,
+        "lease": l.hash(),
+        "serial": l.serial,
+        "expires": rfc3339(l.expires()),
+        "renews_at": rfc3339(l.due_at()),
+        "renewable": l.renewable,
     })
 }
 

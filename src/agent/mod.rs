@@ -24,6 +24,11 @@ use crate::rotation::{Mode, OutcomeStatus, Rotator, Selector};
 /// No secret is checked more often than this.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often the agent does its lease work (dynamic secrets): revocations owed by containers
+/// that are gone, renewals and re-issues that are due. A removed container's lease is revoked
+/// within about this long.
+pub const LEASE_TICK: Duration = Duration::from_secs(2);
+
 /// How long a webhook trigger waits for more before the rotation runs.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
@@ -163,6 +168,9 @@ pub fn run(
     }
     let mut due_at: BTreeMap<String, Instant> = BTreeMap::new();
     let mut next = Instant::now();
+    // The first lease tick runs at once: revocations owed since the last agent are settled
+    // at start.
+    let mut next_lease = Instant::now();
     // New containers are looked for as often as the shortest interval of any declared secret
     // (never less often than `watch.interval`): a container started after the agent, using a
     // secret with `rotation.interval: 1s`, is rotated within about a second, as configured.
@@ -200,6 +208,11 @@ pub fn run(
             next = Instant::now();
         }
         let now = Instant::now();
+        if now >= next_lease {
+            report(&rotator.lease_tick());
+            next_lease = Instant::now() + LEASE_TICK;
+            continue;
+        }
         if now >= next {
             // prune: the records of containers that are gone are dropped here, at the
             // discovery cadence, not only when one of their secrets is due.
@@ -231,7 +244,7 @@ pub fn run(
                 .min(after + discover_every);
             continue;
         }
-        let wait = (next - now).min(Duration::from_millis(200));
+        let wait = (next.min(next_lease) - now).min(Duration::from_millis(200));
         match triggers.recv_timeout(wait) {
             Ok(Trigger::Reload) => reload_why = Some("SIGHUP"),
             Ok(Trigger::Secrets(first)) => {

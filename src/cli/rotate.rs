@@ -227,6 +227,59 @@ fn print_status(report: &serde_json::Value, socket: &Path, json: bool) -> anyhow
             );
         }
     }
+    // Dynamic secrets: each container's leases and when they expire.
+    let mut lease_lines = Vec::new();
+    for c in containers {
+        let id: String = s(c, "id").chars().take(20).collect();
+        for sec in c
+            .get("secrets")
+            .and_then(|x| x.as_array())
+            .unwrap_or(&empty)
+        {
+            if let Some(l) = sec.get("lease").filter(|l| l.is_object()) {
+                lease_lines.push(format!(
+                    "{:<20} {:<24} {:<9} {:<24} {:<24} {}",
+                    id,
+                    s(sec, "name"),
+                    s(l, "engine"),
+                    s(l, "lease"),
+                    s(l, "expires"),
+                    s(l, "renews_at"),
+                ));
+            }
+        }
+    }
+    if !lease_lines.is_empty() {
+        println!(
+            "\n{:<20} {:<24} {:<9} {:<24} {:<24} RENEWS AT",
+            "CONTAINER", "SECRET", "ENGINE", "LEASE", "EXPIRES"
+        );
+        for l in lease_lines {
+            println!("{l}");
+        }
+    }
+    let pending = report
+        .get("pending_revocations")
+        .and_then(|p| p.as_array())
+        .unwrap_or(&empty);
+    if !pending.is_empty() {
+        println!("\npending revocations (retried by the agent until revoked or expired):");
+        for p in pending {
+            let l = p.get("lease").cloned().unwrap_or_default();
+            println!(
+                "  {} {} lease {} expires {} attempts {}{}",
+                s(p, "container"),
+                s(p, "secret"),
+                s(&l, "lease"),
+                s(&l, "expires"),
+                s(p, "attempts"),
+                p.get("last_error")
+                    .and_then(|e| e.as_str())
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if report.get("agent") == Some(&serde_json::Value::Bool(false)) {
         println!(
             "\n(no agent answering at {}: versions from the state records; no rotation history or provider health)",

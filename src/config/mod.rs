@@ -154,6 +154,73 @@ pub struct SecretConfig {
     /// JSON keys a reference may pick with `#key` besides `key`.
     #[serde(default)]
     pub keys: Option<Vec<String>>,
+    /// Vault: `kv` (default), `database` or `pki` (values issued per container, with leases).
+    #[serde(default)]
+    pub engine: Engine,
+    /// The database or pki role to issue from.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Where the engine is mounted (default: `database`, `pki`).
+    #[serde(default)]
+    pub mount: Option<String>,
+    /// pki: the certificate's common name, lifetime and further names.
+    #[serde(default)]
+    pub common_name: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub ttl: Option<Duration>,
+    #[serde(default)]
+    pub alt_names: Vec<String>,
+    #[serde(default)]
+    pub ip_sans: Vec<String>,
+}
+
+/// What kind of secret a Vault secret is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// A stored value (KV v1/v2).
+    #[default]
+    Kv,
+    /// A database credential issued per container (`<mount>/creds/<role>`), under a lease.
+    Database,
+    /// A certificate issued per container (`<mount>/issue/<role>`).
+    Pki,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Kv => "kv",
+            Engine::Database => "database",
+            Engine::Pki => "pki",
+        }
+    }
+
+    /// True for engines that issue a value per container.
+    pub fn is_dynamic(self) -> bool {
+        self != Engine::Kv
+    }
+}
+
+impl SecretConfig {
+    /// The dynamic-secret request this secret stands for (`None` for a kv secret).
+    pub fn dynamic_request(&self) -> Option<crate::providers::DynamicRequest> {
+        if !self.engine.is_dynamic() {
+            return None;
+        }
+        Some(crate::providers::DynamicRequest {
+            engine: self.engine,
+            mount: self
+                .mount
+                .clone()
+                .unwrap_or_else(|| self.engine.as_str().to_string()),
+            role: self.role.clone().unwrap_or_default(),
+            common_name: self.common_name.clone(),
+            ttl: self.ttl,
+            alt_names: self.alt_names.clone(),
+            ip_sans: self.ip_sans.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

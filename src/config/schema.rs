@@ -598,6 +598,7 @@ fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
             )),
         }
         check_mode(lines, &key(&["secrets", name, "mode"]), s.get("mode"), out);
+        check_engine(name, s, providers, shorthand, out);
         check_allow(&at, s.get("allow"), out);
         if let Some(r) = s.get("rotation") {
             let at = key(&["secrets", name, "rotation", "interval"]);
@@ -639,6 +640,100 @@ fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
                 ));
             }
         }
+    }
+}
+
+/// `engine`, `role`, `mount`, `common_name`, `ttl`, `alt_names`, `ip_sans`: which go together,
+/// and that dynamic engines come from a Vault provider.
+fn check_engine(
+    name: &str,
+    s: &Value,
+    providers: &Map<String, Value>,
+    shorthand: Option<&Value>,
+    out: &mut Vec<Problem>,
+) {
+    let engine = s.get("engine").and_then(Value::as_str).unwrap_or("kv");
+    let at = |k: &str| key(&["secrets", name, k]);
+    let pki_only = ["common_name", "ttl", "alt_names", "ip_sans"];
+    check_duration(&at("ttl"), s.get("ttl"), out);
+    match engine {
+        "kv" => {
+            for k in ["role", "mount"].iter().chain(pki_only.iter()) {
+                if s.get(*k).is_some() {
+                    out.push(Problem::at(
+                        at(k),
+                        "only used with engine database or pki (this secret is a kv secret)",
+                    ));
+                }
+            }
+            return;
+        }
+        "database" => {
+            for k in pki_only {
+                if s.get(k).is_some() {
+                    out.push(Problem::at(at(k), "only used with engine pki"));
+                }
+            }
+        }
+        _ => {
+            if s.get("common_name").is_none() {
+                out.push(Problem::at(
+                    at("engine"),
+                    "missing required key \"common_name\" (engine pki)",
+                ));
+            }
+        }
+    }
+    if s.get("role").is_none() {
+        out.push(Problem::at(
+            at("engine"),
+            format!("missing required key \"role\" (engine {engine})"),
+        ));
+    }
+    // The parts an issued value has: a key outside them could only fail after issuing.
+    let parts: &[&str] = if engine == "database" {
+        &["username", "password"]
+    } else {
+        &["certificate", "ca_chain", "private_key"]
+    };
+    if let Some(k) = s.get("key").and_then(Value::as_str)
+        && !parts.contains(&k)
+    {
+        out.push(Problem::at(
+            at("key"),
+            format!(
+                "{} is not a part of an engine {engine} value (one of {})",
+                show_str(k),
+                parts.join(", ")
+            ),
+        ));
+    }
+    for k in ["path", "version"] {
+        if s.get(k).is_some() {
+            out.push(Problem::at(
+                at(k),
+                format!(
+                    "not used with engine {engine} (the engine issues a new value per container)"
+                ),
+            ));
+        }
+    }
+    let provider = match s.get("provider").and_then(Value::as_str) {
+        Some(p) => providers.get(p).or(if p == SHORTHAND_PROVIDER {
+            shorthand
+        } else {
+            None
+        }),
+        None if providers.len() == 1 => providers.values().next(),
+        None => shorthand,
+    };
+    if let Some(kind) = provider.and_then(|p| p.get("type")).and_then(Value::as_str)
+        && kind != "vault"
+    {
+        out.push(Problem::at(
+            at("engine"),
+            format!("engine {engine} needs a vault provider, not {kind}"),
+        ));
     }
 }
 
@@ -1055,7 +1150,7 @@ mod tests {
             "provider: {type: local}\nsecrets:\n  a:\n    <<: {path: x}\n    key: k\n",
             &[
                 "line 4: secrets.a.\"<<\": YAML merge keys (<<) are not supported; write the keys out",
-                "line 4: secrets.a.\"<<\": unknown key (expected one of provider, path, key, version, uid, gid, mode, rotation, allow, keys)",
+                "line 4: secrets.a.\"<<\": unknown key (expected one of provider, path, key, version, uid, gid, mode, engine, role, mount, common_name, ttl, alt_names, ip_sans, rotation, allow, keys)",
             ],
         ),
         (
@@ -1125,6 +1220,59 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    #[test]
+    fn dynamic_engine_keys() {
+        const V: &str = "provider: {type: vault, address: \"https://v\"}\nsecrets:\n";
+        let ok = [
+            "  db: {engine: database, role: app}\n",
+            "  db: {engine: database, role: app, mount: pg, key: username}\n",
+            "  tls: {engine: pki, role: web, common_name: web.internal, ttl: 1h, alt_names: [a.internal], ip_sans: [\"10.0.0.1\"]}\n",
+            "  kv: {engine: kv, path: app/db}\n",
+        ];
+        for s in ok {
+            assert_eq!(check(&format!("{V}{s}")), Ok(()), "{s}");
+        }
+        let err = |s: &str| check(&format!("{V}{s}")).unwrap_err().join("\n");
+        let e = err("  db: {engine: mysql, role: app}\n");
+        assert!(
+            e.contains("secrets.db.engine") && e.contains("database"),
+            "{e}"
+        );
+        let e = err("  db: {engine: database}\n");
+        assert!(e.contains("missing required key \"role\""), "{e}");
+        let e = err("  tls: {engine: pki, role: web}\n");
+        assert!(e.contains("missing required key \"common_name\""), "{e}");
+        let e = err("  db: {engine: database, role: app, common_name: x}\n");
+        assert!(
+            e.contains("secrets.db.common_name: only used with engine pki"),
+            "{e}"
+        );
+        let e = err("  kv: {role: app}\n");
+        assert!(
+            e.contains("secrets.kv.role: only used with engine database or pki"),
+            "{e}"
+        );
+        let e = err("  db: {engine: database, role: app, key: pass}\n");
+        assert!(e.contains("secrets.db.key: \"pass\" is not a part of an engine database value (one of username, password)"), "{e}");
+        let e = err("  t: {engine: pki, role: w, common_name: x, key: cert}\n");
+        assert!(
+            e.contains("one of certificate, ca_chain, private_key"),
+            "{e}"
+        );
+        let e = err("  db: {engine: database, role: app, path: x}\n");
+        assert!(
+            e.contains("secrets.db.path: not used with engine database"),
+            "{e}"
+        );
+        let e = check("provider: {type: local}\nsecrets:\n  db: {engine: database, role: app}\n")
+            .unwrap_err()
+            .join("\n");
+        assert!(
+            e.contains("engine database needs a vault provider, not local"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,6 +25,66 @@ pub struct Fetched {
     pub version: Option<String>,
 }
 
+/// A value issued for one container (a dynamic secret): which engine, where, and for what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicRequest {
+    pub engine: crate::config::Engine,
+    pub mount: String,
+    pub role: String,
+    pub common_name: Option<String>,
+    pub ttl: Option<std::time::Duration>,
+    pub alt_names: Vec<String>,
+    pub ip_sans: Vec<String>,
+}
+
+impl DynamicRequest {
+    /// Where the value is issued from: `<mount>/creds/<role>` or `<mount>/issue/<role>`.
+    pub fn path(&self) -> String {
+        let op = match self.engine {
+            crate::config::Engine::Pki => "issue",
+            _ => "creds",
+        };
+        format!("{}/{op}/{}", self.mount.trim_matches('/'), self.role)
+    }
+}
+
+/// An issued value and its lifetime.
+#[derive(Debug)]
+pub struct Issued {
+    /// The whole value (database: `{"username","password"}` JSON; pki: the PEM bundle). The
+    /// caller selects a part with [`select_issued`].
+    pub value: SecretValue,
+    /// The provider's lease id, when the value has a lease that can be renewed or revoked
+    /// (database credentials). Never a credential itself.
+    pub lease_id: Option<String>,
+    /// How long the value is valid from now.
+    pub ttl: std::time::Duration,
+    pub renewable: bool,
+    /// A label that names the issued value without revealing it (the database username, the
+    /// certificate serial), for status and audit.
+    pub label: Option<String>,
+}
+
+/// A renewed lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub ttl: std::time::Duration,
+    pub renewable: bool,
+}
+
+/// The part of an issued value that `key` names (`None`: the whole value).
+pub fn select_issued(
+    engine: crate::config::Engine,
+    value: &SecretValue,
+    key: Option<&str>,
+) -> Result<SecretValue, crate::secrets::KeyError> {
+    match (engine, key) {
+        (_, None) => Ok(value.clone()),
+        (crate::config::Engine::Pki, Some(k)) => vault::pem_part(value, k),
+        (_, Some(k)) => value.select_key(k),
+    }
+}
+
 /// A backend. Implementations must never put a value or a credential in an error.
 pub trait Provider: Send + Sync {
     /// The provider's name in dso.yaml (for messages).
@@ -33,6 +93,36 @@ pub trait Provider: Send + Sync {
     /// The current version, as cheaply as the backend allows. Default: fetch and drop the value.
     fn version(&self, req: &FetchRequest) -> Result<Option<String>, ProviderError> {
         self.fetch(req).map(|f| f.version)
+    }
+    /// Issues a new value for one container (dynamic secrets). Default: not supported.
+    fn issue(&self, req: &DynamicRequest) -> Result<Issued, ProviderError> {
+        Err(ProviderError::Config {
+            kind: "provider",
+            provider: self.name().to_string(),
+            detail: format!("engine {} is not supported here", req.engine.as_str()),
+        })
+    }
+    /// Renews a lease by `increment`.
+    fn renew_lease(
+        &self,
+        lease_id: &str,
+        increment: std::time::Duration,
+    ) -> Result<LeaseGrant, ProviderError> {
+        let _ = (lease_id, increment);
+        Err(ProviderError::Config {
+            kind: "provider",
+            provider: self.name().to_string(),
+            detail: "leases are not supported here".into(),
+        })
+    }
+    /// Revokes a lease (the value stops working).
+    fn revoke_lease(&self, lease_id: &str) -> Result<(), ProviderError> {
+        let _ = lease_id;
+        Err(ProviderError::Config {
+            kind: "provider",
+            provider: self.name().to_string(),
+            detail: "leases are not supported here".into(),
+        })
     }
 }
 

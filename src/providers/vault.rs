@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use super::http::{self, ClientOptions, HttpClient, Request, Response, TlsOptions, Url, UrlPolicy};
-use super::{FetchRequest, Fetched, Provider, ProviderError};
-use crate::config::{Config, ProviderConfig};
+use super::{DynamicRequest, FetchRequest, Fetched, Issued, LeaseGrant, Provider, ProviderError};
+use crate::config::{Config, Engine, ProviderConfig};
 use crate::secrets::{KeyError, SecretValue};
 
 const KIND: &str = "vault";
@@ -808,6 +808,282 @@ impl Provider for VaultProvider {
             .and_then(|d| d.current_version)
             .map(|v| v.to_string()))
     }
+
+    fn issue(&self, req: &DynamicRequest) -> Result<Issued, ProviderError> {
+        match req.engine {
+            Engine::Database => self.issue_database(req),
+            Engine::Pki => self.issue_pki(req),
+            Engine::Kv => Err(config_error(
+                &self.api.name,
+                "engine kv values are fetched, not issued",
+            )),
+        }
+    }
+
+    fn renew_lease(
+        &self,
+        lease_id: &str,
+        increment: Duration,
+    ) -> Result<LeaseGrant, ProviderError> {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            lease_id: &'a str,
+            increment: u64,
+        }
+        let body = serde_json::to_vec(&Body {
+            lease_id,
+            increment: increment.as_secs().max(1),
+        })
+        .map_err(|e| config_error(&self.api.name, e.to_string()))?;
+        let resp = self.send(
+            Request::put(self.api.url(&["sys", "leases", "renew"])?),
+            Some(Zeroizing::new(body)),
+            "lease renewal",
+        )?;
+        #[derive(Deserialize)]
+        struct Renewed {
+            #[serde(default)]
+            lease_duration: u64,
+            #[serde(default)]
+            renewable: bool,
+        }
+        let r: Renewed = serde_json::from_slice(&resp.body).map_err(|_| {
+            self.api
+                .client
+                .unavailable("lease renewal: not the JSON Vault sends")
+        })?;
+        Ok(LeaseGrant {
+            ttl: Duration::from_secs(r.lease_duration),
+            renewable: r.renewable,
+        })
+    }
+
+    fn revoke_lease(&self, lease_id: &str) -> Result<(), ProviderError> {
+        let body = serde_json::to_vec(&serde_json::json!({ "lease_id": lease_id }))
+            .map_err(|e| config_error(&self.api.name, e.to_string()))?;
+        self.send(
+            Request::put(self.api.url(&["sys", "leases", "revoke"])?),
+            Some(Zeroizing::new(body)),
+            "lease revocation",
+        )?;
+        Ok(())
+    }
+}
+
+impl VaultProvider {
+    /// A request with the session's token; non-2xx answers become errors (Vault's own text,
+    /// with the token scrubbed). `what` names the operation in messages.
+    fn send(
+        &self,
+        req: Request,
+        body: Option<Zeroizing<Vec<u8>>>,
+        what: &str,
+    ) -> Result<Response, ProviderError> {
+        let deadline = self.api.client.deadline();
+        let token = self.token(deadline)?;
+        let req = match body {
+            Some(b) => req
+                .body("application/json", b)
+                .map_err(|e| config_error(&self.api.name, e.to_string()))?,
+            None => req,
+        };
+        let req = self.api.request(req, Some(&token))?;
+        let resp = self.api.client.send_with_retries(&req, deadline)?;
+        if !resp.is_success() {
+            return Err(self.api.error_for(&resp, what, &[&token]));
+        }
+        Ok(resp)
+    }
+
+    /// `<mount>/<op>/<role>` for a dynamic request.
+    fn engine_url(&self, req: &DynamicRequest, op: &str) -> Result<Url, ProviderError> {
+        check_mount(&self.api.name, "mount", &req.mount)?;
+        if req.role.is_empty() || secret_segments(&req.role).is_none_or(|s| s.len() != 1) {
+            return Err(config_error(
+                &self.api.name,
+                format!("role {:?} is not a role name", req.role),
+            ));
+        }
+        let mut segments: Vec<&str> = mount_segments(&req.mount).collect();
+        segments.push(op);
+        segments.push(&req.role);
+        self.api.url(&segments)
+    }
+
+    /// `GET <mount>/creds/<role>`: a new database credential under a new lease. The value is
+    /// `{"username":…,"password":…}`.
+    fn issue_database(&self, req: &DynamicRequest) -> Result<Issued, ProviderError> {
+        let what = format!("database credential from {}/creds/{}", req.mount, req.role);
+        let resp = self.send(Request::get(self.engine_url(req, "creds")?), None, &what)?;
+        #[derive(Deserialize)]
+        struct Creds<'a> {
+            #[serde(default)]
+            lease_id: String,
+            #[serde(default)]
+            lease_duration: u64,
+            #[serde(default)]
+            renewable: bool,
+            #[serde(borrow)]
+            data: Option<CredsData<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct CredsData<'a> {
+            #[serde(borrow)]
+            username: Option<&'a RawValue>,
+            #[serde(borrow)]
+            password: Option<&'a RawValue>,
+        }
+        let malformed = || {
+            self.api
+                .client
+                .unavailable(format!("{what}: not the JSON a database engine sends"))
+        };
+        let parsed: Creds<'_> = serde_json::from_slice(&resp.body).map_err(|_| malformed())?;
+        let data = parsed.data.ok_or_else(malformed)?;
+        let (Some(user), Some(pass)) = (data.username, data.password) else {
+            return Err(malformed());
+        };
+        if !user.get().starts_with('"') || !pass.get().starts_with('"') {
+            return Err(malformed());
+        }
+        // Both are JSON strings already escaped by Vault: copy them as they are.
+        let mut buf = Zeroizing::new(Vec::with_capacity(32 + user.get().len() + pass.get().len()));
+        buf.extend_from_slice(b"{\"username\":");
+        buf.extend_from_slice(user.get().as_bytes());
+        buf.extend_from_slice(b",\"password\":");
+        buf.extend_from_slice(pass.get().as_bytes());
+        buf.push(b'}');
+        if parsed.lease_id.is_empty() {
+            return Err(malformed());
+        }
+        Ok(Issued {
+            value: SecretValue::from_zeroizing(buf),
+            lease_id: Some(parsed.lease_id),
+            ttl: Duration::from_secs(parsed.lease_duration),
+            renewable: parsed.renewable,
+            label: None,
+        })
+    }
+
+    /// `POST <mount>/issue/<role>`: a new certificate and key. The value is PEM: the
+    /// certificate, the issuing chain, the private key.
+    fn issue_pki(&self, req: &DynamicRequest) -> Result<Issued, ProviderError> {
+        let what = format!("certificate from {}/issue/{}", req.mount, req.role);
+        let Some(cn) = req.common_name.as_deref() else {
+            return Err(config_error(&self.api.name, "engine pki needs common_name"));
+        };
+        let mut body = serde_json::json!({ "common_name": cn });
+        if let Some(ttl) = req.ttl {
+            body["ttl"] = format!("{}s", ttl.as_secs().max(1)).into();
+        }
+        if !req.alt_names.is_empty() {
+            body["alt_names"] = req.alt_names.join(",").into();
+        }
+        if !req.ip_sans.is_empty() {
+            body["ip_sans"] = req.ip_sans.join(",").into();
+        }
+        let body =
+            serde_json::to_vec(&body).map_err(|e| config_error(&self.api.name, e.to_string()))?;
+        let resp = self.send(
+            Request::post(self.engine_url(req, "issue")?),
+            Some(Zeroizing::new(body)),
+            &what,
+        )?;
+        #[derive(Deserialize)]
+        struct Cert<'a> {
+            #[serde(borrow)]
+            data: Option<CertData<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct CertData<'a> {
+            certificate: Option<String>,
+            #[serde(default)]
+            ca_chain: Vec<String>,
+            issuing_ca: Option<String>,
+            #[serde(borrow)]
+            private_key: Option<&'a RawValue>,
+            serial_number: Option<String>,
+            expiration: Option<i64>,
+        }
+        let malformed = || {
+            self.api
+                .client
+                .unavailable(format!("{what}: not the JSON a pki engine sends"))
+        };
+        let parsed: Cert<'_> = serde_json::from_slice(&resp.body).map_err(|_| malformed())?;
+        let data = parsed.data.ok_or_else(malformed)?;
+        let (Some(cert), Some(key_raw), Some(exp)) =
+            (data.certificate, data.private_key, data.expiration)
+        else {
+            return Err(malformed());
+        };
+        let key = http::json_string(key_raw).ok_or_else(malformed)?;
+        let chain: Vec<String> = if data.ca_chain.is_empty() {
+            data.issuing_ca.into_iter().collect()
+        } else {
+            data.ca_chain
+        };
+        let mut buf = Zeroizing::new(Vec::with_capacity(cert.len() + key.len() + 4096));
+        for part in std::iter::once(cert.as_str()).chain(chain.iter().map(String::as_str)) {
+            buf.extend_from_slice(part.trim_end().as_bytes());
+            buf.push(b'\n');
+        }
+        buf.extend_from_slice(key.trim_end().as_bytes());
+        buf.push(b'\n');
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Ok(Issued {
+            value: SecretValue::from_zeroizing(buf),
+            lease_id: None,
+            ttl: Duration::from_secs(exp.saturating_sub(now).max(0) as u64),
+            renewable: false,
+            label: data.serial_number,
+        })
+    }
+}
+
+/// One part of a PEM bundle made by [`VaultProvider::issue_pki`]: `certificate` (the first
+/// certificate), `ca_chain` (the certificates after it) or `private_key`.
+pub fn pem_part(value: &SecretValue, key: &str) -> Result<SecretValue, KeyError> {
+    let text = std::str::from_utf8(value.expose()).map_err(|_| KeyError::NotJson)?;
+    let mut certs: Vec<&str> = Vec::new();
+    let mut private: Option<&str> = None;
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let block = &rest[start..];
+        let Some(label_end) = block[11..].find("-----") else {
+            break;
+        };
+        let label = &block[11..11 + label_end];
+        let end_marker = format!("-----END {label}-----");
+        let Some(end) = block.find(&end_marker) else {
+            break;
+        };
+        let whole = &block[..end + end_marker.len()];
+        if label == "CERTIFICATE" {
+            certs.push(whole);
+        } else if label.ends_with("PRIVATE KEY") {
+            private = Some(whole);
+        }
+        rest = &block[end + end_marker.len()..];
+    }
+    let parts: Vec<&str> = match key {
+        "certificate" => certs.first().copied().into_iter().collect(),
+        "ca_chain" => certs.iter().skip(1).copied().collect(),
+        "private_key" => private.into_iter().collect(),
+        other => return Err(KeyError::Missing(other.to_string())),
+    };
+    if parts.is_empty() {
+        return Err(KeyError::Missing(key.to_string()));
+    }
+    let mut out = Zeroizing::new(Vec::new());
+    for p in parts {
+        out.extend_from_slice(p.as_bytes());
+        out.push(b'\n');
+    }
+    Ok(SecretValue::from_zeroizing(out))
 }
 
 impl VaultProvider {
@@ -944,6 +1220,33 @@ mod tests {
         let one = raw(r#"{"value": "only one"}"#);
         assert_eq!(select(&one, None).unwrap().unwrap().expose(), b"only one");
         assert!(select(&raw("[1]"), None).unwrap().is_none());
+    }
+
+    #[test]
+    fn pem_parts() {
+        let bundle = SecretValue::new(
+            b"-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\
+              -----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n\
+              -----BEGIN CERTIFICATE-----\nCCC\n-----END CERTIFICATE-----\n\
+              -----BEGIN RSA PRIVATE KEY-----\nKKK\n-----END RSA PRIVATE KEY-----\n"
+                .to_vec(),
+        );
+        let part =
+            |k: &str| String::from_utf8(pem_part(&bundle, k).unwrap().expose().to_vec()).unwrap();
+        assert_eq!(
+            part("certificate"),
+            "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n"
+        );
+        assert!(part("ca_chain").contains("BBB") && part("ca_chain").contains("CCC"));
+        assert!(!part("ca_chain").contains("AAA"));
+        assert_eq!(
+            part("private_key"),
+            "-----BEGIN RSA PRIVATE KEY-----\nKKK\n-----END RSA PRIVATE KEY-----\n"
+        );
+        assert_eq!(
+            pem_part(&bundle, "other").unwrap_err(),
+            KeyError::Missing("other".into())
+        );
     }
 
     #[test]

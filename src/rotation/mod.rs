@@ -7,6 +7,7 @@
 //! API over its unix socket).
 
 pub mod docker;
+pub mod leases;
 pub mod registry;
 
 use std::collections::BTreeMap;
@@ -405,8 +406,11 @@ impl Rotator {
         sel: &Selector,
         mode: Mode,
     ) -> Vec<Outcome> {
-        // Group (record index, secret index) by what one fetch serves.
+        // Group (record index, secret index) by what one fetch serves. Dynamic secrets are
+        // never grouped: each container has its own, re-issued only when forced (or by the
+        // lease work of `lease_tick`).
         let mut groups: BTreeMap<FetchKey, Vec<(usize, usize)>> = BTreeMap::new();
+        let mut dynamic: Vec<(usize, usize)> = Vec::new();
         let mut out = Vec::new();
         for (ri, r) in records.iter().enumerate() {
             if let Selector::Container(id) = sel
@@ -436,6 +440,12 @@ impl Rotator {
                     });
                     continue;
                 }
+                if s.lease.is_some() {
+                    if mode == Mode::Force {
+                        dynamic.push((ri, si));
+                    }
+                    continue;
+                }
                 groups
                     .entry(FetchKey {
                         provider: s.provider.clone(),
@@ -449,7 +459,265 @@ impl Rotator {
         for (fk, users) in groups {
             out.extend(self.rotate_group(&mut records, &fk, &users, mode));
         }
+        for (ri, si) in dynamic {
+            let old = records[ri].rec.secrets[si].lease.clone();
+            out.push(self.reissue(&mut records[ri], si, old.as_ref()));
+        }
         out
+    }
+
+    /// The agent's lease work, run every few seconds: revoke the leases of containers that are
+    /// gone (and retry revocations that failed), renew leases at two thirds of their TTL, and
+    /// re-issue (and rotate in, with the secret's strategy) what cannot be renewed: a
+    /// certificate, a lease at its max TTL, a lease that was revoked or expired.
+    pub fn lease_tick(&self) -> Vec<Outcome> {
+        let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        // Records of gone containers are dropped here, their leases written down as owed.
+        let state_dir = self.state_dir();
+        let mut records = prune(&state_dir);
+        let provider = |name: &str| self.provider(name).ok();
+        leases::settle(&state_dir, &self.audit, &provider);
+        let now = leases::unix_now();
+        let mut out = Vec::new();
+        for rec in records.iter_mut() {
+            for si in 0..rec.rec.secrets.len() {
+                let Some(lease) = rec.rec.secrets[si].lease.clone() else {
+                    continue;
+                };
+                if lease.is_due(now) {
+                    out.extend(self.renew_or_reissue(rec, si, &lease, now));
+                }
+            }
+        }
+        out
+    }
+
+    /// Renews a due lease; re-issues when renewal is impossible, refused or capped.
+    fn renew_or_reissue(
+        &self,
+        rec: &mut Record,
+        si: usize,
+        lease: &leases::LeaseState,
+        now: u64,
+    ) -> Option<Outcome> {
+        let s = rec.rec.secrets[si].clone();
+        if let (true, Some(id)) = (lease.renewable, lease.id.as_deref()) {
+            let renewed = self
+                .provider(&s.provider)
+                .and_then(|p| p.renew_lease(id, leases::increment(lease)));
+            match renewed {
+                // Less than a third of the TTL granted: the max TTL is near; re-issue now.
+                Ok(g) if g.ttl.as_secs().saturating_mul(3) >= lease.ttl => {
+                    let new = leases::LeaseState {
+                        since: now,
+                        ttl: g.ttl.as_secs(),
+                        renewable: g.renewable,
+                        ..lease.clone()
+                    };
+                    let hash = new.hash();
+                    let expires = leases::rfc3339(new.expires());
+                    match rec.set_lease(si, &new) {
+                        Ok(()) => self.audit.record(
+                            &Event::new("lease_renewed", "success")
+                                .secret(&s.name)
+                                .provider(&s.provider)
+                                .container(&rec.rec.id)
+                                .lease(&hash, &expires),
+                        ),
+                        Err(e) => self.audit.record(
+                            &Event::new("lease_failed", "failure")
+                                .secret(&s.name)
+                                .provider(&s.provider)
+                                .container(&rec.rec.id)
+                                .lease(&hash, &expires)
+                                .error(&format!("recording the renewal: {e}")),
+                        ),
+                    }
+                    return None;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Revoked or expired leases cannot be renewed: a new credential replaces
+                    // it. Anything else (server down) is retried while the lease lives.
+                    tracing::info!(secret = %s.name, container = %rec.rec.id, error = %e, "lease renewal failed");
+                }
+            }
+        }
+        Some(self.reissue(rec, si, Some(lease)))
+    }
+
+    /// Issues a new value for secret `si` of one container, writes it in, applies the
+    /// strategy, records the new lease and revokes the old one.
+    fn reissue(&self, rec: &mut Record, si: usize, old: Option<&leases::LeaseState>) -> Outcome {
+        let started = Instant::now();
+        let s = rec.rec.secrets[si].clone();
+        let container = rec.rec.id.clone();
+        let fail = |msg: String| -> Outcome {
+            bump(&self.counters.rotations_failed);
+            let (hash, expires) = old
+                .map(|l| (l.hash(), leases::rfc3339(l.expires())))
+                .unwrap_or_default();
+            let mut ev = Event::new("lease_failed", "failure")
+                .secret(&s.name)
+                .provider(&s.provider)
+                .container(&container)
+                .error(&msg);
+            if old.is_some() {
+                ev = ev.lease(&hash, &expires);
+            }
+            self.audit.record(&ev);
+            Outcome {
+                secret: s.name.clone(),
+                container: container.clone(),
+                version: None,
+                status: OutcomeStatus::Failed(msg),
+            }
+        };
+        // Every new value is checked against the policy in force now (a refusal is audited).
+        if let Err(refusal) = self.authorize(&rec.rec, &s) {
+            bump(&self.counters.rotations_failed);
+            return Outcome {
+                secret: s.name.clone(),
+                container,
+                version: None,
+                status: OutcomeStatus::Failed(refusal),
+            };
+        }
+        let cfg = self.config();
+        let Some(dreq) = cfg.secrets.get(&s.name).and_then(|sc| sc.dynamic_request()) else {
+            return fail(format!(
+                "secret {:?} is no longer a dynamic secret in {}",
+                s.name,
+                cfg.source.display()
+            ));
+        };
+        let strategy = Strategy::of(&cfg, &s.name);
+        // Only a restart changes an environment variable: a new value could not reach the
+        // container, and revoking the old one would cut it off.
+        if s.file.is_none() && strategy != Ok(Strategy::Restart) {
+            return fail(format!(
+                "secret {:?} is env-injected: a new value reaches the container only with rotation strategy restart; the current one stays until its lease ends",
+                s.name
+            ));
+        }
+        // A restart creates the container again, and that create issues its own value (and
+        // owes the old record's leases): issuing one here would only leak it.
+        if strategy == Ok(Strategy::Restart) {
+            if let Err(e) = docker::restart(&self.opts.docker_socket, &container) {
+                return fail(e);
+            }
+            bump(&self.counters.rotations_completed);
+            self.audit.record(
+                &Event::new("rotation_completed", "success")
+                    .secret(&s.name)
+                    .provider(&s.provider)
+                    .container(&container)
+                    .duration(started.elapsed()),
+            );
+            return Outcome {
+                secret: s.name.clone(),
+                container,
+                version: None,
+                status: OutcomeStatus::Rotated,
+            };
+        }
+        let prov = match self.provider(&s.provider) {
+            Ok(p) => p,
+            Err(e) => return fail(e.to_string()),
+        };
+        let issued = prov.issue(&dreq);
+        self.note(&s.provider, issued.as_ref().err());
+        let issued = match issued {
+            Ok(i) => i,
+            Err(e) => return fail(format!("secret {:?}: {e}", s.name)),
+        };
+        let new = leases::LeaseState::from_issued(dreq.engine, &issued, leases::unix_now());
+        let (hash, expires) = (new.hash(), leases::rfc3339(new.expires()));
+        self.audit.record(
+            &Event::new("lease_issued", "success")
+                .secret(&s.name)
+                .provider(&s.provider)
+                .container(&container)
+                .lease(&hash, &expires),
+        );
+        // From here on the new lease must not be forgotten: revoked if it cannot be used.
+        let drop_new = |why: String| -> Outcome {
+            let pending = leases::Pending {
+                container: container.clone(),
+                secret: s.name.clone(),
+                provider: s.provider.clone(),
+                lease: new.clone(),
+                attempts: 1,
+                last_error: None,
+            };
+            if let leases::Revoked::Failed(m) =
+                leases::revoke(Some(&*prov), &pending, &self.audit, leases::unix_now())
+            {
+                let _ = leases::owe(
+                    &self.state_dir(),
+                    &leases::Pending {
+                        last_error: Some(m),
+                        ..pending
+                    },
+                );
+            }
+            fail(why)
+        };
+        let value = match providers::select_issued(dreq.engine, &issued.value, s.key.as_deref()) {
+            Ok(v) => v,
+            Err(e) => return drop_new(format!("secret {:?}: {e}", s.name)),
+        };
+        let status = match self.apply(rec, si, &value, None, Mode::Force) {
+            Ok(st) => st,
+            Err(msg) => return drop_new(msg),
+        };
+        if let Err(e) = rec.set_lease(si, &new) {
+            return drop_new(format!("recording the new lease: {e}"));
+        }
+        if let Some(old) = old
+            && old.id.is_some()
+        {
+            let pending = leases::Pending {
+                container: container.clone(),
+                secret: s.name.clone(),
+                provider: s.provider.clone(),
+                lease: old.clone(),
+                attempts: 1,
+                last_error: None,
+            };
+            if let leases::Revoked::Failed(m) =
+                leases::revoke(Some(&*prov), &pending, &self.audit, leases::unix_now())
+            {
+                let _ = leases::owe(
+                    &self.state_dir(),
+                    &leases::Pending {
+                        last_error: Some(m),
+                        ..pending
+                    },
+                );
+            }
+        }
+        bump(&self.counters.rotations_completed);
+        self.last_rotation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                (container.clone(), s.name.clone()),
+                crate::audit::now_rfc3339(),
+            );
+        self.audit.record(
+            &Event::new("rotation_completed", "success")
+                .secret(&s.name)
+                .provider(&s.provider)
+                .container(&container)
+                .duration(started.elapsed()),
+        );
+        Outcome {
+            secret: s.name.clone(),
+            container,
+            version: None,
+            status,
+        }
     }
 
     /// Is `s` still granted to the container of `rec`, under this agent's dso.yaml? A record
@@ -807,6 +1075,7 @@ mod tests {
                 gid: 0,
                 mode: 0o400,
                 host_ids: None,
+                lease: None,
             }],
             created: String::new(),
             workload: None,

@@ -39,6 +39,27 @@ impl Record {
         write_atomic(&self.path, &self.raw)
     }
 
+    /// Records a new or renewed lease for secret `si` and rewrites the file atomically.
+    pub fn set_lease(
+        &mut self,
+        si: usize,
+        lease: &super::leases::LeaseState,
+    ) -> std::io::Result<()> {
+        self.rec.secrets[si].lease = Some(lease.clone());
+        if let Some(slot) = self
+            .raw
+            .get_mut("secrets")
+            .and_then(|s| s.get_mut(si))
+            .and_then(|s| s.as_object_mut())
+        {
+            slot.insert(
+                "lease".into(),
+                serde_json::to_value(lease).map_err(std::io::Error::other)?,
+            );
+        }
+        write_atomic(&self.path, &self.raw)
+    }
+
     /// True while the container's init runs (and the delegate does not call it stopped).
     pub fn is_alive(&self) -> bool {
         let pid = self.rec.pid;
@@ -197,10 +218,36 @@ pub fn prune(state_dir: &Path) -> Vec<Record> {
             live.push(r);
         } else {
             tracing::info!(container = %r.rec.id, "container is gone; dropping its record");
-            let _ = fs::remove_file(&r.path);
+            // Leases are owed a revocation first: a record is dropped only once its leases
+            // are written down where the agent will find them.
+            if owe_leases(state_dir, &r.rec).is_ok() {
+                let _ = fs::remove_file(&r.path);
+            }
         }
     }
     live
+}
+
+/// Writes down a revocation for every lease of `rec` (a container that is gone).
+pub fn owe_leases(state_dir: &Path, rec: &StateRecord) -> std::io::Result<()> {
+    for s in &rec.secrets {
+        if let Some(lease) = &s.lease
+            && lease.id.is_some()
+        {
+            super::leases::owe(
+                state_dir,
+                &super::leases::Pending {
+                    container: rec.id.clone(),
+                    secret: s.name.clone(),
+                    provider: s.provider.clone(),
+                    lease: lease.clone(),
+                    attempts: 0,
+                    last_error: None,
+                },
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes JSON to `path` through a temp file in the same dir (0600), fsync, rename.

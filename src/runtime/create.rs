@@ -24,7 +24,8 @@ use crate::agent::control::{self, WireRequest};
 use crate::audit::{Audit, Event};
 use crate::config::{Config, ConfigError, ProviderKind, config_path};
 use crate::policy::{self, Ask, Refusal, Workload};
-use crate::providers::{self, FetchRequest, Provider, ProviderError};
+use crate::providers::{self, DynamicRequest, FetchRequest, Fetched, Provider, ProviderError};
+use crate::rotation::leases::{self, IssuedLeases, LeaseState};
 use crate::secrets::{RefError, RefKind, SecretRef, SecretValue, Target, collect_refs};
 
 /// Most fetches run at once in one create.
@@ -131,6 +132,8 @@ struct Planned {
     uid: u32,
     gid: u32,
     mode: u32,
+    /// A value issued for this container (engine database/pki), never shared or cached.
+    dynamic: Option<DynamicRequest>,
 }
 
 /// What dso keeps about a container it created: names and references, never values.
@@ -168,6 +171,9 @@ pub struct StateSecret {
     /// that a rotation need not parse the bundle's spec again. Absent in older records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ids: Option<(u32, u32)>,
+    /// A dynamic secret's lease (id and expiry, never the value); absent for kv secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::rotation::leases::LeaseState>,
 }
 
 /// Resolves references against the config into a fetch plan (one entry per file name).
@@ -193,15 +199,21 @@ fn plan(cfg: &Config, refs: &[SecretRef], user: (u32, u32)) -> Result<Vec<Planne
                         })?
                         .to_string(),
                 };
+                let dynamic = sc.dynamic_request();
                 Planned {
                     file: r.file_name().to_string(),
                     label: name.clone(),
                     provider,
                     request: FetchRequest {
-                        path: sc.path.clone().unwrap_or_else(|| name.clone()),
+                        path: match &dynamic {
+                            // Where it is issued from (for status and messages).
+                            Some(d) => d.path(),
+                            None => sc.path.clone().unwrap_or_else(|| name.clone()),
+                        },
                         key: key.clone().or_else(|| sc.key.clone()),
                         version: sc.version.clone(),
                     },
+                    dynamic,
                     as_file: false,
                     env_vars: Vec::new(),
                     uid: sc.uid.unwrap_or(user.0),
@@ -227,6 +239,7 @@ fn plan(cfg: &Config, refs: &[SecretRef], user: (u32, u32)) -> Result<Vec<Planne
                 uid: user.0,
                 gid: user.1,
                 mode: cfg.runtime.file_mode,
+                dynamic: None,
             },
         };
         if !cfg.providers.contains_key(&p.provider) {
@@ -285,26 +298,79 @@ fn authorize(
     Ok(())
 }
 
-/// One direct fetch: the index of the planned secret, its provider and request.
-type Job = (usize, Arc<dyn Provider>, FetchRequest);
+/// A fetched value and its version.
+type Value = (SecretValue, Option<String>);
+
+/// One direct fetch: the index of the planned secret, its provider and request (and, for a
+/// dynamic secret, what to issue).
+type Job = (
+    usize,
+    Arc<dyn Provider>,
+    FetchRequest,
+    Option<DynamicRequest>,
+);
+
+/// One fetch or issue: the value, its version, and the lease of an issued value.
+fn fetch_one(
+    prov: &dyn Provider,
+    req: &FetchRequest,
+    dynamic: Option<&DynamicRequest>,
+) -> Result<(Fetched, Option<LeaseState>), ProviderError> {
+    let Some(d) = dynamic else {
+        return prov.fetch(req).map(|f| (f, None));
+    };
+    let issued = prov.issue(d)?;
+    let lease = LeaseState::from_issued(d.engine, &issued, leases::unix_now());
+    // Issued: from here on a failure must not forget the lease.
+    let value = match providers::select_issued(d.engine, &issued.value, req.key.as_deref()) {
+        Ok(v) => v,
+        Err(source) => {
+            if let Some(id) = &issued.lease_id {
+                let _ = prov.revoke_lease(id);
+            }
+            return Err(ProviderError::Key {
+                kind: "vault",
+                provider: prov.name().to_string(),
+                path: req.path.clone(),
+                source,
+            });
+        }
+    };
+    Ok((
+        Fetched {
+            value,
+            version: None,
+        },
+        Some(lease),
+    ))
+}
 
 /// Fetches every planned secret: up to [`MAX_PARALLEL_FETCHES`] at once, all within `timeout`.
 /// Each provider is built once and shared by its fetches.
-fn fetch_all(
-    cfg: &Config,
+fn fetch_all<'a>(
+    cfg: &'a Config,
     planned: &[Planned],
     workload: &Workload,
-    audit: &Audit,
-) -> Result<Vec<(SecretValue, Option<String>)>, CreateError> {
+    audit: &'a Audit,
+    container: &str,
+) -> Result<(Vec<Value>, IssuedLeases<'a>), CreateError> {
     let timeout = cfg.runtime.fetch_timeout;
     let deadline = Instant::now() + timeout;
     let mut results: Vec<Option<(SecretValue, Option<String>)>> =
         (0..planned.len()).map(|_| None).collect();
+    // Leases issued so far: revoked if this create fails at any later point.
+    let mut leases = IssuedLeases::new(cfg, audit, container, planned.len());
 
     // The agent first, when it answers: it holds provider sessions and the derived local key.
     // What it could not fetch is fetched here, so errors are reported in the same words.
-    let wire: Vec<WireRequest> = planned
+    // Dynamic secrets are issued here, per container: never through the agent, whose answers
+    // could otherwise be shared.
+    let kv: Vec<usize> = (0..planned.len())
+        .filter(|&i| planned[i].dynamic.is_none())
+        .collect();
+    let wire: Vec<WireRequest> = kv
         .iter()
+        .map(|&i| &planned[i])
         .map(|p| WireRequest {
             secret: (!p.label.contains('/')).then(|| p.label.clone()),
             provider: p.provider.clone(),
@@ -313,8 +379,11 @@ fn fetch_all(
             version: p.request.version.clone(),
         })
         .collect();
-    if let Some(served) = control::fetch_via_agent(cfg, &wire, workload, timeout) {
-        for (i, f) in served.into_iter().enumerate() {
+    if !wire.is_empty()
+        && let Some(served) = control::fetch_via_agent(cfg, &wire, workload, timeout)
+    {
+        for (j, f) in served.into_iter().enumerate() {
+            let i = kv[j];
             if let Some(f) = f {
                 audit.record(
                     &Event::new("secret_fetched", "success")
@@ -349,7 +418,12 @@ fn fetch_all(
             .iter()
             .map(|&i| {
                 let p = &planned[i];
-                (i, built[p.provider.as_str()].clone(), p.request.clone())
+                (
+                    i,
+                    built[p.provider.as_str()].clone(),
+                    p.request.clone(),
+                    p.dynamic.clone(),
+                )
             })
             .collect(),
     );
@@ -361,10 +435,10 @@ fn fetch_all(
         .iter()
         .all(|&i| cfg.providers[&planned[i].provider].kind == ProviderKind::Local);
     if all_local {
-        for (i, prov, req) in jobs.iter() {
+        for (i, prov, req, dynamic) in jobs.iter() {
             let i = *i;
             let started = Instant::now();
-            let res = prov.fetch(req);
+            let res = fetch_one(&**prov, req, dynamic.as_ref());
             // The receiver is alive until this function returns.
             let _ = tx.send((i, res, started.elapsed()));
         }
@@ -381,12 +455,12 @@ fn fetch_all(
         std::thread::spawn(move || {
             loop {
                 let j = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some((i, prov, req)) = jobs.get(j) else {
+                let Some((i, prov, req, dynamic)) = jobs.get(j) else {
                     break;
                 };
                 let i = *i;
                 let started = Instant::now();
-                let res = prov.fetch(req);
+                let res = fetch_one(&**prov, req, dynamic.as_ref());
                 if tx.send((i, res, started.elapsed())).is_err() {
                     break;
                 }
@@ -423,7 +497,10 @@ fn fetch_all(
         };
         let p = &planned[i];
         match res {
-            Ok(f) => {
+            Ok((f, lease)) => {
+                if let Some(lease) = lease {
+                    leases.add(i, &p.label, &p.provider, lease);
+                }
                 audit.record(
                     &Event::new("secret_fetched", "success")
                         .secret(&p.label)
@@ -457,7 +534,7 @@ fn fetch_all(
             }
         }
     }
-    Ok(results.into_iter().flatten().collect())
+    Ok((results.into_iter().flatten().collect(), leases))
 }
 
 /// The env hand-off file for dso-init: `VAR=value\0` records, built in zeroizing memory.
@@ -524,6 +601,13 @@ fn register(state_dir: &Path, rec: &StateRecord) -> Result<(), CreateError> {
         .mode(0o700)
         .create(state_dir)
         .map_err(serr)?;
+    // A record under this id already (the container was restarted): its leases are owed a
+    // revocation before the record is replaced.
+    if let Ok(bytes) = fs::read(&path)
+        && let Ok(old) = serde_json::from_slice::<StateRecord>(&bytes)
+    {
+        crate::rotation::registry::owe_leases(state_dir, &old).map_err(serr)?;
+    }
     let bytes = serde_json::to_vec_pretty(rec).map_err(|e| serr(std::io::Error::other(e)))?;
     let tmp = state_dir.join(format!(".{}.json.tmp-{}", rec.id, std::process::id()));
     let res = (|| {
@@ -636,7 +720,7 @@ pub fn create_with_secrets(
 
     timing.mark("plan");
     // 4: fetch everything before anything is created.
-    let values = fetch_all(&cfg, &planned, &workload, &audit)?;
+    let (values, mut leases) = fetch_all(&cfg, &planned, &workload, &audit, &id)?;
     timing.mark("fetch");
     for (p, (v, _)) in planned.iter().zip(&values) {
         if v.len() as u64 > cfg.runtime.max_secret_size {
@@ -738,7 +822,8 @@ pub fn create_with_secrets(
                 .iter()
                 .zip(&values)
                 .zip(&host_ids)
-                .map(|((p, (_, version)), ids)| StateSecret {
+                .enumerate()
+                .map(|(i, ((p, (_, version)), ids))| StateSecret {
                     name: p.label.clone(),
                     file: p.as_file.then(|| p.file.clone()),
                     env: p.env_vars.clone(),
@@ -750,12 +835,15 @@ pub fn create_with_secrets(
                     gid: p.gid,
                     mode: p.mode,
                     host_ids: Some(*ids),
+                    lease: leases.get(i).cloned(),
                 })
                 .collect(),
             created: crate::audit::now_rfc3339(),
             workload: Some(workload.clone()),
         };
         register(&cfg.runtime.state_dir, &rec)?;
+        // Registered: the record carries the leases now (revoked when the container goes).
+        leases.keep();
         Ok(pid)
     })();
     timing.mark("inject + register");

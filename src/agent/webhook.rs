@@ -418,6 +418,7 @@ mod tests {
         let audit_path = dir.path().join("audit.log");
         let audit = Arc::new(Audit::new(&AuditConfig {
             path: Some(audit_path.clone()),
+            ..Default::default()
         }));
         let (tx, rx) = mpsc::channel();
         let hook = Webhook::bind("127.0.0.1:0", Zeroizing::new(KEY.to_vec()), audit, tx).unwrap();

@@ -172,9 +172,15 @@ fn default_watch_interval() -> Duration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// JSON-lines file; stderr when absent.
+    /// JSON-lines file, hash-chained; [`crate::audit::DEFAULT_AUDIT_PATH`] when absent.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// Also send every event to the host's syslog socket (journald).
+    #[serde(default)]
+    pub syslog: bool,
+    /// Fail closed: an operation whose event cannot be written does not happen.
+    #[serde(default)]
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -427,11 +427,14 @@ impl Rotator {
                 }
             }
         }
-        self.audit.record(
+        // audit.required: a value that cannot be audited is not applied.
+        if let Err(e) = self.audit.must_record(
             &Event::new("rotation_started", "started")
                 .secret(&name)
                 .provider(&fk.provider),
-        );
+        ) {
+            return fail_all(records, &format!("{e} (audit.required: not rotated)"));
+        }
         let fetched = provider.fetch(&req);
         self.note(&fk.provider, fetched.as_ref().err());
         let fetched = match fetched {
@@ -441,13 +444,15 @@ impl Rotator {
                 return fail_all(records, &e.to_string());
             }
         };
-        self.audit.record(
+        if let Err(e) = self.audit.must_record(
             &Event::new("secret_fetched", "success")
                 .secret(&name)
                 .provider(&fk.provider)
                 .version(fetched.version.as_deref())
                 .duration(started.elapsed()),
-        );
+        ) {
+            return fail_all(records, &format!("{e} (audit.required: not rotated)"));
+        }
         let limit = self.cfg.runtime.max_secret_size;
         if fetched.value.len() as u64 > limit {
             // Refused before any container is touched: every file keeps its current value.

@@ -21,7 +21,7 @@ use super::modify::{self, ENV_FILE_NAME};
 use super::runclog::RuncLog;
 use super::spec::{Spec, SpecError};
 use crate::agent::control::{self, WireRequest};
-use crate::audit::{Audit, Event};
+use crate::audit::{Audit, AuditError, Event};
 use crate::config::{Config, ConfigError, ProviderKind, config_path};
 use crate::providers::{self, FetchRequest, Provider, ProviderError};
 use crate::secrets::{RefError, RefKind, SecretRef, SecretValue, Target, collect_refs};
@@ -98,6 +98,8 @@ pub enum CreateError {
     Delegate(#[from] DelegateError),
     #[error("injecting secrets: {0}")]
     Inject(#[from] InjectError),
+    #[error("{0} (audit.required is set: the container is not created)")]
+    Audit(#[from] AuditError),
     #[error("registering container in {path}: {source}")]
     State {
         path: PathBuf,
@@ -268,13 +270,13 @@ fn fetch_all(
     if let Some(served) = control::fetch_via_agent(cfg, &wire, timeout) {
         for (i, f) in served.into_iter().enumerate() {
             if let Some(f) = f {
-                audit.record(
+                audit.must_record(
                     &Event::new("secret_fetched", "success")
                         .secret(&planned[i].label)
                         .provider(&planned[i].provider)
                         .version(f.version.as_deref())
                         .via("agent"),
-                );
+                )?;
                 results[i] = Some((f.value, f.version));
             }
         }
@@ -376,13 +378,13 @@ fn fetch_all(
         let p = &planned[i];
         match res {
             Ok(f) => {
-                audit.record(
+                audit.must_record(
                     &Event::new("secret_fetched", "success")
                         .secret(&p.label)
                         .provider(&p.provider)
                         .version(f.version.as_deref())
                         .duration(took),
-                );
+                )?;
                 results[i] = Some((f.value, f.version));
             }
             Err(source) => {
@@ -531,6 +533,13 @@ impl Timing {
     }
 }
 
+/// The create path's audit: a failure to write is reported in runc's log (which `docker run`
+/// shows), never on stderr.
+fn audit_for(audit: Audit, log: &RuncLog) -> Audit {
+    let log = log.clone();
+    audit.on_failure(move |msg| log.write("warning", &format!("dso: {msg}")))
+}
+
 /// The whole create flow. Returns the exit code to use.
 pub fn create_with_secrets(
     inv: &Invocation,
@@ -552,7 +561,9 @@ pub fn create_with_secrets(
         Ok(cfg) => cfg,
         Err(e) => {
             let msg = e.to_string();
-            Audit::stderr().record(
+            // The config's audit path is unknown: the default sink (never stderr, which is
+            // the container's).
+            audit_for(Audit::default_sink(), log).record(
                 &Event::new("config_rejected", "failure")
                     .container(&id)
                     .error(&msg),
@@ -561,7 +572,7 @@ pub fn create_with_secrets(
         }
     };
     timing.mark("config");
-    let audit = Audit::new(&cfg.audit);
+    let audit = audit_for(Audit::new(&cfg.audit), log);
     let refs = collect_refs(&spec.env(), Some(&spec.annotations()))?;
     let user = spec.user();
     let planned = plan(&cfg, &refs, user)?;
@@ -704,6 +715,17 @@ pub fn create_with_secrets(
             created: crate::audit::now_rfc3339(),
         };
         register(&cfg.runtime.state_dir, &rec)?;
+        // Written before the create reports success: with audit.required, an injection that
+        // cannot be audited is undone like any other failure here.
+        for p in &planned {
+            audit.must_record(
+                &Event::new("secret_injected", "success")
+                    .secret(&p.label)
+                    .provider(&p.provider)
+                    .container(&id)
+                    .duration(started.elapsed()),
+            )?;
+        }
         Ok(pid)
     })();
     timing.mark("inject + register");
@@ -724,15 +746,6 @@ pub fn create_with_secrets(
             return Err(e);
         }
     };
-    for p in &planned {
-        audit.record(
-            &Event::new("secret_injected", "success")
-                .secret(&p.label)
-                .provider(&p.provider)
-                .container(&id)
-                .duration(started.elapsed()),
-        );
-    }
     timing.mark("audit");
     timing.peak_rss();
     drop(values);

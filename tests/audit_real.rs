@@ -1,0 +1,308 @@
+//! The audit trail against the real runc (issue 19): one hash chain kept by 30 concurrent
+//! dso-runc creates, an agent rotating and a logrotate in the middle (`dso audit verify`);
+//! `audit.required` failing a create closed (nothing left) and refusing a rotation it cannot
+//! audit. Needs root, runc and busybox-static: skipped outside CI when missing, a failure
+//! under `CI=true`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "support/runc_lab.rs"]
+mod runc_lab;
+use runc_lab::*;
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for id in self.list().lines() {
+            self.runc(&["delete", "--force", id]);
+        }
+    }
+}
+
+fn dso(lab: &Lab, args: &[&str]) -> Output {
+    Command::new(DSO)
+        .arg("--config")
+        .arg(lab.path("dso.yaml"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+struct AgentProc(std::process::Child);
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(lab: &Lab) -> AgentProc {
+    let agent = AgentProc(
+        Command::new(DSO)
+            .arg("--config")
+            .arg(lab.path("dso.yaml"))
+            .arg("agent")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(lab.path("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&lab.path("agent.log"), "watching", Duration::from_secs(20));
+    agent
+}
+
+/// Waits until `file` contains `needle`; returns its text.
+fn wait_for(file: &Path, needle: &str, timeout: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "{needle:?} not seen in {} within {timeout:?}: {text}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn events(text: &str, name: &str) -> usize {
+    text.lines()
+        .filter(|l| l.contains(&format!("\"event\":\"{name}\"")))
+        .count()
+}
+
+#[test]
+fn one_chain_through_concurrent_creates_an_agent_rotating_and_a_logrotate() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("  rot: { rotation: { interval: 200ms } }\n", "");
+    let mut cfg = fs::read_to_string(lab.path("dso.yaml")).unwrap();
+    cfg.push_str("watch: { interval: 200ms }\n");
+    fs::write(lab.path("dso.yaml"), cfg).unwrap();
+    lab.set_secret("db", b"chain-db-value-7f3a");
+    lab.set_secret("rot", b"chain-rot-value-0");
+
+    // A running container whose secret the agent keeps rotating meanwhile.
+    let b = lab.bundle(
+        "while :; do sleep 1; done",
+        &["R_FILE=dsofile://rot"],
+        (0, 0),
+    );
+    let out = lab.create(&b, "rotating");
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(lab.runc(&["start", "rotating"]).status.success());
+    let _agent = start_agent(&lab);
+
+    let bundles: Vec<_> = (0..30)
+        .map(|_| lab.bundle("true", &["D_FILE=dsofile://db"], (0, 0)))
+        .collect();
+    let lab = &lab;
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        // The provider moves on while the creates run; the agent rotates each new version.
+        let rotations = s.spawn(|| {
+            for i in 1..=6 {
+                lab.set_secret("rot", format!("chain-rot-value-{i}").as_bytes());
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        // logrotate's `create` mode, half-way through: rename, new file made by the writers.
+        let logrotate = s.spawn(|| {
+            while done.load(std::sync::atomic::Ordering::SeqCst) < 15 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            fs::rename(lab.path("audit.log"), lab.path("audit.log.1")).unwrap();
+        });
+        let creates: Vec<_> = bundles
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let done = &done;
+                s.spawn(move || {
+                    let dir = lab.path(&format!("out{i}"));
+                    fs::create_dir_all(&dir).unwrap();
+                    let out = lab.create_in(&dir, b, &format!("c{i}"));
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    assert!(out.status.success(), "create c{i}: {}", out.stderr);
+                    // Nothing of dso's on the container's stderr.
+                    assert_eq!(out.stderr, "", "c{i}");
+                })
+            })
+            .collect();
+        for c in creates {
+            c.join().unwrap();
+        }
+        rotations.join().unwrap();
+        logrotate.join().unwrap();
+    });
+    // The last version reaches the container (the agent's rotations are in the chain).
+    let pid = fs::read_to_string(lab.path("bundle1/pid")).unwrap();
+    let file = format!("/proc/{}/root/run/secrets/rot", pid.trim());
+    let t0 = Instant::now();
+    while fs::read(&file).unwrap_or_default() != b"chain-rot-value-6" {
+        assert!(t0.elapsed() < Duration::from_secs(30), "not rotated");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The event follows the rename that made the value visible.
+    let t0 = Instant::now();
+    while events(
+        &fs::read_to_string(lab.path("audit.log")).unwrap(),
+        "rotation_completed",
+    ) == 0
+    {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no rotation event");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(_agent);
+
+    let out = dso(lab, &["audit", "verify", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(0));
+    let files = [lab.path("audit.log.1"), lab.path("audit.log")];
+    let out = Command::new(DSO)
+        .args(["audit", "verify"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text: String = files
+        .iter()
+        .map(|f| fs::read_to_string(f).unwrap())
+        .collect();
+    assert_eq!(events(&text, "secret_injected"), 31, "{text}");
+    assert!(events(&text, "rotation_completed") >= 1);
+    assert_eq!(events(&text, "audit_chain_continued"), 1);
+    for v in ["chain-db-value-7f3a", "chain-rot-value"] {
+        assert!(!text.contains(v), "a value in the audit trail");
+    }
+    // The file and its chain head are root's alone.
+    for f in [lab.path("audit.log"), lab.path(".audit.log.chain")] {
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // One line removed from the rotated file: found, and named.
+    let old = fs::read_to_string(&files[0]).unwrap();
+    let mut lines: Vec<&str> = old.lines().collect();
+    lines.remove(4);
+    fs::write(&files[0], lines.join("\n") + "\n").unwrap();
+    let out = Command::new(DSO)
+        .args(["audit", "verify"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("audit.log.1: line 5:"), "{err}");
+}
+
+/// A read-only tmpfs mounted at `dir`, unmounted on drop.
+struct RoMount(std::path::PathBuf);
+
+impl RoMount {
+    fn new(dir: std::path::PathBuf) -> RoMount {
+        fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a read-only tmpfs");
+        RoMount(dir)
+    }
+}
+
+impl Drop for RoMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn required_audit_in_a_read_only_dir_fails_create_closed_and_refuses_rotation() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"required-v1");
+    let writable = fs::read_to_string(lab.path("dso.yaml")).unwrap();
+    let ro = RoMount::new(lab.path("ro"));
+    let ro_log = ro.0.join("audit.log");
+    let required = writable.replace(
+        &format!("audit: {{ path: {} }}", lab.path("audit.log").display()),
+        &format!("audit: {{ path: {}, required: true }}", ro_log.display()),
+    );
+    assert_ne!(required, writable);
+    fs::write(lab.path("dso.yaml"), &required).unwrap();
+
+    let b = lab.bundle(
+        "while :; do sleep 1; done",
+        &["D_FILE=dsofile://db"],
+        (0, 0),
+    );
+    let out = lab.create(&b, "req");
+    assert!(!out.status.success());
+    let log = fs::read_to_string(lab.path("runc.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "the audit log {} could not be written",
+            ro_log.display()
+        )) && log.contains("audit.required is set: the container is not created"),
+        "{log}"
+    );
+    // Nothing left: no container, no state record, nothing on the container's stderr.
+    assert_eq!(lab.list().trim(), "");
+    let state: Vec<_> = fs::read_dir(lab.path("state"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        state.iter().all(|n| !n.to_string_lossy().contains("req")),
+        "{state:?}"
+    );
+    assert_eq!(out.stderr, "");
+
+    // Created with a writable trail; then the trail becomes unwritable and required: a
+    // rotation does not apply a value it cannot audit.
+    fs::write(lab.path("dso.yaml"), &writable).unwrap();
+    let out = lab.create(&b, "req");
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(lab.runc(&["start", "req"]).status.success());
+    let pid = fs::read_to_string(b.join("pid")).unwrap();
+    let file = format!("/proc/{}/root/run/secrets/db", pid.trim());
+    assert_eq!(fs::read(&file).unwrap(), b"required-v1");
+    fs::write(lab.path("dso.yaml"), &required).unwrap();
+    lab.set_secret("db", b"required-v2");
+    let out = dso(&lab, &["rotate", "db"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not be written"), "{err}");
+    assert_eq!(fs::read(&file).unwrap(), b"required-v1");
+    // Writable again: the rotation goes through.
+    fs::write(lab.path("dso.yaml"), &writable).unwrap();
+    let out = dso(&lab, &["rotate", "db"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(&file).unwrap(), b"required-v2");
+    drop(ro);
+}

@@ -306,3 +306,218 @@ fn required_audit_in_a_read_only_dir_fails_create_closed_and_refuses_rotation() 
     assert_eq!(fs::read(&file).unwrap(), b"required-v2");
     drop(ro);
 }
+
+/// What a test receiver got: (headers lowercased, body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
+
+/// A small HTTP receiver on `listener`: records every request, answers `status` (or never
+/// answers, when `status` is 0), on a background thread.
+fn receiver(listener: std::net::TcpListener, status: u16) -> Received {
+    use std::io::{Read, Write};
+    let got: Received = Default::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head_end, len) = loop {
+                let n = c.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break (0, 0);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    break (i + 4, len);
+                }
+            };
+            if head_end == 0 {
+                continue;
+            }
+            while buf.len() < head_end + len {
+                let n = c.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let headers = String::from_utf8_lossy(&buf[..head_end])
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+                .collect();
+            g.lock().unwrap().push((headers, buf[head_end..].to_vec()));
+            if status == 0 {
+                held.push(c); // hang: keep the connection open, never answer
+                continue;
+            }
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    got
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn notifications_are_signed_retried_while_the_receiver_is_down_and_bounded() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"notify-value-v1");
+    fs::write(lab.path("notify.key"), "notify-hmac-key\n").unwrap();
+    // `late` is down at first; `broken` answers 500 forever; `hung` never answers.
+    let late_port = free_port();
+    let broken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let broken_port = broken.local_addr().unwrap().port();
+    let broken_got = receiver(broken, 500);
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    let hung_got = receiver(hung, 0);
+    let key = lab.path("notify.key");
+    let mut cfg = fs::read_to_string(lab.path("dso.yaml")).unwrap();
+    cfg.push_str(&format!(
+        "notifications:\n\
+         \x20 - {{ url: \"http://127.0.0.1:{late_port}/hook\", secret_file: {k}, events: [secret_injected, rotation_completed], max_attempts: 30, timeout: 2m }}\n\
+         \x20 - {{ url: \"http://127.0.0.1:{broken_port}/hook\", secret_file: {k}, events: [secret_injected], max_attempts: 3 }}\n\
+         \x20 - {{ url: \"http://127.0.0.1:{hung_port}/hook\", secret_file: {k}, events: [secret_injected], timeout: 2s }}\n",
+        k = key.display()
+    ));
+    fs::write(lab.path("dso.yaml"), cfg).unwrap();
+    let _agent = start_agent(&lab);
+
+    let b = lab.bundle(
+        "while :; do sleep 1; done",
+        &["D_FILE=dsofile://db"],
+        (0, 0),
+    );
+    let out = lab.create(&b, "notified");
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(lab.runc(&["start", "notified"]).status.success());
+    // The receiver comes up only after the agent has tried (and failed) at least once.
+    let t0 = Instant::now();
+    while broken_got.lock().unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "agent sent nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let late_got = receiver(
+        std::net::TcpListener::bind(("127.0.0.1", late_port)).unwrap(),
+        200,
+    );
+    // A rotation: its event follows the first.
+    lab.set_secret("db", b"notify-value-v2");
+    let out = dso(&lab, &["rotate", "db"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let t0 = Instant::now();
+    while late_got.lock().unwrap().len() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "not delivered after the receiver came up: {}",
+            fs::read_to_string(lab.path("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = late_got.lock().unwrap().clone();
+    let mut events = Vec::new();
+    for (headers, body) in &got {
+        let h = |k: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert_eq!(
+            dso::agent::webhook::verify(
+                b"notify-hmac-key",
+                h("x-dso-timestamp"),
+                h("x-dso-signature"),
+                body,
+                now
+            ),
+            Ok(()),
+            "a notification that does not verify"
+        );
+        assert_eq!(h("content-type"), Some("application/json"));
+        let text = String::from_utf8_lossy(body);
+        assert!(!text.contains("notify-value"), "a value in a notification");
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        events.push(v["event"].as_str().unwrap().to_string());
+    }
+    assert_eq!(events, ["secret_injected", "rotation_completed"]);
+
+    // 500 forever: exactly max_attempts tries, then an audited failure. A receiver that
+    // never answers: given up after its timeout, audited too.
+    let t0 = Instant::now();
+    loop {
+        let audit = fs::read_to_string(lab.path("audit.log")).unwrap();
+        let failed = |port: u16| {
+            audit.lines().any(|l| {
+                l.contains("\"event\":\"notification_failed\"")
+                    && l.contains(&format!("127.0.0.1:{port}"))
+            })
+        };
+        if failed(broken_port) && failed(hung_port) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no notification_failed: {audit}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(broken_got.lock().unwrap().len(), 3);
+    assert!(!hung_got.lock().unwrap().is_empty());
+    let audit = fs::read_to_string(lab.path("audit.log")).unwrap();
+    assert!(!audit.contains("notify-value") && !audit.contains("notify-hmac-key"));
+}
+
+#[test]
+fn plain_http_notifications_off_loopback_are_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dso.yaml");
+    fs::write(
+        &cfg,
+        "providers:\n  local: { type: local, path: /s, key_file: /k }\nnotifications:\n  - { url: \"http://hooks.example.com/dso\", secret_file: /etc/dso/n.key }\n",
+    )
+    .unwrap();
+    let out = Command::new(DSO)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["config", "validate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("notifications.0.url: https is required"),
+        "{err}"
+    );
+}

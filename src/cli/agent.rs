@@ -71,6 +71,7 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
         let rotator = rotator.clone();
         std::thread::spawn(move || metrics::serve(listener, rotator, started));
     }
+    agent::notify::start(&rotator.config().notifications, audit.clone()).map_err(|e| anyhow!(e))?;
     let (tx, rx) = mpsc::channel();
     if let Some(v) = webhook_cfg {
         let settings = webhook::WebhookSettings::from_value(&v).map_err(|e| anyhow!(e))?;

@@ -75,6 +75,9 @@ pub struct Config {
     pub agent: AgentConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Signed event POSTs sent by the agent.
+    #[serde(default)]
+    pub notifications: Vec<NotificationConfig>,
     /// Where this config was read from (for messages).
     #[serde(skip)]
     pub source: PathBuf,
@@ -181,6 +184,33 @@ pub struct AuditConfig {
     /// Fail closed: an operation whose event cannot be written does not happen.
     #[serde(default)]
     pub required: bool,
+}
+
+/// One `notifications:` entry: where the agent POSTs which events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationConfig {
+    /// https (http only to a loopback host).
+    pub url: String,
+    /// HMAC-SHA256 key the requests are signed with.
+    pub secret_file: PathBuf,
+    /// Event names; default rotation_completed, rotation_failed, lease_failed,
+    /// access_denied, auth_failed.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Attempts per event, the first included.
+    #[serde(default = "default_notify_attempts")]
+    pub max_attempts: u32,
+    /// Time for one event, all attempts included.
+    #[serde(default = "default_notify_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+fn default_notify_attempts() -> u32 {
+    8
+}
+fn default_notify_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -606,6 +606,25 @@ fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
     if let Some(w) = top.get("watch") {
         check_duration(&key(&["watch", "interval"]), w.get("interval"), out);
     }
+    for (i, n) in top
+        .get("notifications")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let i = i.to_string();
+        check_duration(
+            &key(&["notifications", &i, "timeout"]),
+            n.get("timeout"),
+            out,
+        );
+        if let Some(url) = n.get("url").and_then(Value::as_str)
+            && let Some(msg) = http_problem(url, HttpAllowed::LoopbackOnly)
+        {
+            out.push(Problem::at(key(&["notifications", &i, "url"]), msg));
+        }
+    }
     if let Some(r) = top.get("runtime") {
         check_duration(
             &key(&["runtime", "fetch_timeout"]),
@@ -824,6 +843,12 @@ mod tests {
     /// (config, the exact messages it gets)
     const BAD: &[(&str, &[&str])] = &[
         (
+            "notifications:\n  - url: http://hooks.example.com/dso\n    secret_file: /etc/dso/n.key\n",
+            &[
+                r#"line 2: notifications.0.url: https is required ("http://hooks.example.com/dso" is plain http, allowed only for a loopback host (127.0.0.0/8, ::1, localhost))"#,
+            ],
+        ),
+        (
             "providers:\n  local: { type: lcoal, path: /var/lib/dso/local.vault }\n",
             &[r#"line 2: providers.local.type: "lcoal" is not one of local, vault, aws, azure"#],
         ),
@@ -840,7 +865,7 @@ mod tests {
         (
             "secret:\n  a: {}\n",
             &[
-                "line 1: secret: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime)",
+                "line 1: secret: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, notifications)",
             ],
         ),
         (
@@ -1029,7 +1054,7 @@ mod tests {
         (
             "base: &b {provider: default}\n",
             &[
-                "line 1: base: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime)",
+                "line 1: base: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, notifications)",
             ],
         ),
         (
@@ -1154,11 +1179,15 @@ mod tests {
         .expect("full.yaml parses");
         let mut used = std::collections::BTreeSet::new();
         fn keys(v: &Value, used: &mut std::collections::BTreeSet<String>) {
-            if let Value::Object(m) = v {
-                for (k, child) in m {
-                    used.insert(k.clone());
-                    keys(child, used);
+            match v {
+                Value::Object(m) => {
+                    for (k, child) in m {
+                        used.insert(k.clone());
+                        keys(child, used);
+                    }
                 }
+                Value::Array(a) => a.iter().for_each(|c| keys(c, used)),
+                _ => {}
             }
         }
         keys(&full, &mut used);

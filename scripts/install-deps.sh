@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what dso's tests and demo need on Debian 12: runc, Docker (client and daemon,
 # used only as private daemons the tests start), busybox-static (test images), compose,
-# podman, containerd, pip, jq; the clippy and rustfmt components; cargo-deb.
+# podman, containerd, pip, jq, prometheus (a real server scrapes the agent in the metrics
+# test; its service is not started); the clippy and rustfmt components; cargo-deb.
 #
 # Idempotent: installs only what is missing. Never starts the system's Docker service: the
 # package's postinst is kept from starting it (policy-rc.d), and the tests never use
@@ -11,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '[install-deps] %s\n' "$*"; }
 
-packages=(runc docker.io busybox-static docker-compose podman containerd python3-pip jq gdb e2fsprogs)
+packages=(runc docker.io busybox-static docker-compose podman containerd python3-pip jq gdb e2fsprogs prometheus)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

@@ -521,3 +521,175 @@ fn plain_http_notifications_off_loopback_are_a_config_error() {
         "{err}"
     );
 }
+
+/// A process killed on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET path` on 127.0.0.1:port; the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of an instant PromQL query with one result (None: no result yet).
+fn promql(port: u16, query: &str) -> Option<f64> {
+    let body = http_get(
+        port,
+        &format!("/api/v1/query?query={}", percent_encode(query)),
+    );
+    // Chunked or not, the JSON object is what lies between the first '{' and the last '}'.
+    let json = body.get(body.find('{')?..=body.rfind('}')?)?;
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+#[test]
+fn prometheus_scrapes_event_counts_and_latencies_from_the_agent() {
+    if !ready() {
+        return;
+    }
+    if !have("prometheus") {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "prometheus missing under CI (scripts/install-deps.sh installs it)"
+        );
+        eprintln!("skipping: no prometheus (run scripts/install-deps.sh)");
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    let mport = free_port();
+    let mut cfg = fs::read_to_string(lab.path("dso.yaml")).unwrap();
+    cfg.push_str(&format!(
+        "watch: {{ interval: 1h }}\nagent: {{ socket: {}, metrics: {{ listen: \"127.0.0.1:{mport}\" }} }}\n",
+        lab.path("dso.sock").display()
+    ));
+    fs::write(lab.path("dso.yaml"), cfg).unwrap();
+    lab.set_secret("db", b"metrics-value-v1");
+    let _agent = start_agent(&lab);
+    wait_for(
+        &lab.path("agent.log"),
+        "metrics on",
+        Duration::from_secs(10),
+    );
+
+    // Three creates (through the agent's socket), then a rotation of all three.
+    for i in 0..3 {
+        let b = lab.bundle(
+            "while :; do sleep 1; done",
+            &["D_FILE=dsofile://db"],
+            (0, 0),
+        );
+        let id = format!("m{i}");
+        let out = lab.create(&b, &id);
+        assert!(out.status.success(), "{}", out.stderr);
+        assert!(lab.runc(&["start", &id]).status.success());
+    }
+    lab.set_secret("db", b"metrics-value-v2");
+    let out = dso(&lab, &["rotate", "db"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A real Prometheus, its own config and data dir, on loopback.
+    let pport = free_port();
+    let pdir = lab.path("prometheus");
+    fs::create_dir_all(pdir.join("data")).unwrap();
+    fs::write(
+        pdir.join("prometheus.yml"),
+        format!(
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
+             scrape_configs:\n  - job_name: dso\n    static_configs:\n      - targets: [\"127.0.0.1:{mport}\"]\n"
+        ),
+    )
+    .unwrap();
+    let _prom = Killed(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                pdir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                pdir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(pdir.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let want = [
+        (
+            r#"sum(dso_audit_events_total{event="secret_injected",status="success"})"#,
+            3.0,
+        ),
+        (
+            r#"sum(dso_audit_events_total{event="rotation_completed",status="success"})"#,
+            3.0,
+        ),
+        (
+            r#"sum(dso_injection_duration_seconds_count{provider="local"})"#,
+            3.0,
+        ),
+        (
+            r#"sum(dso_rotation_duration_seconds_count{provider="local"})"#,
+            3.0,
+        ),
+        (
+            r#"sum(dso_fetch_duration_seconds_count{provider="local"})"#,
+            4.0,
+        ),
+        (r#"dso_rotations_total{result="completed"}"#, 3.0),
+        ("dso_managed_containers", 3.0),
+    ];
+    let t0 = Instant::now();
+    loop {
+        let got: Vec<Option<f64>> = want.iter().map(|(q, _)| promql(pport, q)).collect();
+        if want.iter().zip(&got).all(|((_, w), g)| *g == Some(*w)) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "prometheus answers {got:?} for {want:?}\n{}",
+            fs::read_to_string(pdir.join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Names and numbers only.
+    let body = http_get(mport, "/metrics");
+    assert!(body.contains("dso_audit_events_total"), "{body}");
+    assert!(!body.contains("metrics-value"));
+}

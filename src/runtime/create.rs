@@ -267,7 +267,10 @@ fn fetch_all(
             version: p.request.version.clone(),
         })
         .collect();
+    let asked = Instant::now();
     if let Some(served) = control::fetch_via_agent(cfg, &wire, timeout) {
+        // One round trip served them all: each took (at most) that long.
+        let took = asked.elapsed();
         for (i, f) in served.into_iter().enumerate() {
             if let Some(f) = f {
                 audit.must_record(
@@ -275,6 +278,7 @@ fn fetch_all(
                         .secret(&planned[i].label)
                         .provider(&planned[i].provider)
                         .version(f.version.as_deref())
+                        .duration(took)
                         .via("agent"),
                 )?;
                 results[i] = Some((f.value, f.version));

@@ -210,6 +210,9 @@ pub struct WireRequest {
     pub key: Option<String>,
     #[serde(default)]
     pub version: Option<String>,
+    /// Who the secret is for (the User-Agent of the provider requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
 }
 
 /// Serves connections until the listener fails; one short-lived thread per connection.
@@ -350,6 +353,7 @@ fn fetch_answer(reqs: &[WireRequest], rotator: &Rotator) -> Zeroizing<Vec<u8>> {
             path: r.path.clone(),
             key: r.key.clone(),
             version: r.version.clone(),
+            workload: r.workload.clone(),
         };
         match rotator.fetch(&r.provider, &req) {
             Ok(f) => {

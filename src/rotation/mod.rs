@@ -199,7 +199,9 @@ impl Rotator {
     /// Fetches through the cached provider `provider` (the control socket's `fetch`: dso-runc's
     /// fast path), recording the provider's health.
     pub fn fetch(&self, provider: &str, req: &FetchRequest) -> Result<Fetched, ProviderError> {
-        let res = self.provider(provider).and_then(|p| p.fetch(req));
+        let res = self
+            .provider(provider)
+            .and_then(|p| providers::fetch_for(&*p, req));
         self.note(provider, res.as_ref().err());
         bump(&self.counters.agent_fetches_served);
         res
@@ -361,10 +363,17 @@ impl Rotator {
         let started = Instant::now();
         let (ri0, si0) = users[0];
         let name = records[ri0].rec.secrets[si0].name.clone();
+        // One fetch serves every container using this secret: the User-Agent names them.
+        let mut ids: Vec<&str> = users
+            .iter()
+            .map(|&(ri, _)| records[ri].rec.id.as_str())
+            .collect();
+        ids.dedup();
         let req = FetchRequest {
             path: fk.path.clone(),
             key: fk.key.clone(),
             version: None,
+            workload: Some(format!("container:{}", ids.join(","))),
         };
         let fail_all = |records: &[Record], msg: &str| -> Vec<Outcome> {
             bump(&self.counters.rotations_failed);
@@ -401,7 +410,7 @@ impl Rotator {
         };
         if mode == Mode::IfChanged {
             // The cheapest check first; fetch only when some container is behind.
-            let checked = provider.version(&req);
+            let checked = providers::version_for(&*provider, &req);
             self.note(&fk.provider, checked.as_ref().err());
             match checked {
                 Ok(Some(v)) => {
@@ -435,7 +444,7 @@ impl Rotator {
         ) {
             return fail_all(records, &format!("{e} (audit.required: not rotated)"));
         }
-        let fetched = provider.fetch(&req);
+        let fetched = providers::fetch_for(&*provider, &req);
         self.note(&fk.provider, fetched.as_ref().err());
         let fetched = match fetched {
             Ok(f) => f,

@@ -190,6 +190,7 @@ fn plan(cfg: &Config, refs: &[SecretRef], user: (u32, u32)) -> Result<Vec<Planne
                         path: sc.path.clone().unwrap_or_else(|| name.clone()),
                         key: key.clone().or_else(|| sc.key.clone()),
                         version: sc.version.clone(),
+                        workload: None,
                     },
                     as_file: false,
                     env_vars: Vec::new(),
@@ -210,6 +211,7 @@ fn plan(cfg: &Config, refs: &[SecretRef], user: (u32, u32)) -> Result<Vec<Planne
                     path: path.clone(),
                     key: key.clone(),
                     version: None,
+                    workload: None,
                 },
                 as_file: false,
                 env_vars: Vec::new(),
@@ -265,6 +267,7 @@ fn fetch_all(
             path: p.request.path.clone(),
             key: p.request.key.clone(),
             version: p.request.version.clone(),
+            workload: p.request.workload.clone(),
         })
         .collect();
     let asked = Instant::now();
@@ -322,7 +325,7 @@ fn fetch_all(
         for (i, prov, req) in jobs.iter() {
             let i = *i;
             let started = Instant::now();
-            let res = prov.fetch(req);
+            let res = providers::fetch_for(&**prov, req);
             // The receiver is alive until this function returns.
             let _ = tx.send((i, res, started.elapsed()));
         }
@@ -344,7 +347,7 @@ fn fetch_all(
                 };
                 let i = *i;
                 let started = Instant::now();
-                let res = prov.fetch(req);
+                let res = providers::fetch_for(&**prov, req);
                 if tx.send((i, res, started.elapsed())).is_err() {
                     break;
                 }
@@ -579,7 +582,13 @@ pub fn create_with_secrets(
     let audit = audit_for(Audit::new(&cfg.audit), log);
     let refs = collect_refs(&spec.env(), Some(&spec.annotations()))?;
     let user = spec.user();
-    let planned = plan(&cfg, &refs, user)?;
+    let mut planned = plan(&cfg, &refs, user)?;
+    // Attribution at the provider: every request names the workload in its User-Agent.
+    // For now the container id; the engine's workload identity replaces it.
+    let workload = format!("container:{id}");
+    for p in &mut planned {
+        p.request.workload = Some(workload.clone());
+    }
     let has_env = planned.iter().any(|p| !p.env_vars.is_empty());
     let init = if has_env {
         Some(init_path(&cfg)?)

@@ -50,7 +50,8 @@ class Lab:
             f.write("secrets:\n")
             for n in names:
                 f.write(f"  {n}: {{ provider: local }}\n")
-            f.write(f"runtime: {{ state_dir: {self.state} }}\naudit: {{ path: {self.dir}/audit.log }}\n")
+            f.write(f"runtime: {{ state_dir: {self.state} }}\naudit: {{ path: {self.dir}/audit.log }}\n"
+                    "policy: { default: allow }  # plain runc: no engine identity\n")
         for n in names:
             subprocess.run([self.dso, "--config", self.cfg, "secret", "set", n],
                            input=os.urandom(32).hex().encode(), check=True, capture_output=True)

@@ -70,7 +70,8 @@ class Lab:
             f.write("secrets:\n")
             for i in range(NSECRETS):
                 f.write(f"  s{i}: {{}}\n")
-            f.write(f"runtime: {{ state_dir: {self.state} }}\naudit: {{ path: {self.dir}/audit.log }}\n")
+            f.write(f"runtime: {{ state_dir: {self.state} }}\naudit: {{ path: {self.dir}/audit.log }}\n"
+                    "policy: { default: allow }  # plain runc: no engine identity\n")
             f.write("watch: { interval: 1h }\n")
             f.write(f"agent: {{ webhook: {{ listen: \"127.0.0.1:{self.port}\", secret_file: {self.dir}/webhook.key }} }}\n")
         self.version = 0

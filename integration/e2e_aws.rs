@@ -112,6 +112,7 @@ fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>, Imds, Imds)> {
          \x20 aws_missing_key: {{ provider: aws, path: app/db, key: nope }}\n\
          \x20 aws_down_secret: {{ provider: aws_down, path: app/db, key: password }}\n\
          \x20 aws_slow_secret: {{ provider: aws_slow, path: app/db, key: password }}\n\
+         policy: {{ default: allow, inline_references: true }}\n\
          audit: {{ path: {} }}\n\
          runtime: {{ state_dir: {}, fetch_timeout: {FETCH_TIMEOUT_SECS}s }}\n",
         provider(&good),

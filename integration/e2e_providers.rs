@@ -133,6 +133,7 @@ fn begin() -> Option<Setup> {
          \x20 azure_missing_key: {{ provider: azure, path: app-config, key: nope }}\n\
          \x20 azure_badcreds: {{ provider: azure_bad, path: db-password }}\n\
          \x20 azure_down_secret: {{ provider: azure_down, path: db-password }}\n\
+         policy: {{ default: allow, inline_references: true }}\n\
          audit: {{ path: {audit} }}\n\
          runtime: {{ state_dir: {state}, fetch_timeout: {timeout}s }}\n",
         vault_url = vault.https_url(),

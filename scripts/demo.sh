@@ -149,12 +149,15 @@ rm -rf "$R"
 say "Creating a local encrypted store with dso init"
 show "$BIN/dso" --config "$T/dso.yaml" init --store "$T/store.vault" --key-file "$T/master.key"
 
-say "Declaring the secret db_password in dso.yaml"
+say "Declaring the secret db_password in dso.yaml, granted to containers named dso-demo-*"
 cat >"$T/dso.yaml" <<EOF
 providers:
   local: { type: local, path: "$T/store.vault", key_file: "$T/master.key" }
 secrets:
-  db_password: {}
+  db_password:
+    allow:
+      - docker: { name: "dso-demo-*" }
+policy: { default: deny }
 audit: { path: "$T/audit.log" }
 runtime: { state_dir: "$T/dso-state" }
 EOF
@@ -168,9 +171,17 @@ show "$BIN/dso" --config "$T/dso.yaml" secret ls
 
 say "Reading it from inside a container (file reference)"
 # shellcheck disable=SC2016 # expanded by the shell inside the container
-show docker run --rm --runtime dso --network none \
+show docker run --rm --name "$CONTAINER-reader" --runtime dso --network none \
     -e DB_PASSWORD_FILE=dsofile://db_password dso-test/busybox \
     sh -c 'echo "DB_PASSWORD_FILE=$DB_PASSWORD_FILE"; printf "content: "; cat "$DB_PASSWORD_FILE"; echo'
+
+say "A container the policy does not grant the secret to is refused before it exists"
+printf '$ %s\n' "docker run --rm --name intruder --runtime dso -e X_FILE=dsofile://db_password dso-test/busybox true"
+if docker run --rm --name intruder --runtime dso --network none \
+    -e X_FILE=dsofile://db_password dso-test/busybox true; then
+    echo "FAIL: a container without a grant received the secret" >&2
+    exit 1
+fi
 
 say "A detached container: the secret is in its tmpfs, docker inspect holds only the reference"
 show docker run -d --name "$CONTAINER" --runtime dso --network none \

@@ -9,6 +9,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keyring;
+pub mod policy;
 pub mod providers;
 pub mod rotation;
 pub mod runtime;

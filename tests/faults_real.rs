@@ -26,6 +26,7 @@ fn write_config(lab: &Lab) {
          secrets:\n\
          \x20 nx_secret: {{ provider: vault_nx, path: app/db, key: password }}\n\
          \x20 dns_secret: {{ provider: vault_dns, path: app/db, key: password }}\n\
+         policy: {{ default: allow, inline_references: true }}\n\
          audit: {{ path: {audit} }}\n\
          runtime: {{ state_dir: {state}, fetch_timeout: {TIMEOUT_SECS}s }}\n",
         store = lab.path("store").display(),

@@ -299,6 +299,7 @@ impl Harness {
         format!(
             "providers:\n  local: {{ type: local, path: {}, key_file: {} }}\n\
              secrets:\n  db_password: {{}}\n  api_key: {{}}\n\
+             policy: {{ default: allow, inline_references: true }}\n\
              audit: {{ path: {} }}\n\
              runtime: {{ state_dir: {} }}\n",
             q(self.store_path()),

@@ -6,7 +6,7 @@
 //! | `{"op":"ping"}` | anyone who can connect | `{"ok":true,"version":"…"}` |
 //! | `{"op":"status"}` | root, the socket's group | containers, secrets, versions, last rotation, provider health — never values |
 //! | `{"op":"rotate","secret":"db"}` / `{"op":"rotate","container":"id"}` | root, the group | the outcomes |
-//! | `{"op":"fetch","requests":[{"provider","path","key","version"}]}` | **root only** | per request `{"value":"<base64>","version"}` or `{"error"}` |
+//! | `{"op":"fetch","workload":{…},"requests":[{"secret","provider","path","key","version"}]}` | **root only** | per request `{"value":"<base64>","version"}` or `{"error"}`; each request is checked against the access policy for the workload |
 //!
 //! The peer is identified by the kernel (`SO_PEERCRED`), not by anything it says. The socket is
 //! 0660, owned by root and `agent.group` (when set); values leave the agent only for uid 0, the
@@ -24,6 +24,8 @@ use base64::Engine;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::audit::Event;
+use crate::policy::{self, Ask, Workload};
 use crate::providers::{FetchRequest, Fetched};
 use crate::rotation::{self, Mode, OutcomeStatus, Rotator, Selector, Strategy};
 use crate::secrets::SecretValue;
@@ -199,20 +201,23 @@ struct Request {
     container: Option<String>,
     #[serde(default)]
     requests: Vec<WireRequest>,
+    /// `fetch`: the container the values are for, as the client established it.
+    #[serde(default)]
+    workload: Option<Workload>,
 }
 
 /// One fetch, as it travels (no value in it).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct WireRequest {
+    /// The `secrets:` entry asked for; None for an inline reference.
+    #[serde(default)]
+    pub secret: Option<String>,
     pub provider: String,
     pub path: String,
     #[serde(default)]
     pub key: Option<String>,
     #[serde(default)]
     pub version: Option<String>,
-    /// Who the secret is for (the User-Agent of the provider requests).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<String>,
 }
 
 /// Serves connections until the listener fails; one short-lived thread per connection.
@@ -285,7 +290,11 @@ fn answer(req: &Request, access: Access, peer: Peer, rotator: &Rotator) -> Zeroi
                     "error": "the client's dso.yaml is not the agent's; fetch directly",
                 }));
             }
-            fetch_answer(&req.requests, rotator)
+            let workload = req
+                .workload
+                .clone()
+                .unwrap_or_else(|| Workload::unknown("", "the client named no workload"));
+            fetch_answer(&req.requests, &workload, rotator)
         }
         "status" | "rotate" | "fetch" => denied(&req.op, peer),
         other => plain(serde_json::json!({"ok": false, "error": format!("unknown op {other:?}")})),
@@ -341,7 +350,51 @@ pub fn status_json(rotator: &Rotator) -> serde_json::Value {
     })
 }
 
-fn fetch_answer(reqs: &[WireRequest], rotator: &Rotator) -> Zeroizing<Vec<u8>> {
+/// The agent applies the same policy as the shim: a request is served only if the workload is
+/// granted it, and a named request only for what that name means in the agent's dso.yaml.
+fn authorize(r: &WireRequest, workload: &Workload, rotator: &Rotator) -> Result<(), String> {
+    let cfg = rotator.config();
+    let ask = match &r.secret {
+        Some(name) => {
+            let sc = cfg.secrets.get(name).ok_or_else(|| {
+                format!("secret {name:?} is not defined in {}", cfg.source.display())
+            })?;
+            let provider = cfg.provider_of(sc).unwrap_or_default();
+            let path = sc.path.as_deref().unwrap_or(name);
+            if provider != r.provider || path != r.path {
+                return Err(format!("secret {name:?} is not {}/{}", r.provider, r.path));
+            }
+            Ask::Named {
+                name,
+                key: r.key.as_deref(),
+            }
+        }
+        None => Ask::Inline {
+            provider: &r.provider,
+            path: &r.path,
+        },
+    };
+    policy::check(cfg, ask, workload)
+        .map(|_| ())
+        .map_err(|refusal| {
+            let msg = refusal.to_string();
+            rotator.audit().record(
+                &Event::new("access_denied", "failure")
+                    .secret(refusal.subject())
+                    .container(&workload.id)
+                    .workload(workload)
+                    .via("agent")
+                    .error(&msg),
+            );
+            msg
+        })
+}
+
+fn fetch_answer(
+    reqs: &[WireRequest],
+    workload: &Workload,
+    rotator: &Rotator,
+) -> Zeroizing<Vec<u8>> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut out = Zeroizing::new(Vec::with_capacity(256));
     out.extend_from_slice(br#"{"ok":true,"results":["#);
@@ -353,9 +406,12 @@ fn fetch_answer(reqs: &[WireRequest], rotator: &Rotator) -> Zeroizing<Vec<u8>> {
             path: r.path.clone(),
             key: r.key.clone(),
             version: r.version.clone(),
-            workload: r.workload.clone(),
+            // The provider's audit names the workload (User-Agent).
+            workload: Some(workload.label()),
         };
-        match rotator.fetch(&r.provider, &req) {
+        let fetched = authorize(r, workload, rotator)
+            .and_then(|()| rotator.fetch(&r.provider, &req).map_err(|e| e.to_string()));
+        match fetched {
             Ok(f) => {
                 let mut enc = Zeroizing::new(vec![0u8; f.value.len().div_ceil(3) * 4 + 4]);
                 let n = b64
@@ -368,11 +424,7 @@ fn fetch_answer(reqs: &[WireRequest], rotator: &Rotator) -> Zeroizing<Vec<u8>> {
                 out.push(b'}');
             }
             Err(e) => {
-                out.extend_from_slice(
-                    serde_json::json!({"error": e.to_string()})
-                        .to_string()
-                        .as_bytes(),
-                );
+                out.extend_from_slice(serde_json::json!({"error": e}).to_string().as_bytes());
             }
         }
     }
@@ -424,6 +476,7 @@ struct FetchResult<'a> {
 pub fn fetch_via_agent(
     cfg: &crate::config::Config,
     reqs: &[WireRequest],
+    workload: &Workload,
     timeout: Duration,
 ) -> Option<Vec<Option<Fetched>>> {
     let socket = socket_path(cfg);
@@ -431,7 +484,9 @@ pub fn fetch_via_agent(
     if !socket.exists() {
         return None;
     }
-    let req = serde_json::json!({"op": "fetch", "config_digest": cfg.digest, "requests": reqs});
+    let req = serde_json::json!({
+        "op": "fetch", "config_digest": cfg.digest, "requests": reqs, "workload": workload,
+    });
     let buf = request(socket, &req, timeout).ok()?;
     let ans: FetchAnswer<'_> = serde_json::from_slice(&buf).ok()?;
     if !ans.ok || ans.results.len() != reqs.len() {

@@ -41,6 +41,9 @@ pub struct Event<'a> {
     /// Who did the work when it was not this process (`"agent"`: served over its socket).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<&'a str>,
+    /// The container's identity as its engine recorded it (never a value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<&'a crate::policy::Workload>,
 }
 
 impl<'a> Event<'a> {
@@ -78,6 +81,10 @@ impl<'a> Event<'a> {
     }
     pub fn via(mut self, v: &'a str) -> Self {
         self.via = Some(v);
+        self
+    }
+    pub fn workload(mut self, w: &'a crate::policy::Workload) -> Self {
+        self.workload = Some(w);
         self
     }
 }

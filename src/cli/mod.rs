@@ -8,6 +8,7 @@ mod audit;
 mod doctor;
 mod init;
 mod install;
+mod policy;
 mod rotate;
 mod secret;
 
@@ -86,6 +87,9 @@ enum Command {
         after_help = "Examples:\n  dso agent                    # what the dso-agent systemd unit runs\n  dso agent --once             # one watch cycle, then exit"
     )]
     Agent(agent::AgentArgs),
+    /// Who gets which secret: the access policy of dso.yaml explained
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Re-fetch a secret and re-inject it into the running containers that use it, now
     #[command(after_help = "Examples:\n  dso rotate db_password\n  dso rotate --container 3f2a9c")]
     Rotate(rotate::RotateArgs),
@@ -174,6 +178,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Secret(cmd) => secret::run(&config_path, cmd).map(|()| 0),
         Command::Config(ConfigCommand::Validate) => Ok(validate(&config_path)),
         Command::Agent(args) => agent::run(&config_path, &args),
+        Command::Policy(cmd) => policy::run(&config_path, cmd),
         Command::Rotate(args) => rotate::rotate(&config_path, &args),
         Command::Status(args) => rotate::status(&config_path, &args),
         Command::Install(args) => install::install(&config_path, &args),

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::policy::{AllowRule, PolicyConfig};
+
 pub use schema::{SCHEMA_JSON, validate_document};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dso/dso.yaml";
@@ -75,6 +77,9 @@ pub struct Config {
     pub agent: AgentConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Who may have which secret (see [`crate::policy`]).
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// Signed event POSTs sent by the agent.
     #[serde(default)]
     pub notifications: Vec<NotificationConfig>,
@@ -92,6 +97,12 @@ pub struct Config {
 pub struct ProviderConfig {
     #[serde(rename = "type")]
     pub kind: ProviderKind,
+    /// Who may use inline references (`dso://<provider>/<path>`) to this provider.
+    #[serde(default)]
+    pub allow: Option<Vec<AllowRule>>,
+    /// Path prefixes inline references to this provider may name.
+    #[serde(default)]
+    pub allow_paths: Option<Vec<String>>,
     #[serde(flatten)]
     pub settings: serde_json::Map<String, serde_json::Value>,
 }
@@ -140,6 +151,12 @@ pub struct SecretConfig {
     pub mode: Option<u32>,
     #[serde(default)]
     pub rotation: Option<RotationConfig>,
+    /// Who may have it: any rule matches = granted. Absent: `policy.default`.
+    #[serde(default)]
+    pub allow: Option<Vec<AllowRule>>,
+    /// JSON keys a reference may pick with `#key` besides `key`.
+    #[serde(default)]
+    pub keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

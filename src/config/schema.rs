@@ -562,6 +562,7 @@ fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
     }
     for (path, p) in &entries {
         check_provider_urls(path, p, out);
+        check_allow(path, p.get("allow"), out);
     }
 
     let mut defined: Vec<&str> = providers.keys().map(String::as_str).collect();
@@ -597,6 +598,7 @@ fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
             )),
         }
         check_mode(lines, &key(&["secrets", name, "mode"]), s.get("mode"), out);
+        check_allow(&at, s.get("allow"), out);
         if let Some(r) = s.get("rotation") {
             let at = key(&["secrets", name, "rotation", "interval"]);
             check_duration(&at, r.get("interval"), out);
@@ -655,6 +657,23 @@ fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
                     ),
                 ));
             }
+        }
+    }
+}
+
+/// Allow rules that can never match: none or two engine keys (the schema has checked the shape).
+fn check_allow(owner: &[String], allow: Option<&Value>, out: &mut Vec<Problem>) {
+    let Some(rules) = allow.and_then(Value::as_array) else {
+        return;
+    };
+    for (i, rule) in rules.iter().enumerate() {
+        let Ok(rule) = serde_json::from_value::<crate::policy::AllowRule>(rule.clone()) else {
+            continue;
+        };
+        if let Some(why) = rule.never_matches() {
+            let mut at = owner.to_vec();
+            at.extend(["allow".to_string(), i.to_string()]);
+            out.push(Problem::at(at, why));
         }
     }
 }
@@ -865,7 +884,7 @@ mod tests {
         (
             "secret:\n  a: {}\n",
             &[
-                "line 1: secret: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, notifications)",
+                "line 1: secret: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, policy, notifications)",
             ],
         ),
         (
@@ -1054,20 +1073,69 @@ mod tests {
         (
             "base: &b {provider: default}\n",
             &[
-                "line 1: base: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, notifications)",
+                "line 1: base: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, policy, notifications)",
             ],
         ),
         (
             "provider: {type: local}\nsecrets:\n  a:\n    <<: {path: x}\n    key: k\n",
             &[
                 "line 4: secrets.a.\"<<\": YAML merge keys (<<) are not supported; write the keys out",
-                "line 4: secrets.a.\"<<\": unknown key (expected one of provider, path, key, version, uid, gid, mode, rotation)",
+                "line 4: secrets.a.\"<<\": unknown key (expected one of provider, path, key, version, uid, gid, mode, rotation, allow, keys)",
             ],
         ),
         (
             "provider: {type: local}\nsecrets:\n  \"a\\nb\": {}\n",
             &[
                 r#"line 3: secrets."a\nb": secret name "a\nb" is not valid: only letters, digits, '_', '.' and '-' are allowed"#,
+            ],
+        ),
+        (
+            "provider: {type: local}\nsecrets:\n  a:\n    allow: {}\n",
+            &["line 4: secrets.a.allow: expected a list, found a mapping"],
+        ),
+        (
+            "provider: {type: local}\nsecrets:\n  a:\n    allow: [ {swarm: {name: x}} ]\n",
+            &[
+                "line 4: secrets.a.allow.0.swarm: unknown key (expected one of docker, kubernetes, podman)",
+            ],
+        ),
+        (
+            "provider: {type: local}\nsecrets:\n  a:\n    allow: [ {docker: {name: 5}} ]\n",
+            &["line 4: secrets.a.allow.0.docker.name: expected a string, found 5"],
+        ),
+        (
+            "provider: {type: local}\nsecrets:\n  a:\n    allow: [ {docker: {name: \"\"}} ]\n",
+            &["line 4: secrets.a.allow.0.docker.name: must not be empty"],
+        ),
+        (
+            "provider: {type: local}\nsecrets:\n  a:\n    allow:\n      - docker: {name: a}\n        kubernetes: {namespace: b}\n",
+            &[
+                "line 5: secrets.a.allow.0: a rule naming two engines can never match (a container has one engine); make them two rules",
+            ],
+        ),
+        (
+            "provider: {type: local}\nsecrets:\n  a:\n    allow: [ {} ]\n",
+            &[
+                "line 4: secrets.a.allow.0: a rule needs an engine key (docker, kubernetes or podman)",
+            ],
+        ),
+        (
+            "provider: {type: local}\nsecrets:\n  a:\n    allow: [ {kubernetes: {ns: billing}} ]\n",
+            &[
+                "line 4: secrets.a.allow.0.kubernetes.ns: unknown key (expected one of namespace, pod, container, image)",
+            ],
+        ),
+        (
+            "policy: {default: maybe, inline: true}\n",
+            &[
+                r#"line 1: policy.default: "maybe" is not one of deny, allow"#,
+                "line 1: policy.inline: unknown key (expected one of default, inline_references)",
+            ],
+        ),
+        (
+            "providers:\n  v: {type: local, allow: [ {docker: {}, podman: {}} ]}\n",
+            &[
+                "line 2: providers.v.allow.0: a rule naming two engines can never match (a container has one engine); make them two rules",
             ],
         ),
     ];

@@ -101,10 +101,12 @@ pub fn run(opts: &DoctorOptions) -> Vec<Check> {
     out.extend(check_permissions(&opts.config_path, cfg.as_ref()));
     match &cfg {
         Some(cfg) => {
+            out.push(check_policy(cfg));
             out.push(check_agent(cfg));
             out.extend(check_providers(cfg, opts.provider_timeout));
         }
         None => {
+            out.push(check("policy", Status::Skip, "no valid config"));
             out.push(check("agent", Status::Skip, "no valid config"));
             out.push(check("providers", Status::Skip, "no valid config"));
         }
@@ -119,6 +121,48 @@ pub fn run(opts: &DoctorOptions) -> Vec<Check> {
             c
         })
         .collect()
+}
+
+/// The access policy: warns where it lets more through than deny-by-default with declared
+/// secrets would (docs/policy.md).
+fn check_policy(cfg: &Config) -> Check {
+    use crate::policy::DefaultDecision;
+    let mut loose = Vec::new();
+    if cfg.policy.default == DefaultDecision::Allow {
+        let open: Vec<&str> = cfg
+            .secrets
+            .iter()
+            .filter(|(_, s)| s.allow.is_none())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        loose.push(format!(
+            "policy.default is allow: any container that names a secret without allow rules gets it ({})",
+            if open.is_empty() {
+                "none now".to_string()
+            } else {
+                open.join(", ")
+            }
+        ));
+    }
+    if cfg.policy.inline_references {
+        loose.push(
+            "policy.inline_references is true: containers can name provider paths that are not declared under secrets:"
+                .to_string(),
+        );
+    }
+    if loose.is_empty() {
+        check(
+            "policy",
+            Status::Ok,
+            "deny by default; only declared secrets, only to the workloads they grant",
+        )
+    } else {
+        check(
+            "policy",
+            Status::Warn,
+            format!("{}; see `dso policy explain`", loose.join("; ")),
+        )
+    }
 }
 
 /// True when no check failed.
@@ -508,6 +552,28 @@ mod tests {
         fs::set_permissions(&cfg_path, fs::Permissions::from_mode(0o666)).unwrap();
         let checks = check_permissions(&cfg_path, Some(&cfg));
         assert!(checks[0].detail.contains("chmod go-w"), "{checks:?}");
+    }
+
+    #[test]
+    fn doctor_warns_on_a_loose_policy() {
+        let load = |extra: &str| {
+            Config::from_str_at(
+                &format!("provider: {{type: local, path: /s, key_file: /k}}\nsecrets:\n  a: {{}}\n{extra}"),
+                Path::new("/etc/dso/dso.yaml"),
+            )
+            .unwrap()
+        };
+        let strict = check_policy(&load(""));
+        assert_eq!(strict.status, Status::Ok, "{strict:?}");
+        let c = check_policy(&load("policy: {default: allow}\n"));
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.starts_with("policy.default is allow: any container that names a secret without allow rules gets it (a)"), "{c:?}");
+        let c = check_policy(&load("policy: {inline_references: true}\n"));
+        assert_eq!(c.status, Status::Warn);
+        assert!(
+            c.detail.starts_with("policy.inline_references is true"),
+            "{c:?}"
+        );
     }
 
     #[test]

@@ -16,9 +16,11 @@ use std::time::Instant;
 
 use crate::audit::{Audit, Event};
 use crate::config::Config;
+use crate::policy::{self, Ask, Workload};
 use crate::providers::{self, FetchRequest, Fetched, Provider, ProviderError};
 use crate::runtime::inject::{SecretFile, SecretsDir};
 use crate::runtime::spec::Spec;
+use crate::runtime::{StateRecord, StateSecret};
 use crate::secrets::SecretValue;
 
 pub use registry::{Record, load_records, prune};
@@ -319,6 +321,7 @@ impl Rotator {
     ) -> Vec<Outcome> {
         // Group (record index, secret index) by what one fetch serves.
         let mut groups: BTreeMap<FetchKey, Vec<(usize, usize)>> = BTreeMap::new();
+        let mut out = Vec::new();
         for (ri, r) in records.iter().enumerate() {
             if let Selector::Container(id) = sel
                 && &r.rec.id != id
@@ -336,6 +339,17 @@ impl Rotator {
                 {
                     continue;
                 }
+                // The policy of the dso.yaml in force now: a grant removed since the create
+                // stops new values reaching the container.
+                if let Err(refusal) = self.authorize(&r.rec, s) {
+                    out.push(Outcome {
+                        secret: s.name.clone(),
+                        container: r.rec.id.clone(),
+                        version: s.version.clone(),
+                        status: OutcomeStatus::Failed(refusal),
+                    });
+                    continue;
+                }
                 groups
                     .entry(FetchKey {
                         provider: s.provider.clone(),
@@ -346,11 +360,49 @@ impl Rotator {
                     .push((ri, si));
             }
         }
-        let mut out = Vec::new();
         for (fk, users) in groups {
             out.extend(self.rotate_group(&mut records, &fk, &users, mode));
         }
         out
+    }
+
+    /// Is `s` still granted to the container of `rec`? A refusal is audited.
+    fn authorize(&self, rec: &StateRecord, s: &StateSecret) -> Result<(), String> {
+        let unknown;
+        let workload = match &rec.workload {
+            Some(w) => w,
+            None => {
+                unknown = Workload::unknown(&rec.id, "created before access policy; recreate it");
+                &unknown
+            }
+        };
+        // Inline references are recorded as `provider/path`; secret names have no `/`.
+        let ask = if s.name.contains('/') {
+            Ask::Inline {
+                provider: &s.provider,
+                path: &s.path,
+            }
+        } else {
+            Ask::Named {
+                name: &s.name,
+                key: s.key.as_deref(),
+            }
+        };
+        policy::check(&self.cfg, ask, workload)
+            .map(|_| ())
+            .map_err(|refusal| {
+                let msg = refusal.to_string();
+                bump(&self.counters.rotations_failed);
+                self.audit.record(
+                    &Event::new("access_denied", "failure")
+                        .secret(&s.name)
+                        .provider(&s.provider)
+                        .container(&rec.id)
+                        .workload(workload)
+                        .error(&msg),
+                );
+                msg
+            })
     }
 
     fn rotate_group(
@@ -364,16 +416,19 @@ impl Rotator {
         let (ri0, si0) = users[0];
         let name = records[ri0].rec.secrets[si0].name.clone();
         // One fetch serves every container using this secret: the User-Agent names them.
-        let mut ids: Vec<&str> = users
+        let mut labels: Vec<String> = users
             .iter()
-            .map(|&(ri, _)| records[ri].rec.id.as_str())
+            .map(|&(ri, _)| match &records[ri].rec.workload {
+                Some(w) => w.label(),
+                None => Workload::unknown(&records[ri].rec.id, "").label(),
+            })
             .collect();
-        ids.dedup();
+        labels.dedup();
         let req = FetchRequest {
             path: fk.path.clone(),
             key: fk.key.clone(),
             version: None,
-            workload: Some(format!("container:{}", ids.join(","))),
+            workload: Some(labels.join(",")),
         };
         let fail_all = |records: &[Record], msg: &str| -> Vec<Outcome> {
             bump(&self.counters.rotations_failed);

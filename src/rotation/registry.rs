@@ -247,6 +247,7 @@ mod tests {
             secrets_dir: "/run/secrets".into(),
             secrets: Vec::new(),
             created: String::new(),
+            workload: None,
         }
     }
 

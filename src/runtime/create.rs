@@ -23,6 +23,7 @@ use super::spec::{Spec, SpecError};
 use crate::agent::control::{self, WireRequest};
 use crate::audit::{Audit, AuditError, Event};
 use crate::config::{Config, ConfigError, ProviderKind, config_path};
+use crate::policy::{self, Ask, Refusal, Workload};
 use crate::providers::{self, FetchRequest, Provider, ProviderError};
 use crate::secrets::{RefError, RefKind, SecretRef, SecretValue, Target, collect_refs};
 
@@ -41,6 +42,8 @@ pub enum CreateError {
     Spec(#[from] SpecError),
     #[error("secret {secret:?} is not defined in {config}")]
     UnknownSecret { secret: String, config: PathBuf },
+    #[error("{0}")]
+    Denied(#[from] Refusal),
     #[error("secret {secret:?}: provider {provider:?} is not defined in {config}")]
     UnknownProvider {
         secret: String,
@@ -139,6 +142,10 @@ pub struct StateRecord {
     pub secrets_dir: String,
     pub secrets: Vec<StateSecret>,
     pub created: String,
+    /// Who the container is (engine, name…), as established at create; rotation checks the
+    /// policy against it again. Absent in records written before access policy existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -243,6 +250,39 @@ fn plan(cfg: &Config, refs: &[SecretRef], user: (u32, u32)) -> Result<Vec<Planne
     Ok(by_file.into_values().collect())
 }
 
+/// What the policy asks of one reference.
+pub(crate) fn ask_of(r: &SecretRef) -> Ask<'_> {
+    match &r.target {
+        Target::Named { name, key } => Ask::Named {
+            name,
+            key: key.as_deref(),
+        },
+        Target::Inline { provider, path, .. } => Ask::Inline { provider, path },
+    }
+}
+
+/// Every reference must be granted to the workload; the first refusal is audited and returned.
+fn authorize(
+    cfg: &Config,
+    refs: &[SecretRef],
+    workload: &Workload,
+    audit: &Audit,
+) -> Result<(), CreateError> {
+    for r in refs {
+        if let Err(refusal) = policy::check(cfg, ask_of(r), workload) {
+            audit.record(
+                &Event::new("access_denied", "failure")
+                    .secret(refusal.subject())
+                    .container(&workload.id)
+                    .workload(workload)
+                    .error(&refusal.to_string()),
+            );
+            return Err(refusal.into());
+        }
+    }
+    Ok(())
+}
+
 /// One direct fetch: the index of the planned secret, its provider and request.
 type Job = (usize, Arc<dyn Provider>, FetchRequest);
 
@@ -251,6 +291,7 @@ type Job = (usize, Arc<dyn Provider>, FetchRequest);
 fn fetch_all(
     cfg: &Config,
     planned: &[Planned],
+    workload: &Workload,
     audit: &Audit,
 ) -> Result<Vec<(SecretValue, Option<String>)>, CreateError> {
     let timeout = cfg.runtime.fetch_timeout;
@@ -263,15 +304,15 @@ fn fetch_all(
     let wire: Vec<WireRequest> = planned
         .iter()
         .map(|p| WireRequest {
+            secret: (!p.label.contains('/')).then(|| p.label.clone()),
             provider: p.provider.clone(),
             path: p.request.path.clone(),
             key: p.request.key.clone(),
             version: p.request.version.clone(),
-            workload: p.request.workload.clone(),
         })
         .collect();
     let asked = Instant::now();
-    if let Some(served) = control::fetch_via_agent(cfg, &wire, timeout) {
+    if let Some(served) = control::fetch_via_agent(cfg, &wire, workload, timeout) {
         // One round trip served them all: each took (at most) that long.
         let took = asked.elapsed();
         for (i, f) in served.into_iter().enumerate() {
@@ -583,11 +624,12 @@ pub fn create_with_secrets(
     let refs = collect_refs(&spec.env(), Some(&spec.annotations()))?;
     let user = spec.user();
     let mut planned = plan(&cfg, &refs, user)?;
+    let bundle = inv.bundle_dir().unwrap_or_default();
+    let workload = policy::identity::identify(spec.doc(), &id, &bundle);
+    authorize(&cfg, &refs, &workload, &audit)?;
     // Attribution at the provider: every request names the workload in its User-Agent.
-    // For now the container id; the engine's workload identity replaces it.
-    let workload = format!("container:{id}");
     for p in &mut planned {
-        p.request.workload = Some(workload.clone());
+        p.request.workload = Some(workload.label());
     }
     let has_env = planned.iter().any(|p| !p.env_vars.is_empty());
     let init = if has_env {
@@ -609,7 +651,7 @@ pub fn create_with_secrets(
 
     timing.mark("plan");
     // 4: fetch everything before anything is created.
-    let values = fetch_all(&cfg, &planned, &audit)?;
+    let values = fetch_all(&cfg, &planned, &workload, &audit)?;
     timing.mark("fetch");
     for (p, (v, _)) in planned.iter().zip(&values) {
         if v.len() as u64 > cfg.runtime.max_secret_size {
@@ -701,7 +743,7 @@ pub fn create_with_secrets(
         }
         let rec = StateRecord {
             id: id.clone(),
-            bundle: inv.bundle_dir().unwrap_or_default(),
+            bundle: bundle.clone(),
             runc_root: inv.root.clone(),
             delegate: delegate.clone(),
             pid,
@@ -726,6 +768,7 @@ pub fn create_with_secrets(
                 })
                 .collect(),
             created: crate::audit::now_rfc3339(),
+            workload: Some(workload.clone()),
         };
         register(&cfg.runtime.state_dir, &rec)?;
         // Written before the create reports success: with audit.required, an injection that
@@ -736,6 +779,7 @@ pub fn create_with_secrets(
                     .secret(&p.label)
                     .provider(&p.provider)
                     .container(&id)
+                    .workload(&workload)
                     .duration(started.elapsed()),
             )?;
         }

@@ -17,7 +17,7 @@ use argv::Invocation;
 use runclog::RuncLog;
 use spec::Spec;
 
-pub use create::{CreateError, StateRecord};
+pub use create::{CreateError, StateRecord, StateSecret};
 
 /// The hidden `dso` subcommand that runs a create with secrets (see [`main`]).
 pub const CREATE_ENTRY: &str = "__dso-runc-create";
@@ -91,6 +91,14 @@ pub fn create_main(args: Vec<OsString>) -> i32 {
             return 1;
         }
     };
+    // Pod annotations scoped to other containers of the pod: nothing for this one.
+    if crate::secrets::collect_refs(&spec.env(), Some(&spec.annotations()))
+        .is_ok_and(|refs| refs.is_empty())
+    {
+        let err = delegate::exec(&delegate, &inv.args);
+        log.error(&format!("dso: cannot run {delegate:?}: {err}"));
+        return 127;
+    }
     log.install_tracing();
     match create::create_with_secrets(&inv, &delegate, spec, &log) {
         Ok(code) => code,

@@ -49,6 +49,13 @@ pub fn has_references(bundle: &Path) -> Result<bool, SpecError> {
 /// [`has_references`] on config.json's bytes.
 pub fn references_in(bytes: &[u8]) -> Result<bool, serde_json::Error> {
     let doc: Value = serde_json::from_slice(bytes)?;
+    // The CRI's sandbox (pause) container carries the pod's annotations too, references
+    // included; it never gets secrets.
+    if let Some(a) = doc.get("annotations").and_then(Value::as_object)
+        && crate::policy::identity::is_sandbox(a)
+    {
+        return Ok(false);
+    }
     let env = doc
         .pointer("/process/env")
         .and_then(Value::as_array)
@@ -263,6 +270,16 @@ mod tests {
         "annotations": {"dso.secrets/B": "dsofile://b"},
         "zzUnknownTopLevel": {"kept": true}
     }"#;
+
+    #[test]
+    fn sandbox_containers_have_no_references() {
+        // A pod's annotations reach its pause container too (containerd's CRI).
+        let pause = r#"{"process": {"env": ["A=dso://a"]}, "annotations": {
+            "io.kubernetes.cri.container-type": "sandbox", "dso.secrets/B": "dsofile://b"}}"#;
+        assert!(!references_in(pause.as_bytes()).unwrap());
+        let app = pause.replace("\"sandbox\"", "\"container\"");
+        assert!(references_in(app.as_bytes()).unwrap());
+    }
 
     #[test]
     fn round_trip_keeps_unknown_fields_and_mode() {

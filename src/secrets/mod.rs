@@ -4,8 +4,9 @@
 mod refs;
 
 pub use refs::{
-    ANNOTATION_PREFIX, FILE_SCHEME, MAX_NAME_LEN, RefError, RefKind, RefSource, SecretRef, Target,
-    collect_refs, has_refs, is_reference, parse_ref, validate_name,
+    ANNOTATION_PREFIX, CRI_CONTAINER_NAME, FILE_SCHEME, MAX_NAME_LEN, RefError, RefKind, RefSource,
+    SCOPED_ANNOTATION_PREFIX, SecretRef, Target, collect_refs, has_refs, is_reference, parse_ref,
+    validate_name,
 };
 
 use std::fmt;

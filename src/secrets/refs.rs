@@ -6,6 +6,12 @@ use std::collections::BTreeMap;
 pub const ENV_SCHEME: &str = "dso://";
 pub const FILE_SCHEME: &str = "dsofile://";
 pub const ANNOTATION_PREFIX: &str = "dso.secrets/";
+/// `dso.secrets.<container>/<VAR>`: a pod annotation that applies only to the pod's container
+/// named `<container>` (containerd's `pod_annotations` globs `dso.secrets/*` and
+/// `dso.secrets.*/*` pass both kinds).
+pub const SCOPED_ANNOTATION_PREFIX: &str = "dso.secrets.";
+/// The container's name in its pod, as containerd's CRI records it.
+pub const CRI_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 /// Longest secret name: file names inside the tmpfs get a temp prefix during the rename dance,
 /// and the whole must stay below NAME_MAX (255).
 pub const MAX_NAME_LEN: usize = 200;
@@ -80,6 +86,12 @@ pub enum RefError {
     },
     #[error("variable {var} is given a secret reference twice (env and annotation)")]
     Duplicate { var: String },
+    #[error(
+        "annotation {key:?} is scoped to a container of a Kubernetes pod, but this container is not one (no {CRI_CONTAINER_NAME} annotation); use dso.secrets/<VAR>"
+    )]
+    ScopedOutsidePod { key: String },
+    #[error("annotation {key:?}: {why}")]
+    BadAnnotation { key: String, why: String },
     #[error("secret name {name:?} is not valid: {why}")]
     BadName { name: String, why: &'static str },
 }
@@ -196,8 +208,25 @@ pub fn collect_refs(
             refs.push(parse_ref(var, value, RefSource::Env(i))?);
         }
     }
+    let container = annotations.and_then(|a| a.get(CRI_CONTAINER_NAME));
     for (key, value) in annotations.into_iter().flatten() {
-        let Some(var) = key.strip_prefix(ANNOTATION_PREFIX) else {
+        let var = if let Some(var) = key.strip_prefix(ANNOTATION_PREFIX) {
+            var
+        } else if let Some(scoped) = key.strip_prefix(SCOPED_ANNOTATION_PREFIX) {
+            let Some((target, var)) = scoped.split_once('/') else {
+                return Err(RefError::BadAnnotation {
+                    key: key.clone(),
+                    why: "expected dso.secrets.<container>/<VAR>".into(),
+                });
+            };
+            let Some(container) = container else {
+                return Err(RefError::ScopedOutsidePod { key: key.clone() });
+            };
+            if target != container {
+                continue;
+            }
+            var
+        } else {
             continue;
         };
         if refs.iter().any(|r| r.var == var) {
@@ -223,12 +252,57 @@ pub fn has_refs<'a>(
         .any(|e| e.split_once('=').is_some_and(|(_, v)| is_reference(v)))
         || annotation_keys
             .into_iter()
-            .any(|k| k.starts_with(ANNOTATION_PREFIX))
+            .any(|k| k.starts_with(ANNOTATION_PREFIX) || k.starts_with(SCOPED_ANNOTATION_PREFIX))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_scoped_annotations_reach_only_their_container() {
+        let ann = |container: Option<&str>| {
+            let mut a = BTreeMap::new();
+            a.insert(
+                "dso.secrets/SHARED_FILE".to_string(),
+                "dsofile://shared".to_string(),
+            );
+            a.insert(
+                "dso.secrets.app/A_FILE".to_string(),
+                "dsofile://a".to_string(),
+            );
+            a.insert(
+                "dso.secrets.sidecar/B_FILE".to_string(),
+                "dsofile://b".to_string(),
+            );
+            if let Some(c) = container {
+                a.insert(CRI_CONTAINER_NAME.to_string(), c.to_string());
+            }
+            a
+        };
+        let vars = |c: &str| -> Vec<String> {
+            collect_refs(&[], Some(&ann(Some(c))))
+                .unwrap()
+                .into_iter()
+                .map(|r| r.var)
+                .collect()
+        };
+        assert_eq!(vars("app"), ["A_FILE", "SHARED_FILE"]);
+        assert_eq!(vars("sidecar"), ["B_FILE", "SHARED_FILE"]);
+        assert_eq!(vars("other"), ["SHARED_FILE"]);
+        // Outside a pod, a scoped key is an error rather than silently ignored.
+        let err = collect_refs(&[], Some(&ann(None))).unwrap_err();
+        assert!(matches!(err, RefError::ScopedOutsidePod { .. }), "{err}");
+        // The cheap passthrough check sees scoped keys too.
+        assert!(has_refs([], ["dso.secrets.app/A_FILE"]));
+        let mut bad = BTreeMap::new();
+        bad.insert("dso.secrets.app".to_string(), "dsofile://a".to_string());
+        bad.insert(CRI_CONTAINER_NAME.to_string(), "app".to_string());
+        assert!(matches!(
+            collect_refs(&[], Some(&bad)),
+            Err(RefError::BadAnnotation { .. })
+        ));
+    }
 
     fn named(name: &str, key: Option<&str>) -> Target {
         Target::Named {

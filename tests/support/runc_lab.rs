@@ -75,7 +75,7 @@ impl Lab {
 
     pub fn write_config(&self, extra_secrets: &str, runtime: &str) {
         let text = format!(
-            "providers:\n  local: {{ type: local, path: {}, key_file: {} }}\nsecrets:\n  db: {{}}\n  api: {{}}\n{extra_secrets}audit: {{ path: {} }}\nruntime: {{ state_dir: {}{runtime} }}\n",
+            "providers:\n  local: {{ type: local, path: {}, key_file: {} }}\nsecrets:\n  db: {{}}\n  api: {{}}\n{extra_secrets}policy: {{ default: allow, inline_references: true }}\naudit: {{ path: {} }}\nruntime: {{ state_dir: {}{runtime} }}\n",
             self.path("store").display(),
             self.path("key").display(),
             self.path("audit.log").display(),

@@ -8,13 +8,15 @@
 mod harness;
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use harness::{DSO, DSO_RUNC, Harness, IMAGE};
+use harness::{
+    ContainerdGuard, DSO, DSO_RUNC, Harness, IMAGE, build_busybox_rootfs, unmount_under,
+};
 use serde_json::Value;
 
 fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>)> {
@@ -619,73 +621,4 @@ fn containerd_ctr_run_with_dso_runc_as_runc_binary() {
         .output()
         .unwrap();
     assert!(grep.stdout.is_empty(), "{}", text(&grep.stdout));
-}
-
-struct ContainerdGuard {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for ContainerdGuard {
-    fn drop(&mut self) {
-        // Shims outlive containerd: stop whatever mentions our dir, then containerd.
-        let me = std::process::id();
-        let needle = format!("{}/", self.dir.display());
-        if let Ok(entries) = fs::read_dir("/proc") {
-            for pid in entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|&p| p as u32 != me && p as u32 != self.child.id())
-            {
-                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline)
-                    .replace('\0', " ")
-                    .contains(&needle)
-                {
-                    // SAFETY: kill(2) on a pid we found running our dir's command line.
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                }
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        unmount_under(&self.dir);
-    }
-}
-
-/// A minimal busybox root: the static busybox, a few applet links, passwd/group.
-fn build_busybox_rootfs(rootfs: &Path) {
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "run"] {
-        fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    fs::set_permissions(
-        rootfs.join("bin/busybox"),
-        fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    for applet in ["sh", "cat", "echo", "ls", "stat", "id"] {
-        symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
-    fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
-}
-
-/// Lazily unmounts what is left mounted under `dir` (deepest first).
-fn unmount_under(dir: &Path) {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| Path::new(p).starts_with(dir))
-        .map(String::from)
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in points {
-        let _ = Command::new("umount").args(["-l", &p]).output();
-    }
 }

@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '[install-deps] %s\n' "$*"; }
 
-packages=(runc docker.io busybox-static docker-compose podman containerd python3-pip jq gdb e2fsprogs prometheus)
+packages=(runc docker.io busybox-static docker-compose podman containerd python3-pip jq gdb e2fsprogs protobuf-compiler prometheus)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

@@ -320,6 +320,50 @@ fn plain_http_is_refused_off_loopback() {
     assert!(matches!(e, ProviderError::Config { .. }), "{e}");
 }
 
+/// A redirect is never followed: the credential header would go to the redirect's target
+/// (reqwest strips only Authorization and Cookie).
+#[test]
+fn credentialed_requests_follow_no_redirect() {
+    use std::io::{BufRead, BufReader, Write as _};
+    // The target: records whatever reaches it.
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    target.set_nonblocking(true).unwrap();
+    // The server the client asks: answers 307 to the target.
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = first.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in first.incoming().take(1) {
+            let mut conn = conn.unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{target_port}/v1/secret/data/x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    let c = client(None);
+    let req =
+        Request::get(Url::parse(&format!("http://127.0.0.1:{port}/v1/secret/data/x")).unwrap())
+            .secret_header("x-vault-token", "s.must-not-travel")
+            .unwrap();
+    let res = c.send(&req, c.deadline());
+    let err = match res {
+        Ok(r) => c.status_error(r.status, "x", ""),
+        Err(e) => e,
+    };
+    assert!(
+        err.to_string().contains("redirect (HTTP 307) not followed"),
+        "{err}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(target.accept().is_err(), "the redirect was followed");
+}
+
 #[test]
 fn nothing_in_the_tree_disables_certificate_verification() {
     // Spelled in two halves so that this file does not match its own search.

@@ -1062,7 +1062,7 @@ fn run_with_deadline(cmd: &mut Command, deadline: Duration) -> Option<Output> {
 }
 
 /// Lazily unmounts every mount point at or under `dir`, deepest first.
-fn unmount_under(dir: &Path) {
+pub fn unmount_under(dir: &Path) {
     for _ in 0..3 {
         let mut points = mount_points_under(dir);
         if points.is_empty() {
@@ -1209,6 +1209,61 @@ pub fn assert_failed_closed(h: &Harness, root: &Path, name: &str, out: &Output, 
             "dso kept state for the failed container: {state:?}"
         );
     }
+}
+
+// containerd, shared by e2e_engines (ctr) and e2e_cri (the CRI).
+
+/// A private containerd (and the shims it started), stopped and its mounts undone on drop.
+pub struct ContainerdGuard {
+    pub child: Child,
+    pub dir: PathBuf,
+}
+
+impl Drop for ContainerdGuard {
+    fn drop(&mut self) {
+        // Shims outlive containerd: stop whatever mentions our dir, then containerd.
+        let me = std::process::id();
+        let needle = format!("{}/", self.dir.display());
+        if let Ok(entries) = fs::read_dir("/proc") {
+            for pid in entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&p| p as u32 != me && p as u32 != self.child.id())
+            {
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline)
+                    .replace('\0', " ")
+                    .contains(&needle)
+                {
+                    // SAFETY: kill(2) on a pid we found running our dir's command line.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        unmount_under(&self.dir);
+    }
+}
+
+/// A minimal busybox root: the static busybox, a few applet links, passwd/group.
+pub fn build_busybox_rootfs(rootfs: &Path) {
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "run"] {
+        fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    fs::set_permissions(
+        rootfs.join("bin/busybox"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    for applet in ["sh", "cat", "echo", "ls", "stat", "id"] {
+        symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+    fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
 }
 
 #[cfg(test)]

@@ -134,14 +134,17 @@ pub fn resolve_group(name: &str) -> Result<u32, String> {
 }
 
 /// Binds the socket: replaces a stale socket file (never anything else), mode 0660, group
-/// `group`. Its directory is created 0700, or 0711 when a group needs to reach the socket.
-pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, String> {
+/// `group`. Its directory, when dso creates it or it is dso's own `state_dir`, gets 0700, or
+/// 0711 when a group needs to reach the socket; any other existing directory (`/run` for
+/// `agent.socket: /run/dso.sock`) is left as it is.
+pub fn bind(path: &Path, group: Option<u32>, state_dir: &Path) -> Result<UnixListener, String> {
     let what = |e: std::io::Error| format!("control socket {}: {e}", path.display());
     if let Some(dir) = path.parent() {
+        let ours = !dir.exists() || dir == state_dir;
         std::fs::create_dir_all(dir).map_err(what)?;
         let mode = if group.is_some() { 0o711 } else { 0o700 };
         let meta = std::fs::metadata(dir).map_err(what)?;
-        if meta.permissions().mode() & 0o7777 != mode {
+        if ours && meta.permissions().mode() & 0o7777 != mode {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(what)?;
         }
     }
@@ -324,6 +327,8 @@ pub fn status_json(rotator: &Rotator) -> serde_json::Value {
         .map(|r| {
             serde_json::json!({
                 "id": r.rec.id,
+                "name": r.rec.workload.as_ref().map(Workload::label),
+                "workload": r.rec.workload,
                 "pid": r.rec.pid,
                 "bundle": r.rec.bundle,
                 "created": r.rec.created,
@@ -514,6 +519,35 @@ pub fn fetch_via_agent(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_dso_does_not_own_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let state = dir.path().join("state");
+        let _l = bind(&shared.join("dso.sock"), None, &state).unwrap();
+        let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode, 0o755,
+            "bind changed the mode of a directory it did not create"
+        );
+        // dso's own state dir, and a directory it creates, are made private.
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _l = bind(&state.join("dso.sock"), None, &state).unwrap();
+        assert_eq!(
+            std::fs::metadata(&state).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
+        let fresh = dir.path().join("fresh");
+        let _l = bind(&fresh.join("dso.sock"), Some(0), &state).unwrap();
+        assert_eq!(
+            std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777,
+            0o711
+        );
+    }
 
     #[test]
     fn access_rules() {

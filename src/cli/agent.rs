@@ -45,6 +45,7 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let socket = control::socket_path(&cfg);
+    let state_dir = cfg.runtime.state_dir.clone();
     let interval = cfg.watch.interval;
     let rotator = Arc::new(Rotator::new(cfg, opts));
     if args.once {
@@ -56,7 +57,7 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let started = Instant::now();
-    let listener = control::bind(&socket, group).map_err(|e| anyhow!(e))?;
+    let listener = control::bind(&socket, group, &state_dir).map_err(|e| anyhow!(e))?;
     eprintln!("dso agent: control socket {}", socket.display());
     {
         let rotator = rotator.clone();

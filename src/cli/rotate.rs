@@ -152,7 +152,11 @@ pub(super) fn status(config_path: &Path, args: &StatusArgs) -> anyhow::Result<i3
         "CONTAINER", "PID", "SECRET", "PROVIDER", "VERSION", "STRATEGY", "LAST ROTATION"
     );
     for c in containers {
-        let id: String = s(c, "id").chars().take(20).collect();
+        // The engine's name for it (docker:web, k8s:ns/pod/container), else the short id.
+        let id: String = match c.get("name").and_then(|n| n.as_str()) {
+            Some(name) => name.to_string(),
+            None => s(c, "id").chars().take(12).collect(),
+        };
         let dir = s(c, "secrets_dir");
         for sec in c
             .get("secrets")

@@ -463,16 +463,40 @@ pub(crate) fn yaml_document(text: &str, path: &Path) -> Result<serde_json::Value
 const VALIDATED_MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The keyring description that says "this exact text passed this build's schema and semantic
-/// checks": a SHA-256 over dso's version, the schema and the text. Validation is a pure function
-/// of those, so a marker is as good as running it again; any change to the text (or a new dso)
-/// is a new digest and is validated afresh. Nothing of the text can be read from the marker.
+/// checks": a SHA-256 over dso's version, this build ([`build_identity`]), the schema and the
+/// text. Validation is a pure function of those, so a marker is as good as running it again;
+/// any change to the text, or another build of dso, is a new digest and is validated afresh. Nothing of the text can be read from the marker.
 /// Only the uid's own processes (root, for dso-runc) can add keys to its user keyring.
 fn validated_marker(text: &str) -> String {
+    marker_for_build(text, &build_identity())
+}
+
+/// This very build of dso: the running executable's device, inode, size and mtime (one stat).
+/// A version string would not do: a build with new validation rules keeps the version, and
+/// must not trust what an older build validated.
+fn build_identity() -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/self/exe") {
+        Ok(m) => format!(
+            "{}:{}:{}:{}.{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec()
+        ),
+        // Unknown build: a marker no other process can share.
+        Err(_) => format!("unknown:{}", std::process::id()),
+    }
+}
+
+fn marker_for_build(text: &str, build: &str) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for part in [
         "dso config validated".as_bytes(),
         env!("CARGO_PKG_VERSION").as_bytes(),
+        build.as_bytes(),
         schema::SCHEMA_JSON.as_bytes(),
         text.as_bytes(),
     ] {
@@ -486,6 +510,19 @@ fn validated_marker(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validated_marker_depends_on_the_build() {
+        // Same version, same text, another build (a rebuilt binary): another marker, so a
+        // config validated by an older build is validated again.
+        let text = "providers: {}\n";
+        assert_ne!(
+            marker_for_build(text, "2049:1234:15000000:1700000000.1"),
+            marker_for_build(text, "2049:1235:15000000:1700000060.7")
+        );
+        assert_eq!(validated_marker(text), validated_marker(text));
+        assert!(build_identity().contains(':'));
+    }
 
     #[test]
     fn validated_marker_depends_on_every_byte_of_the_text() {

@@ -102,11 +102,13 @@ pub fn run(opts: &DoctorOptions) -> Vec<Check> {
     match &cfg {
         Some(cfg) => {
             out.push(check_policy(cfg));
+            out.push(check_socket_dir(cfg));
             out.push(check_agent(cfg));
             out.extend(check_providers(cfg, opts.provider_timeout));
         }
         None => {
             out.push(check("policy", Status::Skip, "no valid config"));
+            out.push(check("socket dir", Status::Skip, "no valid config"));
             out.push(check("agent", Status::Skip, "no valid config"));
             out.push(check("providers", Status::Skip, "no valid config"));
         }
@@ -163,6 +165,31 @@ fn check_policy(cfg: &Config) -> Check {
             format!("{}; see `dso policy explain`", loose.join("; ")),
         )
     }
+}
+
+/// The control socket belongs in dso's own state dir: elsewhere the agent leaves the
+/// directory's mode alone (it is not dso's), so who can reach the socket is up to that directory.
+fn check_socket_dir(cfg: &Config) -> Check {
+    let socket = crate::agent::control::socket_path(cfg);
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    if dir == cfg.runtime.state_dir {
+        return check(
+            "socket dir",
+            Status::Ok,
+            format!("{} is in dso's state dir", socket.display()),
+        );
+    }
+    check(
+        "socket dir",
+        Status::Warn,
+        format!(
+            "agent.socket {} is in {}, which dso does not own: the agent leaves its mode as it is; put the socket in runtime.state_dir ({}) or check who can enter {}",
+            socket.display(),
+            dir.display(),
+            cfg.runtime.state_dir.display(),
+            dir.display()
+        ),
+    )
 }
 
 /// True when no check failed.
@@ -552,6 +579,24 @@ mod tests {
         fs::set_permissions(&cfg_path, fs::Permissions::from_mode(0o666)).unwrap();
         let checks = check_permissions(&cfg_path, Some(&cfg));
         assert!(checks[0].detail.contains("chmod go-w"), "{checks:?}");
+    }
+
+    #[test]
+    fn doctor_warns_on_a_socket_outside_the_state_dir() {
+        let cfg = |agent: &str| {
+            Config::from_str_at(
+                &format!("provider: {{type: local, path: /s, key_file: /k}}\n{agent}"),
+                Path::new("/etc/dso/dso.yaml"),
+            )
+            .unwrap()
+        };
+        assert_eq!(check_socket_dir(&cfg("")).status, Status::Ok);
+        let c = check_socket_dir(&cfg("agent: { socket: /run/dso.sock }\n"));
+        assert_eq!(c.status, Status::Warn);
+        assert!(
+            c.detail.contains("is in /run, which dso does not own"),
+            "{c:?}"
+        );
     }
 
     #[test]

@@ -718,9 +718,15 @@ fn resource_allowed(resource: &str, vault_host: &str) -> bool {
         return false;
     };
     let vault_host = vault_host.to_ascii_lowercase();
+    // A known cloud's Key Vault audience, or Key Vault's own shape in a private cloud (Azure
+    // Stack): `https://vault.<suffix>` for a vault `<name>.vault.<suffix>`. Never any other
+    // parent domain of the vault's host (`https://azure.net` would be a token for more).
     KEY_VAULT_RESOURCES.contains(&host.as_str())
-        || vault_host == host
-        || vault_host.ends_with(&format!(".{host}"))
+        || (host.starts_with("vault.")
+            && vault_host
+                .strip_suffix(host.as_str())
+                .and_then(|label| label.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')))
 }
 
 #[cfg(test)]
@@ -758,7 +764,21 @@ mod tests {
             "myvault.vault.azure.net"
         ));
         assert!(resource_allowed("https://vault.azure.net", "localhost"));
-        assert!(resource_allowed("https://example.com", "kv.example.com"));
+        // Parent domains of the vault's host are not Key Vault audiences.
+        assert!(!resource_allowed("https://example.com", "kv.example.com"));
+        assert!(!resource_allowed(
+            "https://azure.net",
+            "myvault.vault.azure.net"
+        ));
+        // A private cloud's Key Vault: https://vault.<suffix> for <name>.vault.<suffix> only.
+        assert!(resource_allowed(
+            "https://vault.local.azurestack.external",
+            "kv1.vault.local.azurestack.external"
+        ));
+        assert!(!resource_allowed(
+            "https://vault.local.azurestack.external",
+            "a.kv1.vault.local.azurestack.external"
+        ));
         assert!(!resource_allowed(
             "https://management.azure.com",
             "myvault.vault.azure.net"

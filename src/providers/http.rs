@@ -536,17 +536,11 @@ impl HttpClient {
             .connect_timeout(connect_timeout)
             .timeout(opts.timeout)
             .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                if attempt.previous().len() >= 5 {
-                    attempt.error("too many redirects")
-                } else if check_url(attempt.url(), UrlPolicy::HttpsOrLoopback).is_ok() {
-                    attempt.follow()
-                } else {
-                    // Never follow a redirect from https to plain http elsewhere: the 3xx comes
-                    // back to the provider, which reports it.
-                    attempt.stop()
-                }
-            }));
+            // Never follow a redirect: provider requests carry credentials in headers
+            // (X-Vault-Token, X-Amz-Security-Token, the IMDS token, Authorization) and reqwest
+            // strips only Authorization and Cookie on a redirect. The 3xx comes back to the
+            // provider, which reports it.
+            .redirect(reqwest::redirect::Policy::none());
 
         if let Some(ca) = &opts.tls.ca_file {
             let pem = read_file(kind, provider, "ca_file", ca)?;
@@ -910,7 +904,9 @@ pub fn status_error(
         300..=399 => ProviderError::Unavailable {
             kind,
             provider: provider.to_string(),
-            detail: format!("redirect (HTTP {status}) not followed: only https targets are"),
+            detail: format!(
+                "redirect (HTTP {status}) not followed: dso sends credentials with every request and follows no redirect; set the provider's address to the server that answers (for Vault HA, the active node or a load balancer)"
+            ),
         },
         _ => ProviderError::Unavailable {
             kind,

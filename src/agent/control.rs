@@ -460,6 +460,8 @@ fn fetch_answer(
             path: r.path.clone(),
             key: r.key.clone(),
             version: r.version.clone(),
+            // The provider's audit names the workload (User-Agent).
+            workload: Some(workload.label()),
         };
         let fetched = authorize(r, workload, rotator)
             .and_then(|()| rotator.fetch(&r.provider, &req).map_err(|e| e.to_string()));

@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod metrics;
+pub mod notify;
 pub mod webhook;
 
 use std::collections::BTreeMap;

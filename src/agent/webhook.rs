@@ -52,14 +52,18 @@ impl WebhookSettings {
 
 /// Reads the HMAC key (trailing newline ignored).
 pub fn read_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
-    let mut bytes = Zeroizing::new(
-        std::fs::read(path).map_err(|e| format!("webhook key {}: {e}", path.display()))?,
-    );
+    read_key_file(path, "webhook key")
+}
+
+/// Reads an HMAC key file (`what` names it in errors); trailing whitespace ignored.
+pub fn read_key_file(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    let mut bytes =
+        Zeroizing::new(std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))?);
     while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
         bytes.pop();
     }
     if bytes.is_empty() {
-        return Err(format!("webhook key {} is empty", path.display()));
+        return Err(format!("{what} {} is empty", path.display()));
     }
     Ok(bytes)
 }
@@ -418,6 +422,7 @@ mod tests {
         let audit_path = dir.path().join("audit.log");
         let audit = Arc::new(Audit::new(&AuditConfig {
             path: Some(audit_path.clone()),
+            ..Default::default()
         }));
         let (tx, rx) = mpsc::channel();
         let hook = Webhook::bind("127.0.0.1:0", Zeroizing::new(KEY.to_vec()), audit, tx).unwrap();

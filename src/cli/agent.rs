@@ -76,9 +76,11 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
             "dso agent: metrics on http://{}/metrics",
             listener.local_addr()?
         );
-        let rotator = rotator.clone();
-        std::thread::spawn(move || metrics::serve(listener, rotator, started));
+        let metrics = Arc::new(metrics::Metrics::new(rotator.clone(), started));
+        metrics.follow(audit.path());
+        std::thread::spawn(move || metrics::serve(listener, metrics));
     }
+    agent::notify::start(&rotator.config().notifications, audit.clone()).map_err(|e| anyhow!(e))?;
     let (tx, rx) = mpsc::channel();
     {
         let tx = tx.clone();

@@ -4,6 +4,7 @@
 //! stderr. Exit codes: 0 success, 1 failure (a failed doctor check included), 2 usage error.
 
 mod agent;
+mod audit;
 mod declare;
 mod doctor;
 mod init;
@@ -126,6 +127,12 @@ enum Command {
         after_help = "Examples:\n  dso doctor\n  dso doctor --json | jq '.checks[] | select(.status == \"fail\")'\n  dso doctor --skip dockerd        # a host with podman or containerd only\n\nExit status: 0 when no check failed (warnings allowed), 1 otherwise."
     )]
     Doctor(doctor::DoctorArgs),
+    /// Check the audit trail (hash chain)
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  dso audit verify\n  dso audit verify /var/log/dso/audit.log.1 /var/log/dso/audit.log"
+    )]
+    Audit(audit::AuditCommand),
     /// Print a shell completion script
     #[command(
         after_help = "Examples:\n  dso completions bash > /usr/share/bash-completion/completions/dso\n  dso completions zsh > /usr/share/zsh/vendor-completions/_dso\n  dso completions fish > /usr/share/fish/vendor_completions.d/dso.fish"
@@ -182,6 +189,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Install(args) => install::install(&config_path, &args),
         Command::Uninstall(args) => install::uninstall(&args),
         Command::Doctor(args) => doctor::run(&config_path, &args),
+        Command::Audit(cmd) => audit::run(&config_path, cmd),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "dso", &mut std::io::stdout());
             Ok(0)

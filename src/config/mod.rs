@@ -80,6 +80,9 @@ pub struct Config {
     /// Who may have which secret (see [`crate::policy`]).
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Signed event POSTs sent by the agent.
+    #[serde(default)]
+    pub notifications: Vec<NotificationConfig>,
     /// Where this config was read from (for messages).
     #[serde(skip)]
     pub source: PathBuf,
@@ -256,9 +259,42 @@ fn default_watch_interval() -> Duration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// JSON-lines file; stderr when absent.
+    /// JSON-lines file, hash-chained; [`crate::audit::DEFAULT_AUDIT_PATH`] when absent.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// Also send every event to the host's syslog socket (journald).
+    #[serde(default)]
+    pub syslog: bool,
+    /// Fail closed: an operation whose event cannot be written does not happen.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// One `notifications:` entry: where the agent POSTs which events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationConfig {
+    /// https (http only to a loopback host).
+    pub url: String,
+    /// HMAC-SHA256 key the requests are signed with.
+    pub secret_file: PathBuf,
+    /// Event names; default rotation_completed, rotation_failed, lease_failed,
+    /// access_denied, auth_failed.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Attempts per event, the first included.
+    #[serde(default = "default_notify_attempts")]
+    pub max_attempts: u32,
+    /// Time for one event, all attempts included.
+    #[serde(default = "default_notify_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+fn default_notify_attempts() -> u32 {
+    8
+}
+fn default_notify_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -103,10 +103,16 @@ fn section(out: &mut String, level: usize, title: &str, id: &str, key_path: &str
         if required.contains(&key.as_str()) {
             desc = format!("**Required.** {desc}");
         }
+        let items = p.get("items").filter(|i| i.get("properties").is_some());
         let ty = if p.get("properties").is_some() {
             let a = format!("{}-{}", id, key.replace('_', "-"));
             nested.push((full.clone(), a.clone(), p));
             format!("[object](#{a})")
+        } else if let Some(items) = items {
+            // A list of objects: its entries get a section of their own.
+            let a = format!("{}-{}", id, key.replace('_', "-"));
+            nested.push((format!("{full}[]"), a.clone(), items));
+            format!("list of [object](#{a})")
         } else {
             type_of(p)
         };

@@ -609,6 +609,25 @@ fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
     if let Some(w) = top.get("watch") {
         check_duration(&key(&["watch", "interval"]), w.get("interval"), out);
     }
+    for (i, n) in top
+        .get("notifications")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let i = i.to_string();
+        check_duration(
+            &key(&["notifications", &i, "timeout"]),
+            n.get("timeout"),
+            out,
+        );
+        if let Some(url) = n.get("url").and_then(Value::as_str)
+            && let Some(msg) = http_problem(url, HttpAllowed::LoopbackOnly)
+        {
+            out.push(Problem::at(key(&["notifications", &i, "url"]), msg));
+        }
+    }
     if let Some(r) = top.get("runtime") {
         check_duration(
             &key(&["runtime", "fetch_timeout"]),
@@ -938,6 +957,12 @@ mod tests {
     /// (config, the exact messages it gets)
     const BAD: &[(&str, &[&str])] = &[
         (
+            "notifications:\n  - url: http://hooks.example.com/dso\n    secret_file: /etc/dso/n.key\n",
+            &[
+                r#"line 2: notifications.0.url: https is required ("http://hooks.example.com/dso" is plain http, allowed only for a loopback host (127.0.0.0/8, ::1, localhost))"#,
+            ],
+        ),
+        (
             "providers:\n  local: { type: lcoal, path: /var/lib/dso/local.vault }\n",
             &[r#"line 2: providers.local.type: "lcoal" is not one of local, vault, aws, azure"#],
         ),
@@ -954,7 +979,7 @@ mod tests {
         (
             "secret:\n  a: {}\n",
             &[
-                "line 1: secret: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, policy)",
+                "line 1: secret: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, policy, notifications)",
             ],
         ),
         (
@@ -1143,7 +1168,7 @@ mod tests {
         (
             "base: &b {provider: default}\n",
             &[
-                "line 1: base: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, policy)",
+                "line 1: base: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, policy, notifications)",
             ],
         ),
         (

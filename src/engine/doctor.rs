@@ -500,6 +500,7 @@ fn check_providers(cfg: &Config, timeout: Duration) -> Vec<Check> {
                 path: s.path.clone().unwrap_or_else(|| sname.clone()),
                 key: s.key.clone(),
                 version: s.version.clone(),
+                workload: None,
             };
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {

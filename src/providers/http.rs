@@ -37,6 +37,39 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_DETAIL_CHARS: usize = 200;
 const USER_AGENT: &str = concat!("dso/", env!("CARGO_PKG_VERSION"));
 
+thread_local! {
+    /// The workload the requests made on this thread are for (see [`attributed`]).
+    static WORKLOAD: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with every request this thread sends attributed to `workload`: the User-Agent
+/// becomes `dso/<version> (<workload>)` — what CloudTrail, Azure's logs and Vault/OpenBao's
+/// audit device record — so the provider's audit trail names the container a secret went to.
+/// The provider code between the caller and this client does not need to carry it.
+pub fn attributed<R>(workload: Option<&str>, f: impl FnOnce() -> R) -> R {
+    let prev = WORKLOAD.with(|w| w.replace(workload.map(user_agent)));
+    let out = f();
+    WORKLOAD.with(|w| *w.borrow_mut() = prev);
+    out
+}
+
+/// `dso/<version> (<workload>)`, the workload cut to what a header may carry (visible ASCII,
+/// no parentheses, at most 128 bytes).
+pub fn user_agent(workload: &str) -> String {
+    let clean: String = workload
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '(' && c != ')' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(128)
+        .collect();
+    format!("{USER_AGENT} ({clean})")
+}
+
 /// TLS settings of one provider: extra trusted CAs and an optional client certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsOptions {
@@ -704,6 +737,11 @@ impl HttpClient {
         for (name, value) in &req.headers {
             builder = builder.header(name.clone(), value.clone());
         }
+        if let Some(ua) = WORKLOAD.with(|w| w.borrow().clone())
+            && let Ok(v) = HeaderValue::from_str(&ua)
+        {
+            builder = builder.header(reqwest::header::USER_AGENT, v);
+        }
         if let Some(body) = &req.body {
             // reqwest owns its copy of the body; ours stays zeroizing.
             builder = builder.body(body.to_vec());
@@ -1148,6 +1186,34 @@ fn describe_tls(e: &rustls::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn user_agent_names_the_workload_and_is_scoped() {
+        let v = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            user_agent("docker:billing-api"),
+            format!("dso/{v} (docker:billing-api)")
+        );
+        // Nothing a header cannot carry, no nested parentheses, bounded.
+        assert_eq!(user_agent("a\nb(c)é"), format!("dso/{v} (a_b_c__)"));
+        assert_eq!(
+            user_agent(&"x".repeat(500)).len(),
+            format!("dso/{v} ()").len() + 128
+        );
+        let seen = |w: Option<&str>| attributed(w, || WORKLOAD.with(|x| x.borrow().clone()));
+        assert_eq!(
+            seen(Some("k8s:ns/pod")),
+            Some(format!("dso/{v} (k8s:ns/pod)"))
+        );
+        assert_eq!(seen(None), None);
+        // Nested: the outer attribution comes back.
+        let outer = attributed(Some("a"), || {
+            attributed(Some("b"), || ());
+            WORKLOAD.with(|x| x.borrow().clone())
+        });
+        assert_eq!(outer, Some(format!("dso/{v} (a)")));
+        assert_eq!(WORKLOAD.with(|x| x.borrow().clone()), None);
+    }
     use super::*;
 
     #[test]

@@ -1664,6 +1664,7 @@ mod tests {
             path: path.into(),
             key: key.map(Into::into),
             version: version.map(Into::into),
+            workload: None,
         };
         let f = p.fetch(&req("db", Some("password"), None)).unwrap();
         assert_eq!(

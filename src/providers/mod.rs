@@ -10,12 +10,29 @@ pub mod vault;
 use crate::config::{Config, ProviderConfig, ProviderKind};
 use crate::secrets::SecretValue;
 
-/// What to fetch: a path in the provider, an optional JSON key and an optional pinned version.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What to fetch: a path in the provider, an optional JSON key and an optional pinned version,
+/// and for whom (`workload`, e.g. `docker:billing-api`): named in the User-Agent of every
+/// request the provider makes for it (see [`fetch_for`]), which the provider's own audit keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FetchRequest {
     pub path: String,
     pub key: Option<String>,
     pub version: Option<String>,
+    pub workload: Option<String>,
+}
+
+/// `prov.fetch(req)` with every HTTP request it makes attributed to `req.workload`
+/// (User-Agent `dso/<version> (<workload>)`, see [`http::attributed`]).
+pub fn fetch_for(prov: &dyn Provider, req: &FetchRequest) -> Result<Fetched, ProviderError> {
+    http::attributed(req.workload.as_deref(), || prov.fetch(req))
+}
+
+/// `prov.version(req)`, attributed like [`fetch_for`].
+pub fn version_for(
+    prov: &dyn Provider,
+    req: &FetchRequest,
+) -> Result<Option<String>, ProviderError> {
+    http::attributed(req.workload.as_deref(), || prov.version(req))
 }
 
 /// A fetched value and the provider's version of it (for change detection).

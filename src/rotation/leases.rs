@@ -359,6 +359,7 @@ mod tests {
         let audit_path = dir.path().join("audit.log");
         let audit = Audit::new(&crate::config::AuditConfig {
             path: Some(audit_path.clone()),
+            ..Default::default()
         });
         let now = unix_now();
         for (id, since) in [("live", now), ("old", now - 1000)] {

@@ -226,7 +226,9 @@ impl Rotator {
     /// Fetches through the cached provider `provider` (the control socket's `fetch`: dso-runc's
     /// fast path), recording the provider's health.
     pub fn fetch(&self, provider: &str, req: &FetchRequest) -> Result<Fetched, ProviderError> {
-        let res = self.provider(provider).and_then(|p| p.fetch(req));
+        let res = self
+            .provider(provider)
+            .and_then(|p| providers::fetch_for(&*p, req));
         self.note(provider, res.as_ref().err());
         bump(&self.counters.agent_fetches_served);
         res
@@ -787,10 +789,20 @@ impl Rotator {
         let started = Instant::now();
         let (ri0, si0) = users[0];
         let name = records[ri0].rec.secrets[si0].name.clone();
+        // One fetch serves every container using this secret: the User-Agent names them.
+        let mut labels: Vec<String> = users
+            .iter()
+            .map(|&(ri, _)| match &records[ri].rec.workload {
+                Some(w) => w.label(),
+                None => Workload::unknown(&records[ri].rec.id, "").label(),
+            })
+            .collect();
+        labels.dedup();
         let req = FetchRequest {
             path: fk.path.clone(),
             key: fk.key.clone(),
             version: None,
+            workload: Some(labels.join(",")),
         };
         let fail_all = |records: &[Record], msg: &str| -> Vec<Outcome> {
             bump(&self.counters.rotations_failed);
@@ -827,7 +839,7 @@ impl Rotator {
         };
         if mode == Mode::IfChanged {
             // The cheapest check first; fetch only when some container is behind.
-            let checked = provider.version(&req);
+            let checked = providers::version_for(&*provider, &req);
             self.note(&fk.provider, checked.as_ref().err());
             match checked {
                 Ok(Some(v)) => {
@@ -853,12 +865,15 @@ impl Rotator {
                 }
             }
         }
-        self.audit.record(
+        // audit.required: a value that cannot be audited is not applied.
+        if let Err(e) = self.audit.must_record(
             &Event::new("rotation_started", "started")
                 .secret(&name)
                 .provider(&fk.provider),
-        );
-        let fetched = provider.fetch(&req);
+        ) {
+            return fail_all(records, &format!("{e} (audit.required: not rotated)"));
+        }
+        let fetched = providers::fetch_for(&*provider, &req);
         self.note(&fk.provider, fetched.as_ref().err());
         let fetched = match fetched {
             Ok(f) => f,
@@ -867,13 +882,15 @@ impl Rotator {
                 return fail_all(records, &e.to_string());
             }
         };
-        self.audit.record(
+        if let Err(e) = self.audit.must_record(
             &Event::new("secret_fetched", "success")
                 .secret(&name)
                 .provider(&fk.provider)
                 .version(fetched.version.as_deref())
                 .duration(started.elapsed()),
-        );
+        ) {
+            return fail_all(records, &format!("{e} (audit.required: not rotated)"));
+        }
         let cfg = self.config();
         let limit = cfg.runtime.max_secret_size;
         if fetched.value.len() as u64 > limit {

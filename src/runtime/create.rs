@@ -21,7 +21,7 @@ use super::modify::{self, ENV_FILE_NAME};
 use super::runclog::RuncLog;
 use super::spec::{Spec, SpecError};
 use crate::agent::control::{self, WireRequest};
-use crate::audit::{Audit, Event};
+use crate::audit::{Audit, AuditError, Event};
 use crate::config::{Config, ConfigError, ProviderKind, config_path};
 use crate::policy::{self, Ask, Refusal, Workload};
 use crate::providers::{self, DynamicRequest, FetchRequest, Fetched, Provider, ProviderError};
@@ -108,6 +108,8 @@ pub enum CreateError {
     Delegate(#[from] DelegateError),
     #[error("injecting secrets: {0}")]
     Inject(#[from] InjectError),
+    #[error("{0} (audit.required is set: the container is not created)")]
+    Audit(#[from] AuditError),
     #[error("registering container in {path}: {source}")]
     State {
         path: PathBuf,
@@ -212,6 +214,7 @@ fn plan(cfg: &Config, refs: &[SecretRef], user: (u32, u32)) -> Result<Vec<Planne
                         },
                         key: key.clone().or_else(|| sc.key.clone()),
                         version: sc.version.clone(),
+                        workload: None,
                     },
                     dynamic,
                     as_file: false,
@@ -233,6 +236,7 @@ fn plan(cfg: &Config, refs: &[SecretRef], user: (u32, u32)) -> Result<Vec<Planne
                     path: path.clone(),
                     key: key.clone(),
                     version: None,
+                    workload: None,
                 },
                 as_file: false,
                 env_vars: Vec::new(),
@@ -317,7 +321,7 @@ fn fetch_one(
     dynamic: Option<&DynamicRequest>,
 ) -> Result<(Fetched, Option<LeaseState>), ProviderError> {
     let Some(d) = dynamic else {
-        return prov.fetch(req).map(|f| (f, None));
+        return providers::fetch_for(prov, req).map(|f| (f, None));
     };
     let issued = prov.issue(d)?;
     let lease = LeaseState::from_issued(d.engine, &issued, leases::unix_now());
@@ -379,19 +383,23 @@ fn fetch_all<'a>(
             version: p.request.version.clone(),
         })
         .collect();
+    let asked = Instant::now();
     if !wire.is_empty()
         && let Some(served) = control::fetch_via_agent(cfg, &wire, workload, timeout)
     {
+        // One round trip served them all: each took (at most) that long.
+        let took = asked.elapsed();
         for (j, f) in served.into_iter().enumerate() {
             let i = kv[j];
             if let Some(f) = f {
-                audit.record(
+                audit.must_record(
                     &Event::new("secret_fetched", "success")
                         .secret(&planned[i].label)
                         .provider(&planned[i].provider)
                         .version(f.version.as_deref())
+                        .duration(took)
                         .via("agent"),
-                );
+                )?;
                 results[i] = Some((f.value, f.version));
             }
         }
@@ -501,13 +509,13 @@ fn fetch_all<'a>(
                 if let Some(lease) = lease {
                     leases.add(i, &p.label, &p.provider, lease);
                 }
-                audit.record(
+                audit.must_record(
                     &Event::new("secret_fetched", "success")
                         .secret(&p.label)
                         .provider(&p.provider)
                         .version(f.version.as_deref())
                         .duration(took),
-                );
+                )?;
                 results[i] = Some((f.value, f.version));
             }
             Err(source) => {
@@ -663,6 +671,13 @@ impl Timing {
     }
 }
 
+/// The create path's audit: a failure to write is reported in runc's log (which `docker run`
+/// shows), never on stderr.
+fn audit_for(audit: Audit, log: &RuncLog) -> Audit {
+    let log = log.clone();
+    audit.on_failure(move |msg| log.write("warning", &format!("dso: {msg}")))
+}
+
 /// The whole create flow. Returns the exit code to use.
 pub fn create_with_secrets(
     inv: &Invocation,
@@ -684,7 +699,9 @@ pub fn create_with_secrets(
         Ok(cfg) => cfg,
         Err(e) => {
             let msg = e.to_string();
-            Audit::stderr().record(
+            // The config's audit path is unknown: the default sink (never stderr, which is
+            // the container's).
+            audit_for(Audit::default_sink(), log).record(
                 &Event::new("config_rejected", "failure")
                     .container(&id)
                     .error(&msg),
@@ -693,13 +710,17 @@ pub fn create_with_secrets(
         }
     };
     timing.mark("config");
-    let audit = Audit::new(&cfg.audit);
+    let audit = audit_for(Audit::new(&cfg.audit), log);
     let refs = collect_refs(&spec.env(), Some(&spec.annotations()))?;
     let user = spec.user();
-    let planned = plan(&cfg, &refs, user)?;
+    let mut planned = plan(&cfg, &refs, user)?;
     let bundle = inv.bundle_dir().unwrap_or_default();
     let workload = policy::identity::identify(spec.doc(), &id, &bundle);
     authorize(&cfg, &refs, &workload, &audit)?;
+    // Attribution at the provider: every request names the workload in its User-Agent.
+    for p in &mut planned {
+        p.request.workload = Some(workload.label());
+    }
     let has_env = planned.iter().any(|p| !p.env_vars.is_empty());
     let init = if has_env {
         Some(init_path(&cfg)?)
@@ -844,6 +865,18 @@ pub fn create_with_secrets(
         register(&cfg.runtime.state_dir, &rec)?;
         // Registered: the record carries the leases now (revoked when the container goes).
         leases.keep();
+        // Written before the create reports success: with audit.required, an injection that
+        // cannot be audited is undone like any other failure here.
+        for p in &planned {
+            audit.must_record(
+                &Event::new("secret_injected", "success")
+                    .secret(&p.label)
+                    .provider(&p.provider)
+                    .container(&id)
+                    .workload(&workload)
+                    .duration(started.elapsed()),
+            )?;
+        }
         Ok(pid)
     })();
     timing.mark("inject + register");
@@ -864,16 +897,6 @@ pub fn create_with_secrets(
             return Err(e);
         }
     };
-    for p in &planned {
-        audit.record(
-            &Event::new("secret_injected", "success")
-                .secret(&p.label)
-                .provider(&p.provider)
-                .container(&id)
-                .workload(&workload)
-                .duration(started.elapsed()),
-        );
-    }
     timing.mark("audit");
     timing.peak_rss();
     drop(values);

@@ -58,12 +58,12 @@ impl RuncLog {
         }
     }
 
-    /// Reports a failure the way runc does: in the log, and on stderr.
+    /// Reports a failure in the log (containerd reads it and `docker run` shows it). Not also
+    /// on stderr, as runc does: a create's stderr is the container's, and a line there would
+    /// land in the application's log stream (`docker logs`). Only without `--log` does the
+    /// line go to stderr (someone ran dso-runc by hand).
     pub fn error(&self, msg: &str) {
         self.write("error", msg);
-        if self.path.is_some() {
-            let _ = writeln!(std::io::stderr(), "{msg}");
-        }
     }
 
     /// Installs a tracing subscriber that writes to this log (debug level with `--debug`).

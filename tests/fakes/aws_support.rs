@@ -229,6 +229,11 @@ fn start_moto() -> Result<Moto, String> {
         &port.to_string(),
     ])
     .env("INITIAL_NO_AUTH_ACTION_COUNT", NO_AUTH_ACTIONS.to_string())
+    // The request recorder (started by the tests that read it) writes here, not into the cwd.
+    .env(
+        "MOTO_RECORDER_FILEPATH",
+        std::env::temp_dir().join(format!("dso-moto-rec-{}.jsonl", std::process::id())),
+    )
     .env_remove("AWS_ACCESS_KEY_ID")
     .env_remove("AWS_SECRET_ACCESS_KEY")
     .env_remove("AWS_SESSION_TOKEN")

@@ -315,6 +315,7 @@ pub fn req(path: &str, key: Option<&str>, version: Option<&str>) -> dso::provide
         path: path.to_string(),
         key: key.map(str::to_string),
         version: version.map(str::to_string),
+        workload: None,
     }
 }
 

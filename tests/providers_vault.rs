@@ -532,3 +532,39 @@ path "sys/leases/revoke" { capabilities = ["update"] }"#,
     // A revoked lease cannot be renewed.
     assert!(p.renew_lease(&id, Duration::from_secs(60)).is_err());
 }
+
+/// Attribution at the provider (PCI-DSS 10.2.1): every request names the workload it is for in
+/// its User-Agent, and OpenBao's own audit device records it once the header is listed for
+/// auditing (`sys/config/auditing/request-headers/user-agent`, as docs/audit.md says).
+#[test]
+fn openbaos_audit_device_records_the_workload_of_each_request() {
+    let Some(env) = start() else { return };
+    env.bao.write_json_ok(
+        "sys/config/auditing/request-headers/user-agent",
+        &json!({"hmac": false}),
+    );
+    let p = env.provider("");
+    let mut r = req("app/single", Some("value"), None);
+    r.workload = Some("docker:billing-api".into());
+    let f = dso::providers::fetch_for(&*p, &r).unwrap();
+    assert_eq!(text(&f.value), "only-value");
+    let want = format!("dso/{} (docker:billing-api)", env!("CARGO_PKG_VERSION"));
+    let seen: Vec<serde_json::Value> = std::fs::read_to_string(&env.bao.audit_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["type"] == "request"
+                && v["request"]["path"] == "secret/data/app/single"
+                && v["request"]["operation"] == "read"
+        })
+        .collect();
+    assert!(
+        !seen.is_empty(),
+        "no audited request to secret/data/app/single"
+    );
+    for v in &seen {
+        let ua = &v["request"]["headers"]["user-agent"];
+        assert_eq!(ua, &json!([want]), "audited request: {v}");
+    }
+}

@@ -274,7 +274,7 @@ fn init_never_overwrites_and_creates_what_is_missing() {
     assert_eq!(
         err,
         format!(
-            "dso: {} exists and does not validate (line 2: providrs: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, policy)); dso init never overwrites it: fix it (`dso config validate` lists every problem) or pass --config PATH for a new one\n",
+            "dso: {} exists and does not validate (line 2: providrs: unknown key (expected one of providers, provider, secrets, watch, audit, agent, runtime, policy, notifications)); dso init never overwrites it: fix it (`dso config validate` lists every problem) or pass --config PATH for a new one\n",
             env.config().display()
         )
     );

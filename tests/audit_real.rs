@@ -32,27 +32,9 @@ fn dso(lab: &Lab, args: &[&str]) -> Output {
         .unwrap()
 }
 
-struct AgentProc(std::process::Child);
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_agent(lab: &Lab) -> AgentProc {
-    let agent = AgentProc(
-        Command::new(DSO)
-            .arg("--config")
-            .arg(lab.path("dso.yaml"))
-            .arg("agent")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(lab.path("agent.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+/// The lab's agent, once it says it is watching.
+fn start_watching_agent(lab: &Lab) -> AgentProc {
+    let agent = start_agent(lab);
     wait_for(&lab.path("agent.log"), "watching", Duration::from_secs(20));
     agent
 }
@@ -102,7 +84,7 @@ fn one_chain_through_concurrent_creates_an_agent_rotating_and_a_logrotate() {
     let out = lab.create(&b, "rotating");
     assert!(out.status.success(), "{}", out.stderr);
     assert!(lab.runc(&["start", "rotating"]).status.success());
-    let _agent = start_agent(&lab);
+    let _agent = start_watching_agent(&lab);
 
     let bundles: Vec<_> = (0..30)
         .map(|_| lab.bundle("true", &["D_FILE=dsofile://db"], (0, 0)))
@@ -402,7 +384,7 @@ fn notifications_are_signed_retried_while_the_receiver_is_down_and_bounded() {
         k = key.display()
     ));
     fs::write(lab.path("dso.yaml"), cfg).unwrap();
-    let _agent = start_agent(&lab);
+    let _agent = start_watching_agent(&lab);
 
     let b = lab.bundle(
         "while :; do sleep 1; done",
@@ -595,7 +577,7 @@ fn prometheus_scrapes_event_counts_and_latencies_from_the_agent() {
     ));
     fs::write(lab.path("dso.yaml"), cfg).unwrap();
     lab.set_secret("db", b"metrics-value-v1");
-    let _agent = start_agent(&lab);
+    let _agent = start_watching_agent(&lab);
     wait_for(
         &lab.path("agent.log"),
         "metrics on",

@@ -299,29 +299,6 @@ fn signal_strategy_reaches_the_init() {
 }
 
 /// A `dso agent` child, killed on drop.
-struct AgentProc(std::process::Child);
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_agent(lab: &Lab) -> AgentProc {
-    AgentProc(
-        Command::new(DSO)
-            .arg("--config")
-            .arg(lab.path("dso.yaml"))
-            .arg("agent")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(lab.path("agent.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    )
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

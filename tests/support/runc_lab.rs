@@ -193,3 +193,28 @@ impl Lab {
         String::from_utf8_lossy(&self.runc(&["list", "-q"]).stdout).into_owned()
     }
 }
+
+/// A `dso agent` on the lab's dso.yaml (stderr in `agent.log`), killed on drop.
+pub struct AgentProc(pub std::process::Child);
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the lab's agent (callers wait for what they need it to have done).
+pub fn start_agent(lab: &Lab) -> AgentProc {
+    AgentProc(
+        Command::new(DSO)
+            .arg("--config")
+            .arg(lab.path("dso.yaml"))
+            .arg("agent")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(lab.path("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}

@@ -35,8 +35,7 @@ step "format" cargo fmt --all -- --check
 step "SECURITY.md claims name real tests" python3 scripts/security-claims.py
 step "clippy" cargo clippy --all-targets -- -D warnings
 step "build" cargo build
-# Every target, like `--all-targets`, except that `test = false` is honoured: `--bins` would
-# also build dso-init (a no_std binary that cannot link the test harness) as a test.
+# Every target with tests (the binaries have none; build.rs builds dso-init).
 # Skipped tests (no root, daemon or tool here) pass as far as cargo knows: each one also writes
 # a line to $DSO_SKIP_LOG (dso::test_support::skipped), and the report below counts them, and
 # the ignored ones, by suite.

@@ -30,10 +30,26 @@ fn build_init() -> Result<(), String> {
     // command.
     let built = out_dir.join("dso-init");
     let mut cmd = Command::new(&rustc);
-    cmd.args(["--edition", "2024", "--crate-type", "bin", "--crate-name", "dso_init"])
-        .args(["--target", &target])
-        .args(["-C", "panic=abort", "-C", "opt-level=2", "-C", "debuginfo=0", "-C", "strip=symbols"])
-        .args(["-D", "warnings"]);
+    cmd.args([
+        "--edition",
+        "2024",
+        "--crate-type",
+        "bin",
+        "--crate-name",
+        "dso_init",
+    ])
+    .args(["--target", &target])
+    .args([
+        "-C",
+        "panic=abort",
+        "-C",
+        "opt-level=2",
+        "-C",
+        "debuginfo=0",
+        "-C",
+        "strip=symbols",
+    ])
+    .args(["-D", "warnings"]);
     // rustc links std-less binaries with `-nodefaultlibs` and `-pie`; ask for a classic static
     // executable and pull libc from its static archive.
     for arg in [
@@ -49,9 +65,7 @@ fn build_init() -> Result<(), String> {
         cmd.arg("-C").arg(format!("link-arg={arg}"));
     }
     cmd.arg("-o").arg(&built).arg(SOURCE);
-    let status = cmd
-        .status()
-        .map_err(|e| format!("running {rustc}: {e}"))?;
+    let status = cmd.status().map_err(|e| format!("running {rustc}: {e}"))?;
     if !status.success() {
         return Err(format!("{rustc} failed ({status})"));
     }

@@ -26,6 +26,7 @@ fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>)> {
     );
     let key = h.dir().join("webhook.key");
     std::fs::write(&key, WEBHOOK_KEY).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     yaml.push_str(&format!(
         "agent: {{ webhook: {{ listen: \"127.0.0.1:{}\", secret_file: {} }} }}\n",
         webhook_port(),

@@ -16,3 +16,4 @@ pub mod runtime;
 pub mod secrets;
 #[doc(hidden)]
 pub mod test_support;
+pub mod trust;

@@ -366,6 +366,7 @@ fn notifications_are_signed_retried_while_the_receiver_is_down_and_bounded() {
     lab.write_config("", "");
     lab.set_secret("db", b"notify-value-v1");
     fs::write(lab.path("notify.key"), "notify-hmac-key\n").unwrap();
+    fs::set_permissions(lab.path("notify.key"), fs::Permissions::from_mode(0o600)).unwrap();
     // `late` is down at first; `broken` answers 500 forever; `hung` never answers.
     let late_port = free_port();
     let broken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -403,6 +403,7 @@ fn signed_webhook_rotates_at_once_and_refusals_are_audited() {
     lab.write_config("", "");
     let port = free_port();
     fs::write(lab.path("webhook.key"), "s3cret-hook-key\n").unwrap();
+    fs::set_permissions(lab.path("webhook.key"), fs::Permissions::from_mode(0o600)).unwrap();
     append_config(
         &lab,
         &format!(

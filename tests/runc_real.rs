@@ -179,6 +179,69 @@ fn traversal_reference_is_refused() {
     assert_eq!(lab.list(), "");
 }
 
+/// Issue 14 point 10: whoever can write dso.yaml or dso-init controls every container, so a
+/// create refuses a config or a dso-init that another user owns or that group or others can
+/// write, before anything is fetched or created.
+#[test]
+fn untrusted_config_or_init_is_refused() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"v");
+    let b = lab.bundle("true", &["DB=dso://db"], (0, 0));
+    let cfg = lab.path("dso.yaml");
+    let refused = |lab: &Lab, id: &str, want: &str| {
+        let out = lab.create(&b, id);
+        assert!(!out.status.success(), "{id}: created");
+        let log = fs::read_to_string(lab.path("runc.log")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        let msg = last["msg"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains(want), "{id}: {msg}");
+        assert_eq!(lab.list(), "", "{id}: nothing created");
+    };
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o666)).unwrap();
+    refused(
+        &lab,
+        "t-cfg-mode",
+        &format!(
+            "config {} has mode 0666, writable by group or others; refusing it (fix: chmod go-w {})",
+            cfg.display(),
+            cfg.display()
+        ),
+    );
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&cfg, Some(65534), None).unwrap();
+    refused(
+        &lab,
+        "t-cfg-owner",
+        "is owned by uid 65534, neither root nor this user (uid 0)",
+    );
+    std::os::unix::fs::chown(&cfg, Some(0), None).unwrap();
+    // A dso-init that group members could replace.
+    let init = lab.path("dso-init");
+    fs::copy(Path::new(DSO).with_file_name("dso-init"), &init).unwrap();
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o775)).unwrap();
+    lab.write_config("", &format!(", init_path: {}", init.display()));
+    refused(
+        &lab,
+        "t-init-mode",
+        &format!(
+            "dso-init {} has mode 0775, writable by group or others",
+            init.display()
+        ),
+    );
+    // Trusted again: the same create succeeds.
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = lab.create(&b, "t-trusted");
+    assert!(
+        out.status.success(),
+        "{}",
+        fs::read_to_string(lab.path("runc.log")).unwrap_or_default()
+    );
+}
+
 #[test]
 fn failure_after_create_deletes_the_container() {
     if !ready() {

@@ -57,8 +57,13 @@ pub fn read_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
 
 /// Reads an HMAC key file (`what` names it in errors); trailing whitespace ignored.
 pub fn read_key_file(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, String> {
-    let mut bytes =
-        Zeroizing::new(std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))?);
+    use std::io::Read;
+    let fail = |e: std::io::Error| format!("{what} {}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(fail)?;
+    let meta = file.metadata().map_err(fail)?;
+    crate::trust::check(&meta, path, what, crate::trust::Use::Secret).map_err(|e| e.to_string())?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+    file.read_to_end(&mut bytes).map_err(fail)?;
     while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
         bytes.pop();
     }

@@ -36,6 +36,9 @@ pub enum ConfigError {
     /// Schema or semantic errors, each already formatted as `line N: key.path: message`.
     #[error("{path}: {}", .errors.join("; "))]
     Invalid { path: PathBuf, errors: Vec<String> },
+    /// Owned by another user, or writable by group or others (see [`crate::trust`]).
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::Untrusted),
 }
 
 impl ConfigError {
@@ -452,11 +455,19 @@ fn de_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Err
 
 impl Config {
     /// Reads, schema-checks and validates the config at `path`.
+    /// Whoever can write the file controls dso, so it must be owned by root (or this user) and
+    /// not writable by group or others ([`crate::trust`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read;
+        let read_err = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mut file = std::fs::File::open(path).map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        crate::trust::check(&meta, path, "config", crate::trust::Use::Trusted)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(read_err)?;
         Self::parse(&text, path, true)
     }
 

@@ -4,7 +4,7 @@
 //! says what it found and, when it is not `ok`, what to do.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
@@ -358,43 +358,35 @@ fn check_runtime(opts: &DoctorOptions, info: Option<&Value>) -> Check {
     }
 }
 
-/// The config must not be writable by others (whoever can edit it can point dso at their own
-/// provider); key files must not be readable by others at all.
+/// The config and dso-init must not be writable by others (whoever can edit the config can
+/// point dso at their own provider; dso-init runs as PID 1 in containers); key files must not be
+/// readable by others at all. The same checks ([`crate::trust`]) refuse them at use.
 fn check_permissions(config_path: &Path, cfg: Option<&Config>) -> Vec<Check> {
+    use crate::trust::{self, Use};
     let mut problems = Vec::new();
     let mut seen = 0;
-    let me = nix::unistd::geteuid().as_raw();
-    let mut look = |path: &Path, forbidden: u32, fix: &str| {
+    let mut look = |path: &Path, what: &str, usage: Use| {
         seen += 1;
         match fs::metadata(path) {
             Ok(m) => {
-                let mode = m.permissions().mode() & 0o7777;
-                if mode & forbidden != 0 {
-                    problems.push(format!(
-                        "{} has mode {mode:04o}; {fix} {}",
-                        path.display(),
-                        path.display()
-                    ));
-                }
-                if m.uid() != 0 && m.uid() != me {
-                    problems.push(format!(
-                        "{} is owned by uid {}; chown root {}",
-                        path.display(),
-                        m.uid(),
-                        path.display()
-                    ));
+                if let Err(e) = trust::check(&m, path, what, usage) {
+                    problems.push(e.to_string());
                 }
             }
             Err(e) => problems.push(format!("{}: {e}", path.display())),
         }
     };
     if config_path.exists() {
-        look(config_path, 0o022, "chmod go-w");
+        look(config_path, "config", Use::Trusted);
         if let Some(dir) = config_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            look(dir, 0o022, "chmod go-w");
+            look(dir, "config directory", Use::Trusted);
         }
     }
     if let Some(cfg) = cfg {
+        let init = crate::runtime::init_location(cfg);
+        if init.exists() {
+            look(&init, "dso-init", Use::Trusted);
+        }
         let mut files = Vec::new();
         for p in cfg.providers.values() {
             collect_key_files(&Value::Object(p.settings.clone()), &mut files);
@@ -405,14 +397,14 @@ fn check_permissions(config_path: &Path, cfg: Option<&Config>) -> Vec<Check> {
         files.sort();
         files.dedup();
         for f in files {
-            look(Path::new(&f), 0o077, "chmod 600");
+            look(Path::new(&f), "key file", Use::Secret);
         }
     }
     if problems.is_empty() {
         vec![check(
             "permissions",
             Status::Ok,
-            format!("{seen} config and key file(s) and directories: owner and mode fine"),
+            format!("{seen} config, dso-init and key file(s) and directories: owner and mode fine"),
         )]
     } else {
         problems

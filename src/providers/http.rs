@@ -1060,6 +1060,13 @@ fn read_file(
 ) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
     let mut f = std::fs::File::open(path)
         .map_err(|e| config_error(kind, provider, format!("{setting} {}: {e}", path.display())))?;
+    // Whoever can write a CA bundle, a client key or a token file can make dso trust their
+    // server or act as them: owner root (or this user), not writable by group or others.
+    let meta = f
+        .metadata()
+        .map_err(|e| config_error(kind, provider, format!("{setting} {}: {e}", path.display())))?;
+    crate::trust::check(&meta, path, setting, crate::trust::Use::Trusted)
+        .map_err(|e| config_error(kind, provider, e.to_string()))?;
     read_zeroizing(&mut f, 4096, 1 << 20)
         .map_err(|e| config_error(kind, provider, format!("{setting} {}: {e}", path.display())))
 }
@@ -1215,6 +1222,27 @@ mod tests {
         assert_eq!(WORKLOAD.with(|x| x.borrow().clone()), None);
     }
     use super::*;
+
+    /// Issue 14 point 10: a token file (or CA bundle, client key) that group or others can
+    /// write is refused where it is read, with the fix in the message.
+    #[test]
+    fn credential_files_others_can_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "s.token\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let ok = read_credential_file("vault", "v", "auth.token_file", &f).unwrap();
+        assert_eq!(ok.as_str(), "s.token");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o620)).unwrap();
+        let err = read_credential_file("vault", "v", "auth.token_file", &f).unwrap_err();
+        let want = format!(
+            "auth.token_file {} has mode 0620, writable by group or others; refusing it (fix: chmod go-w {})",
+            f.display(),
+            f.display()
+        );
+        assert!(err.to_string().contains(&want), "{err}");
+    }
 
     #[test]
     fn loopback_and_metadata_hosts() {

@@ -67,6 +67,8 @@ pub enum StoreError {
         "key file {path} has mode {mode:04o}, readable by group or others; refusing it (fix: chmod 600 {path})"
     )]
     KeyFileLoose { path: PathBuf, mode: u32 },
+    #[error(transparent)]
+    Untrusted(crate::trust::Untrusted),
     #[error("key file {path} is empty")]
     KeyFileEmpty { path: PathBuf },
     #[error("key file {path} is larger than {MAX_KEY_FILE_LEN} bytes")]
@@ -511,6 +513,11 @@ impl KeyFile {
             return Err(StoreError::KeyFileNotRegular {
                 path: path.to_path_buf(),
             });
+        }
+        if let Err(e @ crate::trust::Untrusted::Owner { .. }) =
+            crate::trust::check(&meta, path, "key file", crate::trust::Use::Secret)
+        {
+            return Err(StoreError::Untrusted(e));
         }
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {

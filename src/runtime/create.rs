@@ -104,6 +104,8 @@ pub enum CreateError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::Untrusted),
     #[error("{0}")]
     Delegate(#[from] DelegateError),
     #[error("injecting secrets: {0}")]
@@ -582,18 +584,25 @@ fn pages(n: u64) -> u64 {
 }
 
 /// Where dso-init lives: `runtime.init_path`, else next to this executable.
-fn init_path(cfg: &Config) -> Result<PathBuf, CreateError> {
-    let path = match &cfg.runtime.init_path {
+pub fn init_location(cfg: &Config) -> PathBuf {
+    match &cfg.runtime.init_path {
         Some(p) => p.clone(),
         None => std::env::current_exe()
             .ok()
             .and_then(|exe| exe.parent().map(|d| d.join("dso-init")))
             .unwrap_or_else(|| PathBuf::from("/usr/bin/dso-init")),
-    };
-    fs::metadata(&path).map_err(|source| CreateError::Init {
+    }
+}
+
+/// [`init_location`], which must exist and be trusted ([`crate::trust`]).
+fn init_path(cfg: &Config) -> Result<PathBuf, CreateError> {
+    let path = init_location(cfg);
+    let meta = fs::metadata(&path).map_err(|source| CreateError::Init {
         path: path.clone(),
         source,
     })?;
+    // It runs as PID 1 in every env-ref container: whoever can replace it owns them all.
+    crate::trust::check(&meta, &path, "dso-init", crate::trust::Use::Trusted)?;
     Ok(path)
 }
 

@@ -17,7 +17,7 @@ use argv::Invocation;
 use runclog::RuncLog;
 use spec::Spec;
 
-pub use create::{CreateError, StateRecord, StateSecret};
+pub use create::{CreateError, StateRecord, StateSecret, init_location};
 
 /// The hidden `dso` subcommand that runs a create with secrets (see [`main`]).
 pub const CREATE_ENTRY: &str = "__dso-runc-create";

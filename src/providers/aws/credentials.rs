@@ -554,6 +554,18 @@ fn read_profile_file(path: &Path) -> Result<Option<Zeroizing<String>>, Credentia
             });
         }
     };
+    // Whoever can write it decides which identity dso uses: owner root (or this user), not
+    // writable by group or others.
+    let meta = file.metadata().map_err(|e| CredentialsError::File {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    crate::trust::check(&meta, path, "AWS shared file", crate::trust::Use::Trusted).map_err(
+        |e| CredentialsError::File {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
+    )?;
     let mut text = Zeroizing::new(String::new());
     let mut limited = file.take(MAX_PROFILE_FILE_LEN + 1);
     limited

@@ -68,7 +68,7 @@ pub enum StoreError {
     )]
     KeyFileLoose { path: PathBuf, mode: u32 },
     #[error(transparent)]
-    Untrusted(crate::trust::Untrusted),
+    Untrusted(Box<crate::trust::Untrusted>),
     #[error("key file {path} is empty")]
     KeyFileEmpty { path: PathBuf },
     #[error("key file {path} is larger than {MAX_KEY_FILE_LEN} bytes")]
@@ -517,7 +517,7 @@ impl KeyFile {
         if let Err(e @ crate::trust::Untrusted::Owner { .. }) =
             crate::trust::check(&meta, path, "key file", crate::trust::Use::Secret)
         {
-            return Err(StoreError::Untrusted(e));
+            return Err(StoreError::Untrusted(Box::new(e)));
         }
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {

@@ -105,7 +105,7 @@ pub enum CreateError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Untrusted(#[from] crate::trust::Untrusted),
+    Untrusted(Box<crate::trust::Untrusted>),
     #[error("{0}")]
     Delegate(#[from] DelegateError),
     #[error("injecting secrets: {0}")]
@@ -602,7 +602,8 @@ fn init_path(cfg: &Config) -> Result<PathBuf, CreateError> {
         source,
     })?;
     // It runs as PID 1 in every env-ref container: whoever can replace it owns them all.
-    crate::trust::check(&meta, &path, "dso-init", crate::trust::Use::Trusted)?;
+    crate::trust::check(&meta, &path, "dso-init", crate::trust::Use::Trusted)
+        .map_err(|e| CreateError::Untrusted(Box::new(e)))?;
     Ok(path)
 }
 

@@ -242,6 +242,48 @@ fn untrusted_config_or_init_is_refused() {
     );
 }
 
+/// Issue 14 point 11: in an image where `/var/run` is a link to `/run` (most distributions'),
+/// the kubelet's service-account mount at `/var/run/secrets/kubernetes.io/serviceaccount` lies
+/// below the secrets tmpfs at `/run/secrets`. The tmpfs must be mounted first: mounted after
+/// (a literal path compare put it last), it hid the token.
+#[test]
+fn secrets_tmpfs_does_not_hide_mounts_below_it_through_an_image_symlink() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"db-value");
+    let sa = lab.path("serviceaccount");
+    fs::create_dir_all(&sa).unwrap();
+    fs::write(sa.join("token"), "sa-token").unwrap();
+    let b = lab.bundle(
+        "cat /run/secrets/db; echo; cat /var/run/secrets/kubernetes.io/serviceaccount/token",
+        &["DB_FILE=dsofile://db"],
+        (0, 0),
+    );
+    fs::create_dir_all(b.join("rootfs/var")).unwrap();
+    std::os::unix::fs::symlink("../run", b.join("rootfs/var/run")).unwrap();
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
+    spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/var/run/secrets/kubernetes.io/serviceaccount",
+            "type": "bind", "source": sa, "options": ["rbind", "ro"]
+        }));
+    fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    let out = lab.create(&b, "t-varrun");
+    assert!(
+        out.status.success(),
+        "{}",
+        fs::read_to_string(lab.path("runc.log")).unwrap_or_default()
+    );
+    let stdout = lab.start_and_wait(&b, "t-varrun");
+    assert_eq!(stdout, "db-value\nsa-token");
+}
+
 #[test]
 fn failure_after_create_deletes_the_container() {
     if !ready() {

@@ -24,6 +24,47 @@ pub fn container_path(secrets_dir: &str, name: &str) -> String {
     format!("{}/{}", secrets_dir.trim_end_matches('/'), name)
 }
 
+/// A mount destination as the container will see it: the image's symlinks followed inside its
+/// root (`/var/run/secrets/x` is `/run/secrets/x` in an image where `/var/run` → `../run`), for
+/// as much of the path as exists in the image; the rest is kept as written. runc resolves
+/// destinations the same way (inside the root) when it mounts them.
+pub type Resolve<'a> = &'a dyn Fn(&str) -> String;
+
+/// [`Resolve`] for the image at `rootfs` (a host path), through pathrs (openat2 inside the
+/// root, never a host-side join).
+pub fn resolver_in(rootfs: &Path) -> Option<impl Fn(&str) -> String + use<>> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let root = pathrs::Root::open(rootfs).ok()?;
+    let real_of = |fd: i32| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+    let root_real = real_of(root.as_fd().as_raw_fd())?;
+    Some(move |dest: &str| {
+        let comps: Vec<&str> = dest
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        for n in (1..=comps.len()).rev() {
+            let Ok(h) = root.resolve(format!("/{}", comps[..n].join("/"))) else {
+                continue;
+            };
+            let Some(real) = real_of(h.as_fd().as_raw_fd()) else {
+                break;
+            };
+            let Ok(inside) = real.strip_prefix(&root_real) else {
+                break;
+            };
+            let mut out = format!("/{}", inside.to_string_lossy());
+            for c in &comps[n..] {
+                if !out.ends_with('/') {
+                    out.push('/');
+                }
+                out.push_str(c);
+            }
+            return out;
+        }
+        format!("/{}", comps.join("/"))
+    })
+}
+
 fn under(dest: &str, dir: &str) -> bool {
     let dir = dir.trim_end_matches('/');
     dest.strip_prefix(dir)
@@ -31,8 +72,10 @@ fn under(dest: &str, dir: &str) -> bool {
 }
 
 /// Adds the secrets tmpfs (`nosuid,nodev,noexec`, size cap, owner and mode). It goes before
-/// any mount below the secrets dir (so that e.g. compose's own `/run/secrets/x` binds stay
-/// visible on top of it). Refuses a spec that already mounts something else at the same path.
+/// any mount below the secrets dir (so that e.g. compose's own `/run/secrets/x` binds, or the
+/// kubelet's `/var/run/secrets/kubernetes.io/serviceaccount` where `/var/run` → `/run`, stay
+/// visible on top of it): destinations are compared as `resolve` sees them in the image.
+/// Refuses a spec that already mounts something else at the same path.
 pub fn add_secrets_tmpfs(
     spec: &mut Spec,
     secrets_dir: &str,
@@ -40,14 +83,18 @@ pub fn add_secrets_tmpfs(
     uid: u32,
     gid: u32,
     mode: u32,
+    resolve: Resolve<'_>,
 ) -> Result<(), SpecError> {
     let path = spec.path().to_path_buf();
     let mounts = spec.mounts_mut()?;
     let dest_of = |m: &Value| {
         m.get("destination")
             .and_then(Value::as_str)
-            .map(str::to_owned)
+            .map(resolve)
     };
+    let configured = secrets_dir;
+    let resolved_dir = resolve(secrets_dir);
+    let secrets_dir = resolved_dir.as_str();
     for m in mounts.iter() {
         if dest_of(m).as_deref().map(|d| d.trim_end_matches('/'))
             == Some(secrets_dir.trim_end_matches('/'))
@@ -72,13 +119,13 @@ pub fn add_secrets_tmpfs(
             return Err(SpecError::Shape {
                 path,
                 what: format!(
-                    "a mount already exists at {secrets_dir}; set runtime.secrets_dir in dso.yaml to another path"
+                    "a mount already exists at {configured}; set runtime.secrets_dir in dso.yaml to another path"
                 ),
             });
         }
     }
     let mount = MountBuilder::default()
-        .destination(secrets_dir)
+        .destination(configured)
         .typ("tmpfs")
         .source(TMPFS_SOURCE)
         .options(vec![
@@ -207,6 +254,13 @@ pub fn rewrite_spec(
     tmpfs: TmpfsLayout<'_>,
     init: Option<&Path>,
 ) -> Result<(), SpecError> {
+    let rootfs = spec.rootfs();
+    let literal = |d: &str| d.to_string();
+    let in_image = rootfs.as_deref().and_then(resolver_in);
+    let resolve: Resolve<'_> = match &in_image {
+        Some(r) => r,
+        None => &literal,
+    };
     add_secrets_tmpfs(
         spec,
         tmpfs.secrets_dir,
@@ -214,6 +268,7 @@ pub fn rewrite_spec(
         tmpfs.uid,
         tmpfs.gid,
         tmpfs.mode,
+        resolve,
     )?;
     point_file_refs(spec, refs, tmpfs.secrets_dir)?;
     if let Some(init) = init {
@@ -240,11 +295,75 @@ mod tests {
                   {"destination":"/run/secrets/compose_thing","type":"bind","source":"/x","options":["rbind"]}],
         "annotations":{"dso.secrets/TOKEN_FILE":"dsofile://token"}}"#;
 
+    fn literal(d: &str) -> String {
+        d.to_string()
+    }
+
+    /// Issue 14 point 11: in an image where `/var/run` → `../run`, the kubelet's
+    /// `/var/run/secrets/kubernetes.io/serviceaccount` mount is below `/run/secrets`: the
+    /// tmpfs must go before it, not after (which would hide the token).
+    #[test]
+    fn destinations_are_compared_through_the_images_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path();
+        let rootfs = bundle.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("run")).unwrap();
+        std::fs::create_dir_all(rootfs.join("var")).unwrap();
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::os::unix::fs::symlink("../run", rootfs.join("var/run")).unwrap();
+        // An absolute link that would leave the root on the host resolves inside it.
+        std::os::unix::fs::symlink("/etc/../../run", rootfs.join("escape")).unwrap();
+        let json = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"user":{"uid":0,"gid":0},"cwd":"/","args":["sh"],"env":["DB_FILE=dsofile://db"]},
+            "mounts":[{"destination":"/proc","type":"proc","source":"proc"},
+                      {"destination":"/var/run/secrets/kubernetes.io/serviceaccount","type":"bind","source":"/sa","options":["rbind","ro"]},
+                      {"destination":"/etc/hosts","type":"bind","source":"/h","options":["rbind"]}]}"#;
+        let mut s = Spec::from_slice(json.as_bytes(), bundle.join("config.json")).unwrap();
+        let resolve = resolver_in(&s.rootfs().unwrap()).unwrap();
+        assert_eq!(resolve("/var/run/secrets/x"), "/run/secrets/x");
+        assert_eq!(resolve("/var/run"), "/run");
+        assert_eq!(resolve("/escape/secrets"), "/run/secrets");
+        assert_eq!(resolve("/no/such//dir/"), "/no/such/dir");
+        rewrite_spec(
+            &mut s,
+            &[],
+            TmpfsLayout {
+                secrets_dir: "/run/secrets",
+                size: 1 << 20,
+                uid: 0,
+                gid: 0,
+                mode: 0o700,
+            },
+            None,
+        )
+        .unwrap();
+        let dests: Vec<&str> = s.doc()["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            dests,
+            [
+                "/proc",
+                "/run/secrets",
+                "/var/run/secrets/kubernetes.io/serviceaccount",
+                "/etc/hosts"
+            ]
+        );
+        // A secrets dir spelled through the link is the same place as a mount at /run/secrets.
+        let mut again = Spec::from_slice(json.as_bytes(), bundle.join("config.json")).unwrap();
+        let r = resolver_in(&rootfs).unwrap();
+        add_secrets_tmpfs(&mut again, "/var/run/secrets", 1, 0, 0, 0o700, &r).unwrap();
+        assert_eq!(again.doc()["mounts"][1]["destination"], "/var/run/secrets");
+    }
+
     #[test]
     fn tmpfs_goes_before_mounts_below_it_and_is_idempotent() {
         let mut s = spec(BASE);
-        add_secrets_tmpfs(&mut s, "/run/secrets", 1 << 20, 1000, 1000, 0o700).unwrap();
-        add_secrets_tmpfs(&mut s, "/run/secrets", 1 << 20, 1000, 1000, 0o700).unwrap();
+        add_secrets_tmpfs(&mut s, "/run/secrets", 1 << 20, 1000, 1000, 0o700, &literal).unwrap();
+        add_secrets_tmpfs(&mut s, "/run/secrets", 1 << 20, 1000, 1000, 0o700, &literal).unwrap();
         let mounts = s.doc()["mounts"].as_array().unwrap();
         assert_eq!(mounts.len(), 3);
         assert_eq!(mounts[1]["destination"], "/run/secrets");
@@ -273,7 +392,7 @@ mod tests {
     #[test]
     fn foreign_mount_at_secrets_dir_is_refused() {
         let mut s = spec(BASE);
-        let err = add_secrets_tmpfs(&mut s, "/proc", 1, 0, 0, 0o700).unwrap_err();
+        let err = add_secrets_tmpfs(&mut s, "/proc", 1, 0, 0, 0o700, &literal).unwrap_err();
         assert!(err.to_string().contains("secrets_dir"), "{err}");
     }
 
@@ -291,7 +410,8 @@ mod tests {
                 &format!(r#"{{"destination":"/proc","type":"proc","source":"proc"}},{m}"#),
             );
             let mut s = spec(&json);
-            let err = add_secrets_tmpfs(&mut s, "/run/secrets", 1 << 20, 0, 0, 0o700).unwrap_err();
+            let err = add_secrets_tmpfs(&mut s, "/run/secrets", 1 << 20, 0, 0, 0o700, &literal)
+                .unwrap_err();
             assert!(
                 err.to_string().contains("a mount already exists"),
                 "{m}: {err}"

@@ -120,6 +120,13 @@ impl Spec {
         &self.doc
     }
 
+    /// The container's root filesystem on the host: `root.path`, relative to the bundle.
+    pub fn rootfs(&self) -> Option<std::path::PathBuf> {
+        let root = self.doc.get("root")?.get("path")?.as_str()?;
+        let bundle = self.path.parent()?;
+        Some(bundle.join(root))
+    }
+
     /// `process.env`, as given.
     pub fn env(&self) -> Vec<String> {
         self.typed

@@ -207,6 +207,68 @@ fn rotate_rewrites_the_file_in_place_and_status_shows_versions() {
     lab.runc(&["delete", "--force", "t-rot"]);
 }
 
+/// Issue 14 point 5: a root PID 1 with CAP_SYS_ADMIN mounts another tmpfs over its secrets
+/// dir (as it could chroot or unshare into a pod's shared emptyDir). The rotation must not
+/// write into what the init sees now: it fails, saying why, and the other tmpfs stays empty.
+#[test]
+fn rotation_refuses_a_secrets_dir_that_is_not_the_tmpfs_of_the_create() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"old-value");
+    let b = lab.bundle(
+        "echo ready; while [ ! -e /run/secrets/go ]; do sleep 0.1; done; busybox mount -t tmpfs other /run/secrets && echo moved > /run/secrets/moved; while :; do sleep 1; done",
+        &["DB_FILE=dsofile://db"],
+        (0, 0),
+    );
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(b.join("config.json")).unwrap()).unwrap();
+    for set in ["bounding", "effective", "permitted"] {
+        spec["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_SYS_ADMIN".into());
+    }
+    fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    let pid = lab.run_detached(&b, "t-moved");
+    let file = format!("/proc/{pid}/root/run/secrets/db");
+    assert_eq!(fs::read(&file).unwrap(), b"old-value");
+    fs::write(format!("/proc/{pid}/root/run/secrets/go"), "").unwrap();
+    wait_for(
+        Path::new(&format!("/proc/{pid}/root/run/secrets/moved")),
+        "moved",
+        Duration::from_secs(20),
+    );
+    assert!(fs::metadata(&file).is_err(), "the other tmpfs is on top");
+
+    lab.set_secret("db", b"new-value");
+    let out = lab.dso(&["rotate", "db"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(
+            "/run/secrets inside the container is no longer the tmpfs dso mounted at create"
+        ),
+        "{text}"
+    );
+    assert!(
+        fs::metadata(&file).is_err(),
+        "nothing written into the other tmpfs"
+    );
+    let names: Vec<_> = fs::read_dir(format!("/proc/{pid}/root/run/secrets"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["moved"]);
+    let audit = fs::read_to_string(lab.path("audit.log")).unwrap();
+    assert!(audit.contains("\"event\":\"rotation_failed\""), "{audit}");
+}
+
 #[test]
 fn readers_never_see_an_empty_or_partial_value() {
     if !ready() {

@@ -389,7 +389,7 @@ impl Rotator {
     pub fn sweep_stale_temps(&self) -> usize {
         prune(&self.state_dir())
             .iter()
-            .filter_map(|r| SecretsDir::open(r.rec.pid, &r.rec.secrets_dir).ok())
+            .filter_map(|r| open_for_write(&r.rec).ok())
             .filter_map(|dir| dir.sweep_stale_temps(None).ok())
             .sum()
     }
@@ -984,8 +984,7 @@ impl Rotator {
             let (uid, gid) = s
                 .host_ids
                 .unwrap_or_else(|| host_ids(&rec.rec.bundle, s.uid, s.gid));
-            let dir =
-                SecretsDir::open(rec.rec.pid, &rec.rec.secrets_dir).map_err(|e| e.to_string())?;
+            let dir = open_for_write(&rec.rec)?;
             dir.sweep_stale_temps(Some(file))
                 .map_err(|e| e.to_string())?;
             dir.write(&SecretFile {
@@ -1025,6 +1024,40 @@ impl Rotator {
     }
 }
 
+/// The container's secrets dir, opened for a write only if `rec.pid` is still the container's
+/// init (its start time is the one recorded at create, checked through a pidfd that pins the
+/// process while its root is opened) and the dir is still the tmpfs seen at create (issue 14
+/// point 5: a root PID 1 that moved to another mount must not receive the write there).
+fn open_for_write(rec: &StateRecord) -> Result<SecretsDir, String> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let id = short_id(&rec.id);
+    let (Some(start), Some(mount)) = (rec.pid_start, rec.secrets_mount) else {
+        return Err(format!(
+            "{id}: its record has no init start time or secrets-mount identity (written by an older dso); not written to, restart the container"
+        ));
+    };
+    let gone = || format!("{id}: pid {} is no longer the container's init", rec.pid);
+    let pid = rustix::process::Pid::from_raw(rec.pid).ok_or_else(gone)?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|_| gone())?;
+    if crate::runtime::process_start_time(rec.pid) != Some(start) {
+        return Err(gone());
+    }
+    let dir = SecretsDir::open(rec.pid, &rec.secrets_dir).map_err(|e| e.to_string())?;
+    dir.require(&mount).map_err(|e| e.to_string())?;
+    // A pidfd turns readable when its process exits: still not readable now, the pid named
+    // the same process when /proc/<pid>/root was opened above.
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(0) => Ok(dir),
+        _ => Err(gone()),
+    }
+}
+
 /// The same file, however the two paths spell it (relative, through symlinks).
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -1050,6 +1083,43 @@ fn host_ids(bundle: &Path, uid: u32, gid: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14 point 5: a write needs the init recorded at create (same start time) and a
+    /// record that says which tmpfs that was.
+    #[test]
+    fn a_record_whose_init_changed_or_is_unknown_is_not_written() {
+        let me = std::process::id() as i32;
+        let start = crate::runtime::process_start_time(me).unwrap();
+        let mut rec = StateRecord {
+            id: "c1".into(),
+            bundle: "/nonexistent".into(),
+            runc_root: None,
+            delegate: "runc".into(),
+            pid: me,
+            config: "/nonexistent/dso.yaml".into(),
+            secrets_dir: "/run/secrets".into(),
+            secrets: Vec::new(),
+            created: String::new(),
+            workload: None,
+            pid_start: Some(start + 1),
+            secrets_mount: Some(crate::runtime::inject::MountIdentity { dev: 1, ino: 2 }),
+        };
+        let err = open_for_write(&rec).err().unwrap();
+        assert!(
+            err.contains(&format!("pid {me} is no longer the container's init")),
+            "{err}"
+        );
+        rec.pid = i32::MAX;
+        assert!(
+            open_for_write(&rec)
+                .err()
+                .unwrap()
+                .contains("no longer the container's init")
+        );
+        rec.pid_start = None;
+        let err = open_for_write(&rec).err().unwrap();
+        assert!(err.contains("written by an older dso"), "{err}");
+    }
 
     #[test]
     fn signals_parse() {
@@ -1096,6 +1166,8 @@ mod tests {
             }],
             created: String::new(),
             workload: None,
+            pid_start: None,
+            secrets_mount: None,
         };
         let record = registry::Record {
             path: dir.path().join("c1.json"),

@@ -118,22 +118,10 @@ fn runc_state_file(rec: &StateRecord) -> Option<DelegateState> {
         i32::try_from(v.init_process_pid).ok()?,
         v.init_process_start,
     );
-    match proc_start_time(pid) {
+    match crate::runtime::process_start_time(pid) {
         Some(t) if t == start => Some(DelegateState::Running { pid }),
         _ => Some(DelegateState::Gone),
     }
-}
-
-/// Field 22 of `/proc/<pid>/stat`: the process's start time in clock ticks since boot; `None`
-/// for a process that is gone or dead (a zombie waiting to be reaped is not running).
-fn proc_start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
-    if matches!(rest.next(), Some("Z" | "X" | "x")) {
-        return None;
-    }
-    rest.nth(18)?.parse().ok()
 }
 
 enum DelegateState {
@@ -295,6 +283,8 @@ mod tests {
             secrets: Vec::new(),
             created: String::new(),
             workload: None,
+            pid_start: None,
+            secrets_mount: None,
         }
     }
 
@@ -302,7 +292,7 @@ mod tests {
     fn runc_state_file_decides_liveness_without_an_exec() {
         let root = tempfile::tempdir().unwrap();
         let me = std::process::id() as i32;
-        let start = super::proc_start_time(me).expect("own start time");
+        let start = crate::runtime::process_start_time(me).expect("own start time");
         let write = |id: &str, pid: i32, start: u64| {
             fs::create_dir_all(root.path().join(id)).unwrap();
             fs::write(

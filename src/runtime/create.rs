@@ -157,6 +157,14 @@ pub struct StateRecord {
     /// policy against it again. Absent in records written before access policy existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
+    /// The init's start time (clock ticks since boot, `/proc/<pid>/stat`), so that a rotation
+    /// writes only while `pid` is still this container's init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
+    /// The secrets tmpfs as seen at create; a rotation writes only into the same one. Both
+    /// are absent in records of older versions, which are not rotated (restart the container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_mount: Option<crate::runtime::inject::MountIdentity>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -821,6 +829,8 @@ pub fn create_with_secrets(
     let injected = (|| -> Result<i32, CreateError> {
         let pid = delegate::init_pid(delegate, inv, &id)?;
         let dir = SecretsDir::open(pid, &secrets_dir)?;
+        let secrets_mount = dir.identity()?;
+        let pid_start = super::delegate::process_start_time(pid);
         for ((p, (value, _)), (uid, gid)) in planned.iter().zip(&values).zip(&host_ids) {
             if p.as_file {
                 dir.write(&SecretFile {
@@ -871,6 +881,8 @@ pub fn create_with_secrets(
                 .collect(),
             created: crate::audit::now_rfc3339(),
             workload: Some(workload.clone()),
+            pid_start,
+            secrets_mount: Some(secrets_mount),
         };
         register(&cfg.runtime.state_dir, &rec)?;
         // Registered: the record carries the leases now (revoked when the container goes).

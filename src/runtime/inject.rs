@@ -33,6 +33,16 @@ pub enum InjectError {
     },
     #[error("{dir} inside the container is not a tmpfs; refusing to write secrets to it")]
     NotTmpfs { dir: String },
+    #[error(
+        "{dir} inside the container is no longer the tmpfs dso mounted at create (device {found_dev}, inode {found_ino} instead of {dev}, {ino}: the container's init moved to another mount); refusing to write secrets to it"
+    )]
+    Moved {
+        dir: String,
+        dev: u64,
+        ino: u64,
+        found_dev: u64,
+        found_ino: u64,
+    },
     #[error("cannot write secret file {name:?} in {dir}: {source}")]
     Write {
         dir: String,
@@ -40,6 +50,17 @@ pub enum InjectError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Which tmpfs, and which directory in it, a container's secrets dir is: recorded at create
+/// (when the container's init has not run a single instruction of the image yet, so it is the
+/// tmpfs dso added to the spec) and required on every later write. A root PID 1 that `chroot`s,
+/// `unshare`s its mount namespace or mounts over the dir would otherwise have the agent's next
+/// write land in whatever it sees now (a pod's shared `emptyDir`, a host path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MountIdentity {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// One file to put in the secrets dir.
@@ -98,6 +119,34 @@ impl SecretsDir {
             dir: secrets_dir.to_string(),
             in_userns: std::cell::Cell::new(false),
         })
+    }
+
+    /// The identity of the opened dir (see [`MountIdentity`]).
+    pub fn identity(&self) -> Result<MountIdentity, InjectError> {
+        let st = rustix::fs::fstat(&self.fd).map_err(|e| InjectError::Write {
+            dir: self.dir.clone(),
+            name: ".".to_string(),
+            source: e.into(),
+        })?;
+        Ok(MountIdentity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+
+    /// Fails unless the opened dir is the one recorded at create.
+    pub fn require(&self, want: &MountIdentity) -> Result<(), InjectError> {
+        let found = self.identity()?;
+        if found != *want {
+            return Err(InjectError::Moved {
+                dir: self.dir.clone(),
+                dev: want.dev,
+                ino: want.ino,
+                found_dev: found.dev,
+                found_ino: found.ino,
+            });
+        }
+        Ok(())
     }
 
     /// Writes one file: temp name (O_EXCL, O_NOFOLLOW), owner and mode set before any byte is

@@ -18,6 +18,7 @@ use runclog::RuncLog;
 use spec::Spec;
 
 pub use create::{CreateError, StateRecord, StateSecret, init_location};
+pub use delegate::process_start_time;
 
 /// The hidden `dso` subcommand that runs a create with secrets (see [`main`]).
 pub const CREATE_ENTRY: &str = "__dso-runc-create";

@@ -87,11 +87,7 @@ pub fn add_secrets_tmpfs(
 ) -> Result<(), SpecError> {
     let path = spec.path().to_path_buf();
     let mounts = spec.mounts_mut()?;
-    let dest_of = |m: &Value| {
-        m.get("destination")
-            .and_then(Value::as_str)
-            .map(resolve)
-    };
+    let dest_of = |m: &Value| m.get("destination").and_then(Value::as_str).map(resolve);
     let configured = secrets_dir;
     let resolved_dir = resolve(secrets_dir);
     let secrets_dir = resolved_dir.as_str();

@@ -682,16 +682,31 @@ mod tests {
     }
 
     fn serve(dir: &Path) -> (SocketAddr, mpsc::Receiver<Trigger>, PathBuf) {
+        let (addr, rx, audit, _) = serve_counted(dir);
+        (addr, rx, audit)
+    }
+
+    fn serve_counted(
+        dir: &Path,
+    ) -> (
+        SocketAddr,
+        mpsc::Receiver<Trigger>,
+        PathBuf,
+        Arc<ListenerStats>,
+    ) {
         let audit_path = dir.join("audit.log");
         let audit = Arc::new(Audit::new(&AuditConfig {
             path: Some(audit_path.clone()),
             ..Default::default()
         }));
         let (tx, rx) = mpsc::channel();
-        let hook = Webhook::bind("127.0.0.1:0", Zeroizing::new(KEY.to_vec()), audit, tx).unwrap();
+        let stats = Arc::new(ListenerStats::default());
+        let hook = Webhook::bind("127.0.0.1:0", Zeroizing::new(KEY.to_vec()), audit, tx)
+            .unwrap()
+            .with_stats(stats.clone());
         let addr = hook.local_addr().unwrap();
         hook.spawn();
-        (addr, rx, audit_path)
+        (addr, rx, audit_path, stats)
     }
 
     fn signed(body: &[u8]) -> Vec<(&'static str, String)> {
@@ -766,7 +781,7 @@ mod tests {
     #[test]
     fn rejections_are_audited_at_a_bounded_rate() {
         let dir = tempfile::tempdir().unwrap();
-        let (addr, _rx, audit_path) = serve(dir.path());
+        let (addr, _rx, audit_path, stats) = serve_counted(dir.path());
         let body = br#"{"secrets":["db"]}"#.to_vec();
         let ts = now().to_string();
         let bad = vec![
@@ -781,6 +796,13 @@ mod tests {
             !rejected.is_empty() && rejected.len() <= 20,
             "{} rejection lines for 100 refusals",
             rejected.len()
+        );
+        // Every refusal is counted, audited or not.
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(n(&stats.webhook_rejected), 100);
+        assert_eq!(
+            n(&stats.webhook_rejections_unaudited),
+            100 - rejected.len() as u64
         );
     }
 

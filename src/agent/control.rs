@@ -318,7 +318,8 @@ fn handle(stream: UnixStream, deadline: Instant, server: &Server) -> std::io::Re
 }
 
 /// Whether the client hung up (or reset): its end is closed, so nothing it asked for is
-/// worth finishing.
+/// worth finishing. A client that only shut down its writing half (`nc -U` at the end of its
+/// input) still waits for the answer: that is POLLRDHUP alone, not POLLHUP.
 fn peer_gone(stream: &UnixStream) -> bool {
     let mut fds = libc::pollfd {
         fd: stream.as_raw_fd(),
@@ -327,7 +328,7 @@ fn peer_gone(stream: &UnixStream) -> bool {
     };
     // SAFETY: one valid pollfd for a descriptor we own, zero timeout.
     let rc = unsafe { libc::poll(&mut fds, 1, 0) };
-    rc > 0 && fds.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    rc > 0 && fds.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
 fn plain(v: serde_json::Value) -> Zeroizing<Vec<u8>> {
@@ -1090,6 +1091,11 @@ mod tests {
     fn peer_gone_sees_a_hang_up() {
         let (a, b) = UnixStream::pair().unwrap();
         assert!(!peer_gone(&a));
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(
+            !peer_gone(&a),
+            "a half-closed client still reads the answer"
+        );
         drop(b);
         assert!(peer_gone(&a));
     }

@@ -4,7 +4,8 @@
 //! be: every file on the host's filesystem (all of it but /proc and /sys), `docker inspect`,
 //! dockerd's log (which carries containerd's), dso's audit and agent logs, the environment and
 //! argv of every host process; and a core dump (`gcore`) of the agent taken after the rotation
-//! must hold neither old value. Needs root, dockerd, runc, busybox-static and gdb's gcore
+//! must hold neither old value, in the clear, in base64 (how the agent's socket carries values)
+//! or in hex. Needs root, dockerd, runc, busybox-static and gdb's gcore
 //! (skipped elsewhere, a failure under `CI=true`).
 
 mod harness;
@@ -247,7 +248,25 @@ fn no_value_anywhere_on_the_host_after_create_rotate_restart_and_stop() {
         out.status,
         harness::stderr(&out)
     );
-    let in_core = needles.found_in(&core);
+    // The values as the agent carried them too: base64 (its socket answers) and hex.
+    let encoded = Needles(
+        needles
+            .0
+            .iter()
+            .flat_map(|(label, v)| {
+                use base64::Engine;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(v.as_bytes());
+                let hex: String = v.bytes().map(|b| format!("{b:02x}")).collect();
+                // Without the padding, which depends only on the length.
+                let b64 = b64.trim_end_matches('=').to_string();
+                [(*label, b64), (*label, hex)]
+            })
+            .collect(),
+    );
+    let mut in_core = needles.found_in(&core);
+    let encoded_in_core = encoded.found_in(&core);
+    eprintln!("agent core after rotation holds, encoded: {encoded_in_core:?}");
+    in_core.extend(encoded_in_core);
     drop(core);
     eprintln!("agent core after rotation holds: {in_core:?}");
     assert!(

@@ -26,6 +26,7 @@ fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>)> {
     );
     let key = h.dir().join("webhook.key");
     std::fs::write(&key, WEBHOOK_KEY).unwrap();
+    // The agent takes a key of at least 32 bytes that only its owner can read.
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     yaml.push_str(&format!(
         "agent: {{ webhook: {{ listen: \"127.0.0.1:{}\", secret_file: {} }} }}\n",
@@ -36,7 +37,7 @@ fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>)> {
     Some((h, serial))
 }
 
-const WEBHOOK_KEY: &str = "e2e-webhook-key-5d1e";
+const WEBHOOK_KEY: &str = "e2e-webhook-key-5d1e-0123456789abcdef";
 
 /// The webhook's port for this test process.
 fn webhook_port() -> u16 {

@@ -453,7 +453,12 @@ pub const WEBHOOK_NOW: i64 = 1_700_000_000;
 /// a body of at most 64 KiB that names at least one secret; refusals carry a known status.
 pub fn webhook_request(data: &[u8]) {
     let mut conn = data;
-    match webhook::process_request(&mut conn, WEBHOOK_KEY, || WEBHOOK_NOW) {
+    match webhook::process_request(
+        &mut conn,
+        WEBHOOK_KEY,
+        || WEBHOOK_NOW,
+        &webhook::ReplayCache::default(),
+    ) {
         Outcome::Closed => {}
         Outcome::Rejected { code, .. } => {
             assert!(

@@ -173,7 +173,7 @@ fn a_thousand_secrets_in_one_container() {
     let mut lab = Lab::new();
     let declared: String = (0..N).map(|i| format!("  s{i}: {{}}\n")).collect();
     // 1000 files take 1000 pages of the tmpfs, plus the env hand-off file.
-    lab.write_config(&declared, ", tmpfs_size: 8m");
+    lab.write_config(&declared, ", tmpfs_size: 8m, max_references: 2000");
     let value = |i: usize| format!("value-{i}-{}", "v".repeat(i % 50));
     let t0 = Instant::now();
     for i in 0..N {
@@ -264,4 +264,54 @@ fn names_at_the_length_limit_work_and_one_more_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Issue 14 item 3 (reference amplification): more references than `runtime.max_references`
+/// (default 256), or values adding up to more than `runtime.max_total_secret_size`, fail the
+/// create before anything is created, with an error naming the key; at the limit it works.
+#[test]
+fn too_many_references_or_too_many_bytes_fail_closed_with_the_key_named() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("  big1: {}\n  big2: {}\n", "");
+    lab.set_secret("db", b"one-value");
+    // 257 references (to one secret: the count is of references, not of distinct secrets).
+    let env: Vec<String> = (0..257).map(|i| format!("E{i}=dso://db")).collect();
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    let b = lab.bundle("true", &env, (0, 0));
+    let before = fs::read(b.join("config.json")).unwrap();
+    assert!(!lab.create(&b, "t-refs").status.success());
+    let err = last_error(&lab);
+    assert!(
+        err.contains("257 secret references, more than runtime.max_references (256)"),
+        "{err}"
+    );
+    assert_nothing_created(&lab, "t-refs", &b, &before);
+    // 256 work.
+    let b = lab.bundle("while :; do sleep 1; done", &env[..256], (0, 0));
+    start(&lab, &b, "t-refs-ok");
+    lab.runc(&["delete", "--force", "t-refs-ok"]);
+
+    // Total bytes: two values of 600 KiB each pass max_secret_size (1 MiB) but not a 1 MiB total.
+    lab.write_config(
+        "  big1: {}\n  big2: {}\n",
+        ", tmpfs_size: 4m, max_total_secret_size: 1m",
+    );
+    lab.set_secret("big1", &vec![b'a'; 600 << 10]);
+    lab.set_secret("big2", &vec![b'b'; 600 << 10]);
+    let b = lab.bundle(
+        "true",
+        &["B1_FILE=dsofile://big1", "B2_FILE=dsofile://big2"],
+        (0, 0),
+    );
+    let before = fs::read(b.join("config.json")).unwrap();
+    assert!(!lab.create(&b, "t-bytes").status.success());
+    let err = last_error(&lab);
+    assert!(
+        err.contains("more than runtime.max_total_secret_size (1048576 bytes)"),
+        "{err}"
+    );
+    assert_nothing_created(&lab, "t-bytes", &b, &before);
 }

@@ -464,7 +464,12 @@ fn signed_webhook_rotates_at_once_and_refusals_are_audited() {
     let mut lab = Lab::new();
     lab.write_config("", "");
     let port = free_port();
-    fs::write(lab.path("webhook.key"), "s3cret-hook-key\n").unwrap();
+    // At least 32 bytes, readable by its owner only (the agent refuses anything else).
+    fs::write(
+        lab.path("webhook.key"),
+        "s3cret-hook-key-for-the-real-agent-test\n",
+    )
+    .unwrap();
     fs::set_permissions(lab.path("webhook.key"), fs::Permissions::from_mode(0o600)).unwrap();
     append_config(
         &lab,
@@ -488,7 +493,7 @@ fn signed_webhook_rotates_at_once_and_refusals_are_audited() {
     );
     let file = format!("/proc/{pid}/root/run/secrets/db");
     lab.set_secret("db", b"w2");
-    let key = b"s3cret-hook-key";
+    let key = b"s3cret-hook-key-for-the-real-agent-test";
     let body = br#"{"secrets":["db"]}"#;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -521,6 +526,11 @@ fn signed_webhook_rotates_at_once_and_refusals_are_audited() {
     );
     wait_file(&file, b"w2", Duration::from_secs(5));
     eprintln!("webhook → new file in {:?}", t0.elapsed());
+    // The same signed request again, inside the 5-minute window: a replay (issue 14).
+    assert_eq!(
+        post_webhook(port, &ts, &hmac_sig(key, &ts, body), body),
+        409
+    );
 
     // The audit line follows the rename that made the new file visible.
     let until = Instant::now() + Duration::from_secs(5);
@@ -535,11 +545,72 @@ fn signed_webhook_rotates_at_once_and_refusals_are_audited() {
         .lines()
         .filter(|l| l.contains("\"event\":\"webhook_rejected\""))
         .count();
-    assert_eq!(rejected, 3, "{audit}");
+    assert_eq!(rejected, 4, "{audit}");
+    assert!(audit.contains("replayed request"), "{audit}");
     assert!(audit.contains("\"event\":\"rotation_completed\""));
     assert!(!audit.contains("s3cret-hook-key") && !audit.contains("w2\""));
     lab.kill("t-hook");
     lab.runc(&["delete", "--force", "t-hook"]);
+}
+
+/// Issue 14 item 8: the socket's group may ask for a rotation, but only an if-changed one
+/// (an unchanged value is not rewritten, no restart or signal is forced), at most once per
+/// secret (or container) per 10 s; a forced rotation stays root's.
+#[test]
+fn the_sockets_group_rotates_only_if_changed_and_rate_limited_root_forces() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    fs::set_permissions(lab.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    lab.write_config("", "");
+    let socket = lab.path("ctl/dso.sock");
+    append_config(
+        &lab,
+        &format!(
+            "watch: {{ interval: 1h }}\nagent: {{ socket: {}, group: \"65534\" }}\n",
+            socket.display()
+        ),
+    );
+    lab.set_secret("db", b"group-1");
+    let _agent = start_agent(&lab);
+    wait_for(&lab.path("agent.log"), "watching", Duration::from_secs(10));
+    let b = lab.bundle(
+        "while :; do sleep 1; done",
+        &["DB_FILE=dsofile://db"],
+        (0, 0),
+    );
+    let pid = lab.run_detached(&b, "t-grp");
+    let file = format!("/proc/{pid}/root/run/secrets/db");
+    let rotate = r#"{"op":"rotate","secret":"db"}"#;
+
+    // The group: the value did not change, so nothing is rewritten.
+    let ans = socket_request_as(65534, 65534, &socket, rotate);
+    assert!(
+        ans.contains(r#""ok":true"#) && ans.contains(r#""status":"unchanged""#),
+        "{ans}"
+    );
+    // Again at once: refused by the rate limit, and says when to come back.
+    let ans = socket_request_as(65534, 65534, &socket, rotate);
+    assert!(
+        ans.contains(r#""ok":false"#) && ans.contains("rate limit"),
+        "{ans}"
+    );
+    // Root forces, and is not rate-limited.
+    for _ in 0..2 {
+        let ans = socket_request_as(0, 0, &socket, rotate);
+        assert!(ans.contains(r#""status":"rotated""#), "{ans}");
+    }
+    // A changed value: the group's (if-changed) rotation of the container applies it.
+    lab.set_secret("db", b"group-2");
+    let by_container = r#"{"op":"rotate","container":"t-grp"}"#;
+    let ans = socket_request_as(65534, 65534, &socket, by_container);
+    assert!(ans.contains(r#""status":"rotated""#), "{ans}");
+    assert_eq!(fs::read(&file).unwrap(), b"group-2");
+    let ans = socket_request_as(65534, 65534, &socket, by_container);
+    assert!(ans.contains("rate limit"), "{ans}");
+    lab.kill("t-grp");
+    lab.runc(&["delete", "--force", "t-grp"]);
 }
 
 /// Sends one JSON request to the control socket as `uid:gid` (a python3 child with those ids)

@@ -5,25 +5,35 @@
 //! | --- | --- | --- |
 //! | `{"op":"ping"}` | anyone who can connect | `{"ok":true,"version":"…"}` |
 //! | `{"op":"status"}` | root, the socket's group | containers, secrets, versions, last rotation, provider health — never values |
-//! | `{"op":"rotate","secret":"db"}` / `{"op":"rotate","container":"id"}` | root, the group | the outcomes |
+//! | `{"op":"rotate","secret":"db"}` / `{"op":"rotate","container":"id"}` | root (forced), the group (if changed, one per secret or container per [`GROUP_ROTATE_EVERY`]) | the outcomes |
 //! | `{"op":"fetch","workload":{…},"requests":[{"secret","provider","path","key","version"}]}` | **root only** | per request `{"value":"<base64>","version"}` or `{"error"}`; each request is checked against the access policy for the workload |
 //!
 //! The peer is identified by the kernel (`SO_PEERCRED`), not by anything it says. The socket is
 //! 0660, owned by root and `agent.group` (when set); values leave the agent only for uid 0, the
-//! uid dso-runc runs as. Values are encoded into and decoded from zeroizing buffers.
+//! uid dso-runc runs as. Values are encoded into and decoded from zeroizing buffers, each
+//! sized before the first value goes in (a growing buffer would leave copies behind).
+//!
+//! Bounded like the webhook ([`super::listen`]): 16 workers, 64 connections (one more is
+//! answered "busy" and dso-runc fetches directly), 10 s to send a request and 10 s to read the
+//! answer. A fetch takes at most `runtime.max_references` requests and answers at most
+//! `runtime.max_total_secret_size` bytes of values, fetches each distinct secret once
+//! (concurrently), and stops when the client hangs up.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use super::listen::{self, Deadlined, Limits, ListenerStats, bump};
 use crate::audit::Event;
 use crate::policy::{self, Ask, Workload};
 use crate::providers::{FetchRequest, Fetched};
@@ -37,6 +47,12 @@ pub const DEFAULT_SOCKET_NAME: &str = "dso.sock";
 const MAX_REQUEST: u64 = 1 << 20;
 /// The largest answer a client reads (values are capped by the tmpfs size anyway).
 const MAX_ANSWER: u64 = 64 << 20;
+/// The socket's group may rotate one secret (or one container) this often.
+pub const GROUP_ROTATE_EVERY: Duration = Duration::from_secs(10);
+/// Distinct secrets of one fetch fetched at once.
+const FETCH_PARALLEL: usize = 8;
+/// How long a client has to read the answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The socket path of a config.
 pub fn socket_path(cfg: &crate::config::Config) -> PathBuf {
@@ -223,29 +239,96 @@ pub struct WireRequest {
     pub version: Option<String>,
 }
 
-/// Serves connections until the listener fails; one short-lived thread per connection.
-pub fn serve(listener: UnixListener, rotator: Arc<Rotator>, group: Option<u32>) {
-    for conn in listener.incoming() {
-        let Ok(stream) = conn else { continue };
-        let rotator = rotator.clone();
-        std::thread::spawn(move || {
-            let _ = handle(stream, &rotator, group);
-        });
+/// What the connections of one socket share.
+pub struct Server {
+    rotator: Arc<Rotator>,
+    group: Option<u32>,
+    stats: Arc<ListenerStats>,
+    /// When the group last rotated each selector (`secret:<name>`, `container:<id>`).
+    group_rotations: Mutex<HashMap<String, Instant>>,
+}
+
+impl Server {
+    pub fn new(rotator: Arc<Rotator>, group: Option<u32>, stats: Arc<ListenerStats>) -> Server {
+        Server {
+            rotator,
+            group,
+            stats,
+            group_rotations: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The group's rotation of `key` may run now (and is recorded); `Err(wait)` otherwise.
+    fn group_may_rotate(&self, key: String) -> Result<(), Duration> {
+        let mut last = self
+            .group_rotations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        last.retain(|_, t| now.duration_since(*t) < GROUP_ROTATE_EVERY);
+        if let Some(t) = last.get(&key) {
+            return Err(GROUP_ROTATE_EVERY.saturating_sub(now.duration_since(*t)));
+        }
+        last.insert(key, now);
+        Ok(())
     }
 }
 
-fn handle(mut stream: UnixStream, rotator: &Rotator, group: Option<u32>) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// Serves connections until the listener fails, within [`listen::CONTROL_LIMITS`].
+pub fn serve(listener: UnixListener, server: Server) {
+    serve_with(listener, server, listen::CONTROL_LIMITS)
+}
+
+pub fn serve_with(listener: UnixListener, server: Server, limits: Limits) {
+    let server = Arc::new(server);
+    let stats = server.stats.clone();
+    listen::serve(
+        || Some(listener.accept().map(|(c, _)| c)),
+        limits,
+        move |stream, deadline| {
+            let _ = handle(stream, deadline, &server);
+        },
+        |stream| {
+            bump(&stats.control_connections_refused);
+            let _ = stream.set_nonblocking(true);
+            let _ = (&stream)
+                .write_all(b"{\"ok\":false,\"error\":\"agent busy: too many connections\"}\n");
+        },
+        &stats.clone(),
+    );
+}
+
+fn handle(stream: UnixStream, deadline: Instant, server: &Server) -> std::io::Result<()> {
     let peer = peer_of(&stream)?;
-    let access = access_of(peer, group);
+    let access = access_of(peer, server.group);
     let mut line = Vec::new();
-    BufReader::new((&stream).take(MAX_REQUEST)).read_until(b'\n', &mut line)?;
+    BufReader::new(Deadlined::new(&stream, deadline).take(MAX_REQUEST))
+        .read_until(b'\n', &mut line)?;
+    let gone = || peer_gone(&stream);
     let answer: Zeroizing<Vec<u8>> = match serde_json::from_slice::<Request>(&line) {
         Err(e) => plain(serde_json::json!({"ok": false, "error": format!("bad request: {e}")})),
-        Ok(req) => answer(&req, access, peer, rotator),
+        Ok(req) => answer(&req, access, peer, server, &gone),
     };
-    stream.write_all(&answer)?;
-    stream.write_all(b"\n")
+    if gone() {
+        return Ok(());
+    }
+    let mut out = Deadlined::new(&stream, Instant::now() + ANSWER_TIMEOUT);
+    out.write_all(&answer)?;
+    out.write_all(b"\n")
+}
+
+/// Whether the client hung up (or reset): its end is closed, so nothing it asked for is
+/// worth finishing. A client that only shut down its writing half (`nc -U` at the end of its
+/// input) still waits for the answer: that is POLLRDHUP alone, not POLLHUP.
+fn peer_gone(stream: &UnixStream) -> bool {
+    let mut fds = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for a descriptor we own, zero timeout.
+    let rc = unsafe { libc::poll(&mut fds, 1, 0) };
+    rc > 0 && fds.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
 fn plain(v: serde_json::Value) -> Zeroizing<Vec<u8>> {
@@ -265,7 +348,14 @@ fn denied(op: &str, peer: Peer) -> Zeroizing<Vec<u8>> {
     }))
 }
 
-fn answer(req: &Request, access: Access, peer: Peer, rotator: &Rotator) -> Zeroizing<Vec<u8>> {
+fn answer(
+    req: &Request,
+    access: Access,
+    peer: Peer,
+    server: &Server,
+    gone: &(dyn Fn() -> bool + Sync),
+) -> Zeroizing<Vec<u8>> {
+    let rotator = &*server.rotator;
     match req.op.as_str() {
         "ping" => plain(serde_json::json!({"ok": true, "version": env!("CARGO_PKG_VERSION")})),
         "status" if access >= Access::Operate => plain(status_json(rotator)),
@@ -279,19 +369,48 @@ fn answer(req: &Request, access: Access, peer: Peer, rotator: &Rotator) -> Zeroi
                     );
                 }
             };
+            let what = match &sel {
+                Selector::Secret(s) => format!("secret {s:?}"),
+                Selector::Container(c) => format!("container {c:?}"),
+                _ => "everything".to_string(),
+            };
+            // Root forces (rewrite, signal or restart even when nothing changed); the group
+            // may only ask for what changed to be applied now, and not too often: it must not
+            // be able to restart containers at will.
+            let mode = if access == Access::Root {
+                Mode::Force
+            } else {
+                let key = match &sel {
+                    Selector::Secret(s) => format!("secret:{s}"),
+                    Selector::Container(c) => format!("container:{c}"),
+                    _ => "all".to_string(),
+                };
+                if let Err(wait) = server.group_may_rotate(key) {
+                    bump(&server.stats.group_rotations_refused);
+                    return plain(serde_json::json!({
+                        "ok": false,
+                        "error": format!(
+                            "rate limit: the socket's group may rotate {what} once per {}s; try again in {}s (root may force it)",
+                            GROUP_ROTATE_EVERY.as_secs(),
+                            wait.as_secs().max(1)
+                        ),
+                    }));
+                }
+                Mode::IfChanged
+            };
             // In the agent's log too: a rotation asked for by `dso rotate` is as much the
             // agent's work as one it started itself.
             eprintln!(
-                "dso agent: `dso rotate` by uid {} (pid {}): {}",
+                "dso agent: `dso rotate` by uid {} (pid {}): {what}{}",
                 peer.uid,
                 peer.pid,
-                match &sel {
-                    Selector::Secret(s) => format!("secret {s:?}"),
-                    Selector::Container(c) => format!("container {c:?}"),
-                    _ => "everything".to_string(),
+                if mode == Mode::Force {
+                    " (forced)"
+                } else {
+                    " (if changed)"
                 }
             );
-            let done = rotator.rotate(&sel, Mode::Force);
+            let done = rotator.rotate(&sel, mode);
             if done.is_empty() {
                 eprintln!("dso agent: `dso rotate`: no running container matched");
             }
@@ -310,7 +429,7 @@ fn answer(req: &Request, access: Access, peer: Peer, rotator: &Rotator) -> Zeroi
                 .workload
                 .clone()
                 .unwrap_or_else(|| Workload::unknown("", "the client named no workload"));
-            fetch_answer(&req.requests, &workload, rotator)
+            fetch_answer(&req.requests, &workload, rotator, gone)
         }
         "status" | "rotate" | "fetch" => denied(&req.op, peer),
         other => plain(serde_json::json!({"ok": false, "error": format!("unknown op {other:?}")})),
@@ -444,46 +563,203 @@ fn authorize(r: &WireRequest, workload: &Workload, rotator: &Rotator) -> Result<
         })
 }
 
+/// What one distinct fetch is keyed by: requests that agree on these get the same value.
+type FetchKey = (String, String, Option<String>, Option<String>);
+
+fn refused(error: String) -> Zeroizing<Vec<u8>> {
+    plain(serde_json::json!({"ok": false, "error": error}))
+}
+
+/// Serves a `fetch`: checks the caps, authorizes every request, fetches each distinct secret
+/// once (up to [`FETCH_PARALLEL`] at once, stopping when `gone` says the client hung up), and
+/// builds the answer in one buffer allocated at its final size.
 fn fetch_answer(
     reqs: &[WireRequest],
     workload: &Workload,
     rotator: &Rotator,
+    gone: &(dyn Fn() -> bool + Sync),
 ) -> Zeroizing<Vec<u8>> {
+    let cfg = rotator.config();
+    let (max_refs, max_bytes) = (
+        cfg.runtime.max_references,
+        cfg.runtime.max_total_secret_size,
+    );
+    if reqs.len() > max_refs {
+        return refused(format!(
+            "{} secret references, more than runtime.max_references ({max_refs}) in {}",
+            reqs.len(),
+            cfg.source.display()
+        ));
+    }
+    let over_bytes = || {
+        refused(format!(
+            "the values asked for add up to more than runtime.max_total_secret_size ({max_bytes} bytes) in {}",
+            cfg.source.display()
+        ))
+    };
+
+    // Each request: its distinct fetch, or why it is refused.
+    let mut distinct: Vec<(&str, FetchRequest)> = Vec::new();
+    let mut index: BTreeMap<FetchKey, usize> = BTreeMap::new();
+    let mut plan: Vec<Result<usize, String>> = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        if let Err(e) = authorize(r, workload, rotator) {
+            plan.push(Err(e));
+            continue;
+        }
+        let key = (
+            r.provider.clone(),
+            r.path.clone(),
+            r.key.clone(),
+            r.version.clone(),
+        );
+        let i = *index.entry(key).or_insert_with(|| {
+            distinct.push((
+                r.provider.as_str(),
+                FetchRequest {
+                    path: r.path.clone(),
+                    key: r.key.clone(),
+                    version: r.version.clone(),
+                    // The provider's audit names the workload (User-Agent).
+                    workload: Some(workload.label()),
+                },
+            ));
+            distinct.len() - 1
+        });
+        plan.push(Ok(i));
+    }
+
+    let slots: Vec<Mutex<Option<Result<Fetched, String>>>> =
+        distinct.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let fetched_bytes = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..distinct.len().min(FETCH_PARALLEL) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some((provider, req)) = distinct.get(i) else {
+                        return;
+                    };
+                    if gone() || fetched_bytes.load(Ordering::SeqCst) > max_bytes as usize {
+                        return;
+                    }
+                    let res = rotator.fetch(provider, req).map_err(|e| e.to_string());
+                    if let Ok(f) = &res {
+                        fetched_bytes.fetch_add(f.value.len(), Ordering::SeqCst);
+                    }
+                    *slots[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(res);
+                }
+            });
+        }
+    });
+    if gone() {
+        return Zeroizing::new(Vec::new());
+    }
+    let fetched: Vec<Option<Result<Fetched, String>>> = slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
+        .collect();
+
+    // The answer's pieces without their values, and its exact size.
+    enum Piece<'a> {
+        Value(&'a Fetched, String),
+        Error(String),
+    }
+    let error = |e: &str| Piece::Error(serde_json::json!({ "error": e }).to_string());
+    let pieces: Vec<Piece<'_>> = plan
+        .iter()
+        .map(|p| match p {
+            Ok(i) => match &fetched[*i] {
+                Some(Ok(f)) => Piece::Value(f, serde_json::json!(f.version).to_string()),
+                Some(Err(e)) => error(e),
+                None => error("not fetched"),
+            },
+            Err(e) => error(e),
+        })
+        .collect();
+    let b64_len = |n: usize| n.div_ceil(3) * 4;
+    const HEAD: &[u8] = br#"{"ok":true,"results":["#;
+    const VALUE: &[u8] = br#"{"value":""#;
+    const VERSION: &[u8] = br#"","version":"#;
+    let mut values = 0usize;
+    let mut size = HEAD.len() + pieces.len().saturating_sub(1) + 2;
+    for p in &pieces {
+        size += match p {
+            Piece::Value(f, v) => {
+                values = values.saturating_add(f.value.len());
+                VALUE.len() + b64_len(f.value.len()) + VERSION.len() + v.len() + 1
+            }
+            Piece::Error(e) => e.len(),
+        };
+    }
+    // Over the cap in what the answer would carry (a value asked for twice counts twice), or
+    // the fetching stopped for it.
+    if values > max_bytes as usize || fetched_bytes.load(Ordering::SeqCst) > max_bytes as usize {
+        return over_bytes();
+    }
+
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut out = Zeroizing::new(Vec::with_capacity(256));
-    out.extend_from_slice(br#"{"ok":true,"results":["#);
-    for (i, r) in reqs.iter().enumerate() {
+    let mut out = Zeroizing::new(Vec::with_capacity(size));
+    out.extend_from_slice(HEAD);
+    for (i, p) in pieces.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        let req = FetchRequest {
-            path: r.path.clone(),
-            key: r.key.clone(),
-            version: r.version.clone(),
-            // The provider's audit names the workload (User-Agent).
-            workload: Some(workload.label()),
-        };
-        let fetched = authorize(r, workload, rotator)
-            .and_then(|()| rotator.fetch(&r.provider, &req).map_err(|e| e.to_string()));
-        match fetched {
-            Ok(f) => {
-                let mut enc = Zeroizing::new(vec![0u8; f.value.len().div_ceil(3) * 4 + 4]);
+        match p {
+            Piece::Value(f, version) => {
+                out.extend_from_slice(VALUE);
+                let start = out.len();
+                // Within the capacity reserved above: no reallocation.
+                out.resize(start + b64_len(f.value.len()), 0);
                 let n = b64
-                    .encode_slice(f.value.expose(), &mut enc[..])
+                    .encode_slice(f.value.expose(), &mut out[start..])
                     .unwrap_or(0);
-                out.extend_from_slice(br#"{"value":""#);
-                out.extend_from_slice(&enc[..n]);
-                out.extend_from_slice(br#"","version":"#);
-                out.extend_from_slice(serde_json::json!(f.version).to_string().as_bytes());
+                out.truncate(start + n);
+                out.extend_from_slice(VERSION);
+                out.extend_from_slice(version.as_bytes());
                 out.push(b'}');
             }
-            Err(e) => {
-                out.extend_from_slice(serde_json::json!({"error": e}).to_string().as_bytes());
-            }
+            Piece::Error(e) => out.extend_from_slice(e.as_bytes()),
         }
     }
     out.extend_from_slice(b"]}");
+    debug_assert_eq!(out.capacity(), size, "the answer outgrew its buffer");
     out
+}
+
+/// Reads one line (up to `limit` bytes) into zeroizing memory. The buffer grows by copying into
+/// a new zeroizing buffer, so the one left behind is wiped (a `Vec` that reallocates frees
+/// its old block as it is).
+fn read_line_zeroizing(mut r: impl Read, limit: usize) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(64 << 10));
+    let mut chunk = Zeroizing::new([0u8; 16 << 10]);
+    loop {
+        let n = match r.read(&mut chunk[..]) {
+            Ok(0) => return Ok(buf),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let (take, done) = match chunk[..n].iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (n, false),
+        };
+        if buf.len() + take > limit {
+            return Err(std::io::Error::other("answer too large"));
+        }
+        if buf.len() + take > buf.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(
+                (buf.capacity() * 2).max(buf.len() + take),
+            ));
+            bigger.extend_from_slice(&buf);
+            buf = bigger;
+        }
+        buf.extend_from_slice(&chunk[..take]);
+        if done {
+            return Ok(buf);
+        }
+    }
 }
 
 /// Sends one request and reads the answer (`timeout` for each read and write). `Err` when the
@@ -502,11 +778,8 @@ pub fn request(
     let mut line = req.to_string().into_bytes();
     line.push(b'\n');
     s.write_all(&line).map_err(|e| e.to_string())?;
-    let mut buf = Zeroizing::new(Vec::new());
-    BufReader::new(s.take(MAX_ANSWER))
-        .read_until(b'\n', &mut buf)
-        .map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
-    Ok(buf)
+    read_line_zeroizing(s, MAX_ANSWER as usize)
+        .map_err(|e| format!("agent socket {}: {e}", socket.display()))
 }
 
 #[derive(Deserialize)]
@@ -605,5 +878,237 @@ mod tests {
         assert_eq!(access_of(p(1000, 1000), None), Access::None);
         assert_eq!(access_of(p(1000, 998), Some(998)), Access::Operate);
         assert_eq!(access_of(p(1000, 1000), Some(998)), Access::None);
+    }
+
+    /// A rotator over a local store holding `values`, with `extra` appended to dso.yaml.
+    fn rotator_with(
+        dir: &Path,
+        values: &[(&str, &[u8])],
+        extra: &str,
+    ) -> (Arc<Rotator>, crate::config::Config) {
+        use crate::providers::local::Store;
+        let key = dir.join("key");
+        std::fs::write(&key, b"control-test-key-control-test-key").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let store = dir.join("store");
+        let mut st = Store::create(&store, &key).unwrap();
+        for (name, v) in values {
+            st.set(name, SecretValue::new(v.to_vec())).unwrap();
+        }
+        let mut secrets: String = values
+            .iter()
+            .map(|(n, _)| format!("  {n}: {{}}\n"))
+            .collect();
+        if values.is_empty() {
+            secrets.push_str("  unused: {}\n");
+        }
+        let text = format!(
+            "providers:\n  l: {{ type: local, path: {}, key_file: {} }}\nsecrets:\n{secrets}policy: {{ default: allow }}\naudit: {{ path: {} }}\nruntime: {{ state_dir: {}{extra} }}\n",
+            store.display(),
+            key.display(),
+            dir.join("audit.log").display(),
+            dir.join("state").display(),
+        );
+        let cfg = crate::config::Config::from_str_at(&text, &dir.join("dso.yaml")).unwrap();
+        (Arc::new(Rotator::new(cfg.clone(), Default::default())), cfg)
+    }
+
+    fn wire(name: &str) -> WireRequest {
+        WireRequest {
+            secret: Some(name.into()),
+            provider: "l".into(),
+            path: name.into(),
+            key: None,
+            version: None,
+        }
+    }
+
+    fn counter(c: &std::sync::atomic::AtomicU64) -> u64 {
+        c.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Issue 14 item 4: a request naming the same secret many times costs one provider fetch,
+    /// and every request still gets its answer.
+    #[test]
+    fn one_fetch_per_distinct_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rotator, _) = rotator_with(dir.path(), &[("db", b"db-value"), ("api", b"api")], "");
+        let mut reqs: Vec<WireRequest> = (0..50).map(|_| wire("db")).collect();
+        reqs.push(wire("api"));
+        let w = Workload::unknown("c1", "test");
+        let before = counter(&rotator.counters.fetches);
+        let ans = fetch_answer(&reqs, &w, &rotator, &|| false);
+        assert_eq!(counter(&rotator.counters.fetches) - before, 2);
+        let v: serde_json::Value = serde_json::from_slice(&ans).unwrap();
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), 51);
+        assert!(results[..50].iter().all(|r| r["value"] == "ZGItdmFsdWU="));
+        assert_eq!(results[50]["value"], "YXBp");
+    }
+
+    /// Issue 14 item 9: the answer buffer that carries the values (base64) is sized once, up
+    /// front: it never grows, so no reallocation leaves an unwiped copy of a value behind.
+    #[test]
+    fn the_fetch_answer_is_sized_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![b'v'; 100_000];
+        let (rotator, _) = rotator_with(dir.path(), &[("big", &big), ("db", b"x")], "");
+        let reqs = vec![wire("big"), wire("db"), wire("nope")];
+        let ans = fetch_answer(&reqs, &Workload::unknown("c1", "test"), &rotator, &|| false);
+        assert_eq!(
+            ans.capacity(),
+            ans.len(),
+            "the answer buffer grew (or was over-allocated) while values were written into it"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&ans).unwrap();
+        assert_eq!(v["results"][0]["value"].as_str().unwrap().len(), 133_336);
+        assert!(v["results"][2]["error"].is_string(), "{v}");
+    }
+
+    fn line_from(c: &mut UnixStream) -> String {
+        let mut line = String::new();
+        let _ = BufReader::new(c).read_line(&mut line);
+        line
+    }
+
+    /// Issue 14 item 3 (same care for the control socket): connections over the cap get an
+    /// immediate "busy" answer (dso-runc then fetches directly), a client trickling its request
+    /// is cut off at the per-request deadline, and others are served meanwhile.
+    #[test]
+    fn connections_are_capped_and_a_slow_client_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rotator, _) = rotator_with(dir.path(), &[], "");
+        let path = dir.path().join("ctl.sock");
+        let listener = bind(&path, None, &dir.path().join("state")).unwrap();
+        std::thread::spawn(move || serve(listener, Server::new(rotator, None, Arc::default())));
+        let ping = |path: &Path| {
+            let mut c = UnixStream::connect(path).unwrap();
+            c.write_all(b"{\"op\":\"ping\"}\n").unwrap();
+            line_from(&mut c)
+        };
+        assert!(ping(&path).contains(r#""ok":true"#));
+
+        // A trickling client: one byte every 400 ms, never idle long enough for a per-read
+        // timeout; at most 3 times the deadline.
+        let mut slow = UnixStream::connect(&path).unwrap();
+        slow.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut cut = false;
+        for i in 0..75 {
+            if slow.write_all(b" ").is_err() {
+                cut = true;
+                break;
+            }
+            let mut buf = [0u8; 256];
+            match slow.read(&mut buf) {
+                Ok(_) => {
+                    cut = true;
+                    break;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => {
+                    cut = true;
+                    break;
+                }
+            }
+            if i == 2 {
+                assert!(
+                    ping(&path).contains(r#""ok":true"#),
+                    "not served beside a slow client"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(cut, "a trickling client was still connected after 30 s");
+
+        let idle: Vec<UnixStream> = (0..64)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let mut over = UnixStream::connect(&path).unwrap();
+        let ans = line_from(&mut over);
+        assert!(ans.contains("busy"), "{ans:?}");
+        drop(idle);
+        let mut ans = String::new();
+        for _ in 0..200 {
+            ans = ping(&path);
+            if !ans.contains("busy") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(ans.contains(r#""ok":true"#), "{ans}");
+    }
+
+    /// Issue 14 item 4: the agent applies the caps to what a client asks of it (the client then
+    /// fetches directly, and its own create fails with the same words), and stops fetching
+    /// when the client has hung up.
+    #[test]
+    fn caps_and_a_client_that_hung_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rotator, _) = rotator_with(
+            dir.path(),
+            &[("a", &[b'a'; 700]), ("b", &[b'b'; 700])],
+            ", max_references: 3, max_total_secret_size: 1k",
+        );
+        let w = Workload::unknown("c1", "test");
+        let ans = fetch_answer(&vec![wire("a"); 4], &w, &rotator, &|| false);
+        let v: serde_json::Value = serde_json::from_slice(&ans).unwrap();
+        assert_eq!(v["ok"], false);
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("4 secret references, more than runtime.max_references (3)"),
+            "{v}"
+        );
+        // 1400 bytes of values (one secret asked for twice counts twice) against 1024.
+        for reqs in [vec![wire("a"), wire("b")], vec![wire("a"), wire("a")]] {
+            let ans = fetch_answer(&reqs, &w, &rotator, &|| false);
+            let v: serde_json::Value = serde_json::from_slice(&ans).unwrap();
+            assert!(
+                v["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("more than runtime.max_total_secret_size (1024 bytes)"),
+                "{v}"
+            );
+        }
+        let ans = fetch_answer(&[wire("a")], &w, &rotator, &|| false);
+        assert!(ans.starts_with(br#"{"ok":true"#));
+        // The client is gone: nothing is fetched and nothing is answered.
+        let before = counter(&rotator.counters.fetches);
+        let ans = fetch_answer(&[wire("a"), wire("b")], &w, &rotator, &|| true);
+        assert!(ans.is_empty());
+        assert_eq!(counter(&rotator.counters.fetches), before);
+    }
+
+    /// The hang-up check sees a closed peer, and not a live one.
+    #[test]
+    fn peer_gone_sees_a_hang_up() {
+        let (a, b) = UnixStream::pair().unwrap();
+        assert!(!peer_gone(&a));
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(
+            !peer_gone(&a),
+            "a half-closed client still reads the answer"
+        );
+        drop(b);
+        assert!(peer_gone(&a));
+    }
+
+    /// The client reads the answer into zeroizing memory, one line, whatever its size.
+    #[test]
+    fn answers_are_read_whole_into_zeroizing_memory() {
+        let line: Vec<u8> = (0..300_000u32)
+            .map(|i| b'a' + (i % 26) as u8)
+            .chain(*b"\nrest")
+            .collect();
+        let got = read_line_zeroizing(&line[..], 1 << 20).unwrap();
+        assert_eq!(&got[..], &line[..300_001]);
+        assert!(read_line_zeroizing(&line[..], 1000).is_err());
     }
 }

@@ -47,7 +47,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(rotator: Arc<Rotator>, started: Instant) -> Metrics {
+    pub fn new(
+        rotator: Arc<Rotator>,
+        started: Instant,
+        listeners: Arc<super::listen::ListenerStats>,
+    ) -> Metrics {
         let mut registry = Registry::default();
         let events = Family::<Labels, Counter>::default();
         let hist = || Histograms::new_with_constructor(latency_histogram as fn() -> Histogram);
@@ -84,7 +88,11 @@ impl Metrics {
             "Seconds until an issued certificate expires, by secret and container",
             certificate_expiry.clone(),
         );
-        registry.register_collector(Box::new(AgentState { rotator, started }));
+        registry.register_collector(Box::new(AgentState {
+            rotator,
+            started,
+            listeners,
+        }));
         Metrics {
             registry,
             events,
@@ -146,6 +154,7 @@ impl Metrics {
 struct AgentState {
     rotator: Arc<Rotator>,
     started: Instant,
+    listeners: Arc<super::listen::ListenerStats>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -218,6 +227,61 @@ impl Collector for AgentState {
             "Secrets fetched for dso-runc over the control socket.",
             &[(vec![], n(&c.agent_fetches_served))],
         )?;
+        let l = &self.listeners;
+        counter(
+            &mut enc,
+            "dso_webhook_rejections",
+            "Webhook requests refused, by whether the refusal was written to the audit trail (rejections beyond the audit rate limit are only counted here).",
+            &[
+                (
+                    vec![("audited", "true".into())],
+                    n(&l.webhook_rejected).saturating_sub(n(&l.webhook_rejections_unaudited)),
+                ),
+                (
+                    vec![("audited", "false".into())],
+                    n(&l.webhook_rejections_unaudited),
+                ),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "dso_webhook_replays",
+            "Webhook requests refused because the same signed request was used before (409).",
+            &[(vec![], n(&l.webhook_replays))],
+        )?;
+        counter(
+            &mut enc,
+            "dso_listener_connections_refused",
+            "Connections answered busy because the listener's connection cap was reached, by listener.",
+            &[
+                (
+                    vec![("listener", "webhook".into())],
+                    n(&l.webhook_connections_refused),
+                ),
+                (
+                    vec![("listener", "control".into())],
+                    n(&l.control_connections_refused),
+                ),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "dso_listener_accept_backoffs",
+            "Times accept failed for lack of file descriptors or memory and the listener waited.",
+            &[(vec![], n(&l.accept_backoffs))],
+        )?;
+        counter(
+            &mut enc,
+            "dso_listener_handler_panics",
+            "Requests whose handler panicked (a bug): the connection was dropped, the agent kept serving.",
+            &[(vec![], n(&l.handler_panics))],
+        )?;
+        counter(
+            &mut enc,
+            "dso_group_rotations_refused",
+            "Rotations asked for by the control socket's group and refused by its rate limit.",
+            &[(vec![], n(&l.group_rotations_refused))],
+        )?;
         let mut up = enc.encode_descriptor(
             "dso_provider_up",
             "1 if the provider's last call succeeded.",
@@ -284,7 +348,7 @@ mod tests {
         )
         .unwrap();
         let rotator = Arc::new(Rotator::new(cfg, Default::default()));
-        let m = Metrics::new(rotator, Instant::now());
+        let m = Metrics::new(rotator, Instant::now(), Default::default());
         let ev = |json: &str| match serde_json::from_str(json).unwrap() {
             serde_json::Value::Object(m) => m,
             _ => unreachable!(),
@@ -328,6 +392,10 @@ mod tests {
         );
         assert!(text.contains("dso_managed_containers 0"), "{text}");
         assert!(text.contains("dso_agent_fetches_served_total 0"), "{text}");
+        assert!(
+            text.contains(r#"dso_webhook_rejections_total{audited="false"} 0"#),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -66,9 +66,11 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let listener = control::bind(&socket, group, &state_dir).map_err(|e| anyhow!(e))?;
     eprintln!("dso agent: control socket {}", socket.display());
+    // Counters of the control socket and the webhook, shown by the metrics.
+    let listener_stats = Arc::new(agent::listen::ListenerStats::default());
     {
-        let rotator = rotator.clone();
-        std::thread::spawn(move || control::serve(listener, rotator, group));
+        let server = control::Server::new(rotator.clone(), group, listener_stats.clone());
+        std::thread::spawn(move || control::serve(listener, server));
     }
     if let Some(listen) = metrics_listen {
         let listener = metrics::bind(&listen).map_err(|e| anyhow!(e))?;
@@ -76,7 +78,11 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
             "dso agent: metrics on http://{}/metrics",
             listener.local_addr()?
         );
-        let metrics = Arc::new(metrics::Metrics::new(rotator.clone(), started));
+        let metrics = Arc::new(metrics::Metrics::new(
+            rotator.clone(),
+            started,
+            listener_stats.clone(),
+        ));
         metrics.follow(audit.path());
         std::thread::spawn(move || metrics::serve(listener, metrics));
     }
@@ -96,7 +102,8 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
         let settings = webhook::WebhookSettings::from_value(&v).map_err(|e| anyhow!(e))?;
         let key = webhook::read_key(&settings.secret_file).map_err(|e| anyhow!(e))?;
         let hook = webhook::Webhook::bind(&settings.listen, key, audit, tx.clone())
-            .map_err(|e| anyhow!("webhook listener {}: {e}", settings.listen))?;
+            .map_err(|e| anyhow!("webhook listener {}: {e}", settings.listen))?
+            .with_stats(listener_stats.clone());
         eprintln!(
             "dso agent: webhook on http://{}/v1/webhook",
             hook.local_addr()?

@@ -325,6 +325,16 @@ pub struct RuntimeConfig {
     /// Largest value of one secret, in bytes: checked at create and on rotation.
     #[serde(default = "default_max_secret_size", deserialize_with = "de_size")]
     pub max_secret_size: u64,
+    /// Most secret references one container may have (env, file and annotation references
+    /// counted one by one); also the most requests one agent fetch may carry.
+    #[serde(default = "default_max_references")]
+    pub max_references: usize,
+    /// Most bytes of values one container's create (or one agent fetch) may gather, in all.
+    #[serde(
+        default = "default_max_total_secret_size",
+        deserialize_with = "de_size"
+    )]
+    pub max_total_secret_size: u64,
     #[serde(default = "default_fetch_timeout", deserialize_with = "de_duration")]
     pub fetch_timeout: Duration,
     /// Default mode of injected files.
@@ -344,6 +354,8 @@ impl Default for RuntimeConfig {
             secrets_dir: default_secrets_dir(),
             tmpfs_size: default_tmpfs_size(),
             max_secret_size: default_max_secret_size(),
+            max_references: default_max_references(),
+            max_total_secret_size: default_max_total_secret_size(),
             fetch_timeout: default_fetch_timeout(),
             file_mode: default_file_mode(),
             init_path: None,
@@ -360,6 +372,12 @@ fn default_tmpfs_size() -> u64 {
 }
 fn default_max_secret_size() -> u64 {
     1024 * 1024
+}
+fn default_max_references() -> usize {
+    256
+}
+fn default_max_total_secret_size() -> u64 {
+    16 * 1024 * 1024
 }
 fn default_fetch_timeout() -> Duration {
     Duration::from_secs(10)

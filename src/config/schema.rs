@@ -640,6 +640,11 @@ fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
             r.get("max_secret_size"),
             out,
         );
+        check_size(
+            &key(&["runtime", "max_total_secret_size"]),
+            r.get("max_total_secret_size"),
+            out,
+        );
         check_mode(
             lines,
             &key(&["runtime", "file_mode"]),
@@ -969,7 +974,7 @@ mod tests {
         (
             "provider: {type: local}\nsecrets: {a: {}}\nwatch: {interval: 30s}\nruntime:\n  secret_dir: /x\n",
             &[
-                "line 5: runtime.secret_dir: unknown key (expected one of secrets_dir, tmpfs_size, max_secret_size, fetch_timeout, file_mode, init_path, state_dir)",
+                "line 5: runtime.secret_dir: unknown key (expected one of secrets_dir, tmpfs_size, max_secret_size, max_references, max_total_secret_size, fetch_timeout, file_mode, init_path, state_dir)",
             ],
         ),
         (

@@ -94,6 +94,20 @@ pub enum CreateError {
         limit: u64,
         config: PathBuf,
     },
+    #[error("{count} secret references, more than runtime.max_references ({limit}) in {config}")]
+    TooManyReferences {
+        count: usize,
+        limit: usize,
+        config: PathBuf,
+    },
+    #[error(
+        "the secrets add up to {total} bytes, more than runtime.max_total_secret_size ({limit} bytes) in {config}"
+    )]
+    TooManyBytes {
+        total: u64,
+        limit: u64,
+        config: PathBuf,
+    },
     #[error("the container user {uid}:{gid} is not mapped in the container's user namespace")]
     Unmapped { uid: u32, gid: u32 },
     #[error("container id is missing from the {0} command line")]
@@ -730,6 +744,15 @@ pub fn create_with_secrets(
     timing.mark("config");
     let audit = audit_for(Audit::new(&cfg.audit), log);
     let refs = collect_refs(&spec.env(), Some(&spec.annotations()))?;
+    // Before anything is planned or fetched: a spec with thousands of references must not
+    // turn into thousands of provider calls.
+    if refs.len() > cfg.runtime.max_references {
+        return Err(CreateError::TooManyReferences {
+            count: refs.len(),
+            limit: cfg.runtime.max_references,
+            config: cfg.source.clone(),
+        });
+    }
     let user = spec.user();
     let mut planned = plan(&cfg, &refs, user)?;
     let bundle = inv.bundle_dir().unwrap_or_default();
@@ -770,6 +793,14 @@ pub fn create_with_secrets(
                 config: cfg.source.clone(),
             });
         }
+    }
+    let total: u64 = values.iter().map(|(v, _)| v.len() as u64).sum();
+    if total > cfg.runtime.max_total_secret_size {
+        return Err(CreateError::TooManyBytes {
+            total,
+            limit: cfg.runtime.max_total_secret_size,
+            config: cfg.source.clone(),
+        });
     }
     let env_blob = env_file(&planned, &values)?;
     let needed: u64 = planned

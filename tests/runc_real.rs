@@ -284,6 +284,39 @@ fn secrets_tmpfs_does_not_hide_mounts_below_it_through_an_image_symlink() {
     assert_eq!(stdout, "db-value\nsa-token");
 }
 
+/// Issue 14 point 4: two names for the same provider path are fetched once per create.
+#[test]
+fn one_fetch_per_distinct_secret() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("  db_copy: { path: db }\n", "");
+    lab.set_secret("db", b"shared");
+    let b = lab.bundle(
+        "cat /run/secrets/db /run/secrets/db_copy",
+        &["DB_FILE=dsofile://db", "COPY_FILE=dsofile://db_copy"],
+        (0, 0),
+    );
+    let out = lab.create(&b, "t-dedup");
+    assert!(
+        out.status.success(),
+        "{}",
+        fs::read_to_string(lab.path("runc.log")).unwrap_or_default()
+    );
+    assert_eq!(lab.start_and_wait(&b, "t-dedup"), "sharedshared");
+    let audit = fs::read_to_string(lab.path("audit.log")).unwrap();
+    let fetched = audit
+        .lines()
+        .filter(|l| l.contains("\"event\":\"secret_fetched\""))
+        .count();
+    let injected = audit
+        .lines()
+        .filter(|l| l.contains("\"event\":\"secret_injected\""))
+        .count();
+    assert_eq!((fetched, injected), (1, 2), "{audit}");
+}
+
 #[test]
 fn failure_after_create_deletes_the_container() {
     if !ready() {

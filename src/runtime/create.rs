@@ -428,9 +428,27 @@ fn fetch_all<'a>(
             }
         }
     }
-    let pending: Vec<usize> = (0..planned.len())
+    let unfetched: Vec<usize> = (0..planned.len())
         .filter(|&i| results[i].is_none())
         .collect();
+    // One fetch per distinct secret (issue 14 point 4): two file names for the same provider,
+    // path, key and version share one fetch. Dynamic secrets are issued once per reference.
+    let same = |a: &Planned, b: &Planned| {
+        a.dynamic.is_none()
+            && b.dynamic.is_none()
+            && a.provider == b.provider
+            && a.request.path == b.request.path
+            && a.request.key == b.request.key
+            && a.request.version == b.request.version
+    };
+    let mut pending: Vec<usize> = Vec::with_capacity(unfetched.len());
+    let mut copies: Vec<(usize, usize)> = Vec::new();
+    for &i in &unfetched {
+        match pending.iter().find(|&&u| same(&planned[u], &planned[i])) {
+            Some(&u) => copies.push((i, u)),
+            None => pending.push(i),
+        }
+    }
 
     let mut built: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
     for p in pending.iter().map(|&i| &planned[i]) {
@@ -565,6 +583,9 @@ fn fetch_all<'a>(
                 });
             }
         }
+    }
+    for (i, u) in copies {
+        results[i] = results[u].clone();
     }
     Ok((results.into_iter().flatten().collect(), leases))
 }

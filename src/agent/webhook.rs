@@ -1,4 +1,4 @@
-//! The rotation webhook (DESIGN.md, "Webhooks"): `POST /v1/webhook` with a JSON body
+//! The rotation webhook (docs/agent.md, "Webhook"): `POST /v1/webhook` with a JSON body
 //! `{"secrets":["name",...]}`, `X-DSO-Timestamp` (unix seconds) and
 //! `X-DSO-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`. The signature is checked
 //! in constant time (`hmac`'s `verify_slice`), timestamps more than 5 minutes off are refused
@@ -468,8 +468,7 @@ pub fn sign(key: &[u8], timestamp: &str, body: &[u8]) -> String {
     mac.update(b".");
     mac.update(body);
     let tag = mac.finalize().into_bytes();
-    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", hex::encode(tag))
 }
 
 fn parse_body(body: &[u8]) -> Result<Vec<String>, &'static str> {
@@ -489,16 +488,9 @@ fn parse_body(body: &[u8]) -> Result<Vec<String>, &'static str> {
     Ok(names)
 }
 
-/// Strict hex: digits and letters only (`u8::from_str_radix` alone would also take a sign,
-/// `+a`, so one MAC would have several accepted spellings).
+/// Strict hex (digits and letters only: no sign, so one MAC has one spelling per case).
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::decode(s).ok()
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

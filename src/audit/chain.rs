@@ -25,10 +25,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// SHA-256 (lowercase hex) of one line, without its newline.
 pub fn hash_line(line: &[u8]) -> String {
-    Sha256::digest(line)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(line))
 }
 
 /// The sidecar holding the chain head, next to the log: `<dir>/.<name>.chain`.

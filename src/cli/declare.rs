@@ -165,7 +165,7 @@ impl Declaration {
             .unwrap_or_default();
         let mut rnd = [0u8; 6];
         getrandom::getrandom(&mut rnd).map_err(|e| anyhow!("random: {e}"))?;
-        let suffix: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
+        let suffix = hex::encode(rnd);
         let tmp = dir.join(format!(".{file_name}.{suffix}.dso-tmp"));
         let result = (|| -> std::io::Result<()> {
             let mut f = OpenOptions::new()

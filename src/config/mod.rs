@@ -536,10 +536,7 @@ impl Config {
 /// SHA-256 (hex) of config text: [`Config::digest`].
 pub fn digest_of(text: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// The YAML text as a JSON document, before any check. Empty text, or comments only, is an
@@ -602,7 +599,7 @@ fn marker_for_build(text: &str, build: &str) -> String {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
-    let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let digest = hex::encode(h.finalize());
     format!("dso:config-ok:{digest}")
 }
 

@@ -647,7 +647,7 @@ fn cache_description(path: &Path, header: &Header, key_file: FileId) -> String {
     h.update(key_file.ino.to_be_bytes());
     h.update(key_file.size.to_be_bytes());
     h.update(key_file.mtime_ns.to_be_bytes());
-    format!("{KEY_CACHE_PREFIX}{}", hex(&h.finalize()))
+    format!("{KEY_CACHE_PREFIX}{}", hex::encode(h.finalize()))
 }
 
 /// Encodes and encrypts `entries` into a complete store file.
@@ -904,7 +904,7 @@ fn write_atomic(path: &Path, bytes: &[u8], placement: Placement) -> Result<(), S
     random(path, &mut suffix)?;
     let mut tmp_name = OsString::from(".");
     tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", hex(&suffix)));
+    tmp_name.push(format!(".tmp-{}", hex::encode(suffix)));
     let tmp = dir.join(tmp_name);
 
     let written = (|| -> io::Result<()> {
@@ -976,16 +976,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
 }
 
 /// The derived-key cache in the kernel user keyring of the calling uid (see [`crate::keyring`]).

@@ -86,8 +86,7 @@ impl LeaseState {
             .or(self.serial.as_deref())
             .unwrap_or("none");
         let d = Sha256::digest(basis.as_bytes());
-        let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        format!("sha256:{hex}")
+        format!("sha256:{}", hex::encode(&d[..8]))
     }
 }
 

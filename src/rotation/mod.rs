@@ -1,5 +1,5 @@
-//! Rotation: rerun the injection step for running containers (DESIGN.md, "Rotation reruns step
-//! 7"). The registry is the state dir (`<runtime.state_dir>/<id>.json`, names and versions, never
+//! Rotation: rerun the injection step for running containers (docs/agent.md, "What it does";
+//! README.md, "Rotation: the agent"). The registry is the state dir (`<runtime.state_dir>/<id>.json`, names and versions, never
 //! values); records of containers that are gone are dropped. One fetch per secret however many
 //! containers use it; each file is rewritten with the same in-root resolution and temp + rename
 //! as at create, so a reader sees the old value or the new one, never a torn or empty file. Then

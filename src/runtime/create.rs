@@ -1,4 +1,4 @@
-//! The create flow with secrets (DESIGN.md, "Flow of create"): resolve every reference against
+//! The create flow with secrets (README.md, "How it works"): resolve every reference against
 //! dso.yaml, fetch all values concurrently, rewrite the spec, run the delegate's create, inject
 //! into the container's tmpfs, register. Any failure after runc's create deletes the container.
 

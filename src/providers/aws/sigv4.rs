@@ -102,7 +102,7 @@ pub fn sign(
         params.region,
         params.service,
     );
-    let signature = hex(&hmac(&key[..], sts.as_bytes()));
+    let signature = hex::encode(hmac(&key[..], sts.as_bytes()));
     let authorization = format!(
         "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_names}, Signature={signature}",
         creds.access_key_id()
@@ -157,7 +157,7 @@ pub fn canonical_request(req: &SignableRequest<'_>) -> (String, String) {
         canonical_query,
         canonical_headers,
         signed,
-        hex(&Sha256::digest(req.payload)),
+        hex::encode(Sha256::digest(req.payload)),
     );
     (creq, signed)
 }
@@ -166,7 +166,7 @@ pub fn canonical_request(req: &SignableRequest<'_>) -> (String, String) {
 pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> String {
     format!(
         "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex(&Sha256::digest(canonical_request.as_bytes()))
+        hex::encode(Sha256::digest(canonical_request.as_bytes()))
     )
 }
 
@@ -186,7 +186,7 @@ pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Zer
 
 /// The signature of a string to sign with a signing key, as lowercase hex.
 pub fn signature(key: &[u8; 32], string_to_sign: &str) -> String {
-    hex(&hmac(key, string_to_sign.as_bytes()))
+    hex::encode(hmac(key, string_to_sign.as_bytes()))
 }
 
 /// `("YYYYMMDD", "YYYYMMDD'T'HHMMSS'Z'")` for `t` in UTC.
@@ -212,16 +212,6 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
-}
-
 fn collapse_spaces(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for word in value.split(' ').filter(|w| !w.is_empty()) {
@@ -236,18 +226,14 @@ fn collapse_spaces(value: &str) -> String {
 /// RFC 3986 percent-encoding as SigV4 wants it: everything but `A-Za-z0-9-_.~` (and `/` when
 /// `encode_slash` is false) as `%XX` with upper-case hex.
 pub fn uri_encode(s: &str, encode_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        let keep = b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'_' | b'.' | b'~')
-            || (b == b'/' && !encode_slash);
-        if keep {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    use crate::providers::http::NOT_UNRESERVED;
+    const KEEP_SLASH: &percent_encoding::AsciiSet = &NOT_UNRESERVED.remove(b'/');
+    let set = if encode_slash {
+        NOT_UNRESERVED
+    } else {
+        KEEP_SLASH
+    };
+    percent_encoding::utf8_percent_encode(s, set).to_string()
 }
 
 /// The normalized, encoded path: `.` and `..` segments resolved, empty segments dropped, each

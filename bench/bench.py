@@ -24,6 +24,18 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def state_dir(prefix):
+    """A dir for dso's state under /run, on a tmpfs as on any systemd host. Where /run is not
+    one (some VMs keep it on the root disk), a tmpfs is mounted there: every state record
+    rewrite would otherwise wait for the disk (ext4 writes back a file renamed over another)."""
+    d = tempfile.mkdtemp(prefix=prefix, dir="/run")
+    fs = subprocess.run(["stat", "-f", "-c", "%T", "/run"], capture_output=True, text=True).stdout
+    if fs.strip() != "tmpfs":
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700,size=64m", "tmpfs", d],
+                       check=True, capture_output=True)
+    return d
+
+
 def sh(*args, check=True, **kw):
     return subprocess.run(args, check=check, capture_output=True, **kw)
 
@@ -38,7 +50,7 @@ class Lab:
         self.runc_root = os.path.join(self.dir, "runc-root")
         self.rootfs = os.path.join(self.dir, "rootfs")
         # dso's state where it is by default: on a tmpfs (/run).
-        self.state = tempfile.mkdtemp(prefix="dso-bench-state-", dir="/run")
+        self.state = state_dir("dso-bench-state-")
         self.procs = []
         self.env = dict(os.environ)
         self.make_rootfs()
@@ -252,6 +264,7 @@ class Lab:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+        subprocess.run(["umount", self.state], capture_output=True)
         shutil.rmtree(self.state, ignore_errors=True)
         if getattr(self, "pgdir", None):
             shutil.rmtree(self.pgdir, ignore_errors=True)

@@ -189,6 +189,39 @@ impl Audit {
         }
     }
 
+    /// Writes several events under one lock and in one `write` (a rotation of many
+    /// containers: one event per container); failures as [`Audit::record`].
+    pub fn record_all(&self, evs: &[Event<'_>]) {
+        let objs: Vec<_> = evs
+            .iter()
+            .filter_map(|ev| match serde_json::to_value(ev) {
+                Ok(serde_json::Value::Object(m)) => Some(m),
+                _ => None,
+            })
+            .collect();
+        if objs.is_empty() {
+            return;
+        }
+        if self.syslog.is_some() {
+            for obj in &objs {
+                self.to_syslog(obj);
+            }
+        }
+        let res = self
+            .ensure_dir()
+            .and_then(|()| chain::append(&self.path, &objs, self.required));
+        if let Err(source) = res {
+            let err = AuditError {
+                path: self.path.clone(),
+                source,
+            };
+            for obj in objs {
+                let line = serde_json::Value::Object(obj).to_string();
+                (self.fallback)(&format!("{err}; the event was: {line}"));
+            }
+        }
+    }
+
     fn write(&self, ev: &Event<'_>) -> Result<(), AuditError> {
         let obj = match serde_json::to_value(ev) {
             Ok(serde_json::Value::Object(m)) => m,

@@ -4,9 +4,12 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use nix::sys::inotify::Inotify;
 
 use crate::runtime::StateRecord;
 
@@ -36,7 +39,7 @@ impl Record {
                 version.map_or(serde_json::Value::Null, |v| v.into()),
             );
         }
-        write_atomic(&self.path, &self.raw)
+        write_record(&self.path, &self.raw)
     }
 
     /// Records a new or renewed lease for secret `si` and rewrites the file atomically.
@@ -57,7 +60,7 @@ impl Record {
                 serde_json::to_value(lease).map_err(std::io::Error::other)?,
             );
         }
-        write_atomic(&self.path, &self.raw)
+        write_record(&self.path, &self.raw)
     }
 
     /// True while the container's init runs (and the delegate does not call it stopped).
@@ -196,15 +199,9 @@ pub fn load_records(state_dir: &Path) -> Vec<Record> {
         if name.starts_with('.') || !name.ends_with(".json") {
             continue;
         }
-        let path = entry.path();
-        let Ok(bytes) = fs::read(&path) else { continue };
-        let Ok(raw) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            continue;
-        };
-        let Ok(rec) = serde_json::from_value::<StateRecord>(raw.clone()) else {
-            continue;
-        };
-        out.push(Record { path, raw, rec });
+        if let Some(r) = read_record(&entry.path()) {
+            out.push(r);
+        }
     }
     out.sort_by(|a, b| a.rec.id.cmp(&b.rec.id));
     out
@@ -217,12 +214,7 @@ pub fn prune(state_dir: &Path) -> Vec<Record> {
         if r.is_alive() {
             live.push(r);
         } else {
-            tracing::info!(container = %r.rec.id, "container is gone; dropping its record");
-            // Leases are owed a revocation first: a record is dropped only once its leases
-            // are written down where the agent will find them.
-            if owe_leases(state_dir, &r.rec).is_ok() {
-                let _ = fs::remove_file(&r.path);
-            }
+            drop_record(state_dir, &r);
         }
     }
     live
@@ -252,6 +244,18 @@ pub fn owe_leases(state_dir: &Path, rec: &StateRecord) -> std::io::Result<()> {
 
 /// Writes JSON to `path` through a temp file in the same dir (0600), fsync, rename.
 pub fn write_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
+    write_json(path, value, true)
+}
+
+/// Rewrites a state record: temp + rename, without fsync, as the create flow writes it
+/// (`runtime::create::register`). A record lives only as long as its container, and rename
+/// keeps it whole; an fsync per container made a rotation of 100 containers on a disk-backed
+/// state dir wait for 100 journal commits (issue 18).
+fn write_record(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
+    write_json(path, value, false)
+}
+
+fn write_json(path: &Path, value: &serde_json::Value, sync: bool) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let file = path
@@ -272,13 +276,255 @@ pub fn write_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<(
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(&bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     res
+}
+
+/// The agent's registry, kept in memory instead of rescanned: the state dir is watched with
+/// inotify (a record written, renamed in or removed is read or dropped by name), and each
+/// container's init is held by a pidfd, which becomes readable when that process exits. A
+/// refresh with nothing new costs one `read` on the inotify fd and one `poll` over the pidfds,
+/// however many containers there are; the full scan runs once, and again only when the kernel
+/// says it dropped events (queue overflow) or the state dir itself went away.
+///
+/// inotify comes from nix (already a dependency, `inotify` feature): the `inotify` crate
+/// would add a dependency for the same three syscalls.
+pub struct LiveRegistry {
+    state_dir: PathBuf,
+    inotify: Option<Inotify>,
+    /// By file name (`<id>.json`).
+    entries: std::collections::BTreeMap<std::ffi::OsString, Entry>,
+}
+
+struct Entry {
+    record: Record,
+    /// The container's init; `None` when it could not be opened (then liveness is checked the
+    /// old way, with a file read per refresh).
+    pidfd: Option<OwnedFd>,
+}
+
+impl LiveRegistry {
+    /// An empty registry of `state_dir`; the first [`refresh`](Self::refresh) fills it.
+    pub fn new(state_dir: &Path) -> LiveRegistry {
+        LiveRegistry {
+            state_dir: state_dir.to_path_buf(),
+            inotify: None,
+            entries: Default::default(),
+        }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// How many live containers the registry holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The live records, as [`prune`] would return them (by id).
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.entries.values().map(|e| &e.record)
+    }
+
+    /// Brings the registry up to date: new and rewritten records read, removed ones dropped,
+    /// records of containers that are gone dropped as [`prune`] drops them (leases owed first).
+    pub fn refresh(&mut self) {
+        if self.inotify.is_none() {
+            self.watch_and_scan();
+        } else if self.drain_events() {
+            // The kernel dropped events (or the dir went away): read everything again.
+            self.inotify = None;
+            self.watch_and_scan();
+        }
+        self.drop_dead();
+    }
+
+    /// Sets the watch up, then reads every record (in that order: a record written between the
+    /// two is seen by the scan or by an event, never missed). Without a watch (no state dir
+    /// yet, no inotify) the next refresh tries again; meanwhile this is a plain scan.
+    fn watch_and_scan(&mut self) {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags};
+        let flags = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF
+            | AddWatchFlags::IN_ONLYDIR;
+        self.inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .ok()
+            .filter(|i| i.add_watch(&self.state_dir, flags).is_ok());
+        let mut old = std::mem::take(&mut self.entries);
+        for r in load_records(&self.state_dir) {
+            let name = r.path.file_name().map(|n| n.to_os_string());
+            let Some(name) = name else { continue };
+            let kept = old.remove(&name);
+            self.admit(name, r, kept);
+        }
+    }
+
+    /// Reads the pending inotify events and applies them. True when a rescan is needed.
+    fn drain_events(&mut self) -> bool {
+        use nix::sys::inotify::AddWatchFlags as F;
+        let Some(ino) = &self.inotify else {
+            return true;
+        };
+        let mut changed: std::collections::BTreeMap<std::ffi::OsString, bool> = Default::default();
+        loop {
+            match ino.read_events() {
+                Ok(evs) if evs.is_empty() => break,
+                Ok(evs) => {
+                    for ev in evs {
+                        if ev.mask.intersects(
+                            F::IN_Q_OVERFLOW | F::IN_IGNORED | F::IN_DELETE_SELF | F::IN_MOVE_SELF,
+                        ) {
+                            return true;
+                        }
+                        let Some(name) = ev.name else { continue };
+                        if !is_record_name(&name) {
+                            continue;
+                        }
+                        // The last event of a name decides: present (read it) or gone.
+                        let present = ev.mask.intersects(F::IN_CLOSE_WRITE | F::IN_MOVED_TO);
+                        changed.insert(name, present);
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return true,
+            }
+        }
+        for (name, present) in changed {
+            let kept = self.entries.remove(&name);
+            if !present {
+                continue;
+            }
+            let path = self.state_dir.join(&name);
+            // Gone again already, or unreadable: a later event brings it back.
+            if let Some(r) = read_record(&path) {
+                self.admit(name, r, kept);
+            }
+        }
+        false
+    }
+
+    /// Takes `r` in: a record already held for the same container and init keeps its pidfd
+    /// (the agent rewriting versions must not cost a liveness check per container); a new one
+    /// is checked as [`prune`] checks it and its init is opened.
+    fn admit(&mut self, name: std::ffi::OsString, r: Record, kept: Option<Entry>) {
+        if let Some(e) = kept
+            && e.record.rec.id == r.rec.id
+            && e.record.rec.pid == r.rec.pid
+            && e.pidfd.is_some()
+        {
+            self.entries.insert(
+                name,
+                Entry {
+                    record: r,
+                    pidfd: e.pidfd,
+                },
+            );
+            return;
+        }
+        // The pidfd first, then the check: if the check passes, the fd holds that very
+        // process (a pid recycled after the check cannot slip in).
+        let pidfd = pidfd_open(r.rec.pid);
+        if r.is_alive() {
+            self.entries.insert(name, Entry { record: r, pidfd });
+        } else {
+            drop_record(&self.state_dir, &r);
+        }
+    }
+
+    /// Drops the records whose init has exited.
+    fn drop_dead(&mut self) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let mut dead: Vec<std::ffi::OsString> = Vec::new();
+        {
+            let (names, mut fds): (Vec<_>, Vec<_>) = self
+                .entries
+                .iter()
+                .filter_map(|(n, e)| {
+                    e.pidfd
+                        .as_ref()
+                        .map(|fd| (n, PollFd::new(fd.as_fd(), PollFlags::POLLIN)))
+                })
+                .unzip();
+            if !fds.is_empty() && nix::poll::poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) > 0 {
+                for (n, fd) in names.iter().zip(&fds) {
+                    if fd.revents().is_some_and(|r| !r.is_empty()) {
+                        dead.push((*n).clone());
+                    }
+                }
+            }
+        }
+        // Without a pidfd, the way prune checks.
+        dead.extend(
+            self.entries
+                .iter()
+                .filter(|(_, e)| e.pidfd.is_none() && !e.record.is_alive())
+                .map(|(n, _)| n.clone()),
+        );
+        for n in dead {
+            if let Some(e) = self.entries.remove(&n) {
+                drop_record(&self.state_dir, &e.record);
+            }
+        }
+    }
+}
+
+/// `<id>.json`, not a temp file.
+fn is_record_name(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    !name.starts_with('.') && name.ends_with(".json")
+}
+
+/// One record file, or `None` when it cannot be read or parsed.
+fn read_record(path: &Path) -> Option<Record> {
+    let bytes = fs::read(path).ok()?;
+    let raw = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
+    let rec = serde_json::from_value::<StateRecord>(raw.clone()).ok()?;
+    Some(Record {
+        path: path.to_path_buf(),
+        raw,
+        rec,
+    })
+}
+
+/// What [`prune`] does with the record of a container that is gone. Leases are owed a
+/// revocation first: a record is dropped only once its leases are written down where the
+/// agent will find them.
+fn drop_record(state_dir: &Path, r: &Record) {
+    tracing::info!(container = %r.rec.id, "container is gone; dropping its record");
+    if owe_leases(state_dir, &r.rec).is_ok() {
+        let _ = fs::remove_file(&r.path);
+    }
+}
+
+/// A pidfd of `pid` (Linux 5.3+), `None` when it cannot be had (old kernel, no such process,
+/// out of descriptors).
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    if pid <= 0 {
+        return None;
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; nothing is
+    // borrowed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]
@@ -384,5 +630,54 @@ mod tests {
             .filter(|n| n.contains("alive"))
             .collect();
         assert_eq!(names, ["alive.json"], "no temp file left");
+    }
+
+    #[test]
+    fn live_registry_follows_the_state_dir_and_the_inits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let write = |name: &str, id: &str, pid: i32| {
+            // As the create flow writes it: temp + rename.
+            let tmp = dir.path().join(format!(".{name}.tmp"));
+            fs::write(&tmp, serde_json::to_vec(&record_json(id, pid)).unwrap()).unwrap();
+            fs::rename(&tmp, dir.path().join(name)).unwrap();
+        };
+        write("before.json", "before", child.id() as i32);
+        let mut reg = LiveRegistry::new(dir.path());
+        reg.refresh();
+        let ids = |reg: &LiveRegistry| -> Vec<String> {
+            reg.records().map(|r| r.rec.id.clone()).collect()
+        };
+        assert_eq!(ids(&reg), ["before"]);
+        // Found through inotify, not a rescan: a new live record, a dead one, a temp file.
+        let me = std::process::id() as i32;
+        write("after.json", "after", me);
+        write("dead.json", "dead", i32::MAX - 1);
+        fs::write(dir.path().join(".x.json.tmp-1"), "{").unwrap();
+        reg.refresh();
+        assert_eq!(ids(&reg), ["after", "before"]);
+        assert!(
+            !dir.path().join("dead.json").exists(),
+            "a dead record is dropped"
+        );
+        // A rewrite (the agent recording a version) is read again.
+        let mut r = reg.records().find(|r| r.rec.id == "after").unwrap().clone();
+        r.set_version(0, Some("9")).unwrap();
+        reg.refresh();
+        let v = reg.records().find(|r| r.rec.id == "after").unwrap();
+        assert_eq!(v.rec.secrets[0].version.as_deref(), Some("9"));
+        // The init exits: its pidfd says so, and the record is dropped.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reg.refresh();
+        assert_eq!(ids(&reg), ["after"]);
+        assert!(!dir.path().join("before.json").exists());
+        // Removed by someone else (dso-runc delete).
+        fs::remove_file(dir.path().join("after.json")).unwrap();
+        reg.refresh();
+        assert!(reg.is_empty());
     }
 }

@@ -190,8 +190,20 @@ impl Audit {
     }
 
     /// Writes several events under one lock and in one `write` (a rotation of many
-    /// containers: one event per container); failures as [`Audit::record`].
+    /// containers, the fetches of one create); failures as [`Audit::record`].
     pub fn record_all(&self, evs: &[Event<'_>]) {
+        let _ = self.write_all(evs);
+    }
+
+    /// [`Audit::must_record`] for several events, written together.
+    pub fn must_record_all(&self, evs: &[Event<'_>]) -> Result<(), AuditError> {
+        match self.write_all(evs) {
+            Err(e) if self.required => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn write_all(&self, evs: &[Event<'_>]) -> Result<(), AuditError> {
         let objs: Vec<_> = evs
             .iter()
             .filter_map(|ev| match serde_json::to_value(ev) {
@@ -200,7 +212,7 @@ impl Audit {
             })
             .collect();
         if objs.is_empty() {
-            return;
+            return Ok(());
         }
         if self.syslog.is_some() {
             for obj in &objs {
@@ -210,7 +222,7 @@ impl Audit {
         let res = self
             .ensure_dir()
             .and_then(|()| chain::append(&self.path, &objs, self.required));
-        if let Err(source) = res {
+        res.map_err(|source| {
             let err = AuditError {
                 path: self.path.clone(),
                 source,
@@ -219,7 +231,8 @@ impl Audit {
                 let line = serde_json::Value::Object(obj).to_string();
                 (self.fallback)(&format!("{err}; the event was: {line}"));
             }
-        }
+            err
+        })
     }
 
     fn write(&self, ev: &Event<'_>) -> Result<(), AuditError> {

@@ -387,22 +387,28 @@ fn fetch_all<'a>(
     if !wire.is_empty()
         && let Some(served) = control::fetch_via_agent(cfg, &wire, workload, timeout)
     {
-        // One round trip served them all: each took (at most) that long.
+        // One round trip served them all: each took (at most) that long. Audited in one
+        // append (one lock of the chain instead of one per secret).
         let took = asked.elapsed();
         for (j, f) in served.into_iter().enumerate() {
-            let i = kv[j];
             if let Some(f) = f {
-                audit.must_record(
-                    &Event::new("secret_fetched", "success")
-                        .secret(&planned[i].label)
-                        .provider(&planned[i].provider)
-                        .version(f.version.as_deref())
-                        .duration(took)
-                        .via("agent"),
-                )?;
-                results[i] = Some((f.value, f.version));
+                results[kv[j]] = Some((f.value, f.version));
             }
         }
+        let events: Vec<Event<'_>> = (0..planned.len())
+            .filter_map(|i| {
+                let (_, version) = results[i].as_ref()?;
+                Some(
+                    Event::new("secret_fetched", "success")
+                        .secret(&planned[i].label)
+                        .provider(&planned[i].provider)
+                        .version(version.as_deref())
+                        .duration(took)
+                        .via("agent"),
+                )
+            })
+            .collect();
+        audit.must_record_all(&events)?;
     }
     let pending: Vec<usize> = (0..planned.len())
         .filter(|&i| results[i].is_none())
@@ -477,6 +483,7 @@ fn fetch_all<'a>(
     }
     drop(tx);
 
+    let mut fetched_in: Vec<(usize, std::time::Duration)> = Vec::new();
     for _ in 0..pending.len() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let (i, res, took) = match rx.recv_timeout(remaining) {
@@ -490,6 +497,7 @@ fn fetch_all<'a>(
                 let (secret, provider) = pending
                     .map(|p| (p.label.clone(), p.provider.clone()))
                     .unwrap_or_default();
+                audit.record_all(&fetched_events(planned, &results, &fetched_in));
                 audit.record(
                     &Event::new("secret_fetched", "failure")
                         .secret(&secret)
@@ -509,16 +517,12 @@ fn fetch_all<'a>(
                 if let Some(lease) = lease {
                     leases.add(i, &p.label, &p.provider, lease);
                 }
-                audit.must_record(
-                    &Event::new("secret_fetched", "success")
-                        .secret(&p.label)
-                        .provider(&p.provider)
-                        .version(f.version.as_deref())
-                        .duration(took),
-                )?;
+                fetched_in.push((i, took));
                 results[i] = Some((f.value, f.version));
             }
             Err(source) => {
+                // What was fetched before this failure is on record too.
+                audit.record_all(&fetched_events(planned, &results, &fetched_in));
                 let msg = source.to_string();
                 if source.is_auth_failure() {
                     audit.record(
@@ -542,7 +546,29 @@ fn fetch_all<'a>(
             }
         }
     }
+    // The successes in one append; the values are used only after this returns, so with
+    // audit.required none is injected unless its fetch is on record.
+    audit.must_record_all(&fetched_events(planned, &results, &fetched_in))?;
     Ok((results.into_iter().flatten().collect(), leases))
+}
+
+/// `secret_fetched` (success) of the fetches `fetched_in` names (plan index, duration).
+fn fetched_events<'a>(
+    planned: &'a [Planned],
+    results: &'a [Option<(SecretValue, Option<String>)>],
+    fetched_in: &[(usize, std::time::Duration)],
+) -> Vec<Event<'a>> {
+    fetched_in
+        .iter()
+        .map(|&(i, took)| {
+            let version = results[i].as_ref().and_then(|(_, v)| v.as_deref());
+            Event::new("secret_fetched", "success")
+                .secret(&planned[i].label)
+                .provider(&planned[i].provider)
+                .version(version)
+                .duration(took)
+        })
+        .collect()
 }
 
 /// The env hand-off file for dso-init: `VAR=value\0` records, built in zeroizing memory.

@@ -397,10 +397,13 @@ impl Rotator {
     }
 
     /// The live records `want` selects, gone containers dropped (as [`prune`] does).
-    pub fn live_records(&self, want: impl Fn(&Record) -> bool) -> Vec<Record> {
+    pub fn live_records(&self, want: impl Fn(&StateRecord) -> bool) -> Vec<Record> {
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(reg) = live.as_mut() else {
-            return prune(&self.state_dir()).into_iter().filter(want).collect();
+            return prune(&self.state_dir())
+                .into_iter()
+                .filter(|r| want(&r.rec))
+                .collect();
         };
         let state_dir = self.state_dir();
         if reg.state_dir() != state_dir {
@@ -408,7 +411,9 @@ impl Rotator {
             *reg = LiveRegistry::new(&state_dir);
         }
         reg.refresh();
-        reg.records().filter(|r| want(r)).cloned().collect()
+        let records = reg.take(want);
+        drop(live);
+        records
     }
 
     /// The names of the secrets the live containers use (gone containers dropped).
@@ -422,7 +427,7 @@ impl Rotator {
         };
         reg.refresh();
         reg.records()
-            .flat_map(|r| r.rec.secrets.iter().map(|s| s.name.clone()))
+            .flat_map(|r| r.secrets.iter().map(|s| s.name.clone()))
             .collect()
     }
 
@@ -443,7 +448,10 @@ impl Rotator {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
         // Only the records `sel` can touch are copied out of the registry.
         let records = self.live_records(|r| selects(sel, r));
-        self.rotate_records(records, sel, mode)
+        let out = self.rotate_records(records, sel, mode);
+        // A rotation of many containers allocates and frees a few MiB: given back at once.
+        registry::trim_heap();
+        out
     }
 
     /// Rotates what `sel` selects among `records` (already pruned).
@@ -521,7 +529,7 @@ impl Rotator {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
         // Records of gone containers are dropped here, their leases written down as owed.
         let state_dir = self.state_dir();
-        let mut records = self.live_records(|r| r.rec.secrets.iter().any(|s| s.lease.is_some()));
+        let mut records = self.live_records(|r| r.secrets.iter().any(|s| s.lease.is_some()));
         let provider = |name: &str| self.provider(name).ok();
         leases::settle(&state_dir, &self.audit, &provider);
         let now = leases::unix_now();
@@ -1123,12 +1131,12 @@ impl Done {
 }
 
 /// Whether `sel` can touch any secret of `r`.
-fn selects(sel: &Selector, r: &Record) -> bool {
+fn selects(sel: &Selector, r: &StateRecord) -> bool {
     match sel {
         Selector::All => true,
-        Selector::Container(id) => &r.rec.id == id,
-        Selector::Secret(name) => r.rec.secrets.iter().any(|s| &s.name == name),
-        Selector::Secrets(names) => r.rec.secrets.iter().any(|s| names.contains(&s.name)),
+        Selector::Container(id) => &r.id == id,
+        Selector::Secret(name) => r.secrets.iter().any(|s| &s.name == name),
+        Selector::Secrets(names) => r.secrets.iter().any(|s| names.contains(&s.name)),
     }
 }
 

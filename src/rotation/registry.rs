@@ -214,7 +214,7 @@ pub fn prune(state_dir: &Path) -> Vec<Record> {
         if r.is_alive() {
             live.push(r);
         } else {
-            drop_record(state_dir, &r);
+            drop_record(state_dir, &r.path, &r.rec);
         }
     }
     live
@@ -303,11 +303,34 @@ pub struct LiveRegistry {
     entries: std::collections::BTreeMap<std::ffi::OsString, Entry>,
 }
 
+/// One live container. The record's JSON is kept as its bytes (about 1 KiB) and turned into a
+/// tree only when a rotation takes the record out: 1000 trees cost the agent several MiB.
 struct Entry {
-    record: Record,
+    path: PathBuf,
+    bytes: Box<[u8]>,
+    rec: StateRecord,
     /// The container's init; `None` when it could not be opened (then liveness is checked the
     /// old way, with a file read per refresh).
     pidfd: Option<OwnedFd>,
+}
+
+impl Entry {
+    fn record(&self) -> Option<Record> {
+        Some(Record {
+            path: self.path.clone(),
+            raw: serde_json::from_slice(&self.bytes).ok()?,
+            rec: self.rec.clone(),
+        })
+    }
+
+    fn is_alive(&self) -> bool {
+        Record {
+            path: self.path.clone(),
+            raw: serde_json::Value::Null,
+            rec: self.rec.clone(),
+        }
+        .is_alive()
+    }
 }
 
 impl LiveRegistry {
@@ -333,9 +356,21 @@ impl LiveRegistry {
         self.entries.is_empty()
     }
 
-    /// The live records, as [`prune`] would return them (by id).
-    pub fn records(&self) -> impl Iterator<Item = &Record> {
-        self.entries.values().map(|e| &e.record)
+    /// The live containers' records (without their JSON), by file name.
+    pub fn records(&self) -> impl Iterator<Item = &StateRecord> {
+        self.entries.values().map(|e| &e.rec)
+    }
+
+    /// The live records `want` selects, as [`prune`] would return them (by id).
+    pub fn take(&self, want: impl Fn(&StateRecord) -> bool) -> Vec<Record> {
+        let mut out: Vec<Record> = self
+            .entries
+            .values()
+            .filter(|e| want(&e.rec))
+            .filter_map(Entry::record)
+            .collect();
+        out.sort_by(|a, b| a.rec.id.cmp(&b.rec.id));
+        out
     }
 
     /// Brings the registry up to date: new and rewritten records read, removed ones dropped,
@@ -367,12 +402,20 @@ impl LiveRegistry {
             .ok()
             .filter(|i| i.add_watch(&self.state_dir, flags).is_ok());
         let mut old = std::mem::take(&mut self.entries);
-        for r in load_records(&self.state_dir) {
-            let name = r.path.file_name().map(|n| n.to_os_string());
-            let Some(name) = name else { continue };
-            let kept = old.remove(&name);
-            self.admit(name, r, kept);
+        if let Ok(rd) = fs::read_dir(&self.state_dir) {
+            for entry in rd.flatten() {
+                let name = entry.file_name();
+                if !is_record_name(&name) {
+                    continue;
+                }
+                if let Some(e) = read_entry(&entry.path()) {
+                    let kept = old.remove(&name);
+                    self.admit(name, e, kept);
+                }
+            }
         }
+        drop(old);
+        trim_heap();
     }
 
     /// Reads the pending inotify events and applies them. True when a rescan is needed.
@@ -413,8 +456,8 @@ impl LiveRegistry {
             }
             let path = self.state_dir.join(&name);
             // Gone again already, or unreadable: a later event brings it back.
-            if let Some(r) = read_record(&path) {
-                self.admit(name, r, kept);
+            if let Some(e) = read_entry(&path) {
+                self.admit(name, e, kept);
             }
         }
         false
@@ -423,28 +466,23 @@ impl LiveRegistry {
     /// Takes `r` in: a record already held for the same container and init keeps its pidfd
     /// (the agent rewriting versions must not cost a liveness check per container); a new one
     /// is checked as [`prune`] checks it and its init is opened.
-    fn admit(&mut self, name: std::ffi::OsString, r: Record, kept: Option<Entry>) {
+    fn admit(&mut self, name: std::ffi::OsString, mut new: Entry, kept: Option<Entry>) {
         if let Some(e) = kept
-            && e.record.rec.id == r.rec.id
-            && e.record.rec.pid == r.rec.pid
+            && e.rec.id == new.rec.id
+            && e.rec.pid == new.rec.pid
             && e.pidfd.is_some()
         {
-            self.entries.insert(
-                name,
-                Entry {
-                    record: r,
-                    pidfd: e.pidfd,
-                },
-            );
+            new.pidfd = e.pidfd;
+            self.entries.insert(name, new);
             return;
         }
         // The pidfd first, then the check: if the check passes, the fd holds that very
         // process (a pid recycled after the check cannot slip in).
-        let pidfd = pidfd_open(r.rec.pid);
-        if r.is_alive() {
-            self.entries.insert(name, Entry { record: r, pidfd });
+        new.pidfd = pidfd_open(new.rec.pid);
+        if new.is_alive() {
+            self.entries.insert(name, new);
         } else {
-            drop_record(&self.state_dir, &r);
+            drop_record(&self.state_dir, &new.path, &new.rec);
         }
     }
 
@@ -474,12 +512,12 @@ impl LiveRegistry {
         dead.extend(
             self.entries
                 .iter()
-                .filter(|(_, e)| e.pidfd.is_none() && !e.record.is_alive())
+                .filter(|(_, e)| e.pidfd.is_none() && !e.is_alive())
                 .map(|(n, _)| n.clone()),
         );
         for n in dead {
             if let Some(e) = self.entries.remove(&n) {
-                drop_record(&self.state_dir, &e.record);
+                drop_record(&self.state_dir, &e.path, &e.rec);
             }
         }
     }
@@ -489,6 +527,28 @@ impl LiveRegistry {
 fn is_record_name(name: &std::ffi::OsStr) -> bool {
     let name = name.to_string_lossy();
     !name.starts_with('.') && name.ends_with(".json")
+}
+
+/// One record file as the registry keeps it, or `None` when it cannot be read or parsed.
+fn read_entry(path: &Path) -> Option<Entry> {
+    let bytes = fs::read(path).ok()?;
+    let rec = serde_json::from_slice::<StateRecord>(&bytes).ok()?;
+    Some(Entry {
+        path: path.to_path_buf(),
+        bytes: bytes.into_boxed_slice(),
+        rec,
+        pidfd: None,
+    })
+}
+
+/// Gives the memory freed by a scan back to the system (glibc keeps it otherwise, and an
+/// agent's RSS would stay at its peak).
+pub(crate) fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// One record file, or `None` when it cannot be read or parsed.
@@ -506,10 +566,10 @@ fn read_record(path: &Path) -> Option<Record> {
 /// What [`prune`] does with the record of a container that is gone. Leases are owed a
 /// revocation first: a record is dropped only once its leases are written down where the
 /// agent will find them.
-fn drop_record(state_dir: &Path, r: &Record) {
-    tracing::info!(container = %r.rec.id, "container is gone; dropping its record");
-    if owe_leases(state_dir, &r.rec).is_ok() {
-        let _ = fs::remove_file(&r.path);
+fn drop_record(state_dir: &Path, path: &Path, rec: &StateRecord) {
+    tracing::info!(container = %rec.id, "container is gone; dropping its record");
+    if owe_leases(state_dir, rec).is_ok() {
+        let _ = fs::remove_file(path);
     }
 }
 
@@ -648,9 +708,8 @@ mod tests {
         write("before.json", "before", child.id() as i32);
         let mut reg = LiveRegistry::new(dir.path());
         reg.refresh();
-        let ids = |reg: &LiveRegistry| -> Vec<String> {
-            reg.records().map(|r| r.rec.id.clone()).collect()
-        };
+        let ids =
+            |reg: &LiveRegistry| -> Vec<String> { reg.records().map(|r| r.id.clone()).collect() };
         assert_eq!(ids(&reg), ["before"]);
         // Found through inotify, not a rescan: a new live record, a dead one, a temp file.
         let me = std::process::id() as i32;
@@ -664,11 +723,11 @@ mod tests {
             "a dead record is dropped"
         );
         // A rewrite (the agent recording a version) is read again.
-        let mut r = reg.records().find(|r| r.rec.id == "after").unwrap().clone();
+        let mut r = reg.take(|r| r.id == "after").pop().unwrap();
         r.set_version(0, Some("9")).unwrap();
         reg.refresh();
-        let v = reg.records().find(|r| r.rec.id == "after").unwrap();
-        assert_eq!(v.rec.secrets[0].version.as_deref(), Some("9"));
+        let v = reg.records().find(|r| r.id == "after").unwrap();
+        assert_eq!(v.secrets[0].version.as_deref(), Some("9"));
         // The init exits: its pidfd says so, and the record is dropped.
         child.kill().unwrap();
         child.wait().unwrap();

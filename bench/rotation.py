@@ -29,6 +29,18 @@ KEY = b"bench-webhook-key"
 NSECRETS = 10
 
 
+def state_dir(prefix):
+    """A dir for dso's state under /run, on a tmpfs as on any systemd host. Where /run is not
+    one (some VMs keep it on the root disk), a tmpfs is mounted there: every state record
+    rewrite would otherwise wait for the disk (ext4 writes back a file renamed over another)."""
+    d = tempfile.mkdtemp(prefix=prefix, dir="/run")
+    fs = subprocess.run(["stat", "-f", "-c", "%T", "/run"], capture_output=True, text=True).stdout
+    if fs.strip() != "tmpfs":
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700,size=64m", "tmpfs", d],
+                       check=True, capture_output=True)
+    return d
+
+
 def sh(*args, **kw):
     return subprocess.run(args, check=True, capture_output=True, **kw)
 
@@ -50,7 +62,7 @@ class Lab:
     def __init__(self, bindir):
         self.dir = tempfile.mkdtemp(prefix="dso-rbench-", dir="/tmp")
         # State where dso keeps it by default: a tmpfs.
-        self.state = tempfile.mkdtemp(prefix="dso-rbench-state-", dir="/run")
+        self.state = state_dir("dso-rbench-state-")
         bindir = os.path.abspath(bindir)
         self.dso_runc = os.path.join(bindir, "dso-runc")
         self.dso = os.path.join(bindir, "dso")
@@ -196,6 +208,7 @@ class Lab:
         for cid, _, _ in self.ids:
             subprocess.run(["runc", "--root", self.root, "delete", "--force", cid], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+        subprocess.run(["umount", self.state], capture_output=True)
         shutil.rmtree(self.state, ignore_errors=True)
 
 

@@ -164,6 +164,9 @@ pub fn run(
 ) {
     // Each secret has its own interval (`rotation.interval`, else `watch.interval`): the loop
     // wakes for the earliest one due and checks the secrets whose (jittered) time has come.
+    // The registry stays in memory, kept current by inotify on the state dir and a pidfd per
+    // container: an idle agent does no work per container (issue 18).
+    rotator.keep_registry();
     let swept = rotator.sweep_stale_temps();
     if swept > 0 {
         eprintln!("dso agent: removed {swept} temp file(s) an interrupted rotation left");
@@ -218,11 +221,7 @@ pub fn run(
         if now >= next {
             // prune: the records of containers that are gone are dropped here, at the
             // discovery cadence, not only when one of their secrets is due.
-            let in_use: std::collections::BTreeSet<String> =
-                crate::rotation::prune(&rotator.state_dir())
-                    .into_iter()
-                    .flat_map(|r| r.rec.secrets.into_iter().map(|s| s.name))
-                    .collect();
+            let in_use = rotator.secrets_in_use();
             due_at.retain(|name, _| in_use.contains(name));
             let due: Vec<String> = in_use
                 .iter()

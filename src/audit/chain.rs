@@ -112,10 +112,16 @@ impl Locked {
         Head::parse(&text)
     }
 
+    /// Overwrites the head in place. Truncating to zero first made ext4 (`auto_da_alloc`)
+    /// write the file back on every close: a block-device write per audit event (issue 18).
+    /// The text only grows with `seq`; a shorter one (a new chain) is cut to its length after.
     fn set_head(&self, head: &Head) -> std::io::Result<()> {
         let text = format!("{} {}\n", head.seq, head.hash);
-        self.file.set_len(0)?;
-        self.file.write_all_at(text.as_bytes(), 0)
+        self.file.write_all_at(text.as_bytes(), 0)?;
+        if self.file.metadata()?.len() > text.len() as u64 {
+            self.file.set_len(text.len() as u64)?;
+        }
+        Ok(())
     }
 }
 

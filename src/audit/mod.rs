@@ -189,6 +189,52 @@ impl Audit {
         }
     }
 
+    /// Writes several events under one lock and in one `write` (a rotation of many
+    /// containers, the fetches of one create); failures as [`Audit::record`].
+    pub fn record_all(&self, evs: &[Event<'_>]) {
+        let _ = self.write_all(evs);
+    }
+
+    /// [`Audit::must_record`] for several events, written together.
+    pub fn must_record_all(&self, evs: &[Event<'_>]) -> Result<(), AuditError> {
+        match self.write_all(evs) {
+            Err(e) if self.required => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn write_all(&self, evs: &[Event<'_>]) -> Result<(), AuditError> {
+        let objs: Vec<_> = evs
+            .iter()
+            .filter_map(|ev| match serde_json::to_value(ev) {
+                Ok(serde_json::Value::Object(m)) => Some(m),
+                _ => None,
+            })
+            .collect();
+        if objs.is_empty() {
+            return Ok(());
+        }
+        if self.syslog.is_some() {
+            for obj in &objs {
+                self.to_syslog(obj);
+            }
+        }
+        let res = self
+            .ensure_dir()
+            .and_then(|()| chain::append(&self.path, &objs, self.required));
+        res.map_err(|source| {
+            let err = AuditError {
+                path: self.path.clone(),
+                source,
+            };
+            for obj in objs {
+                let line = serde_json::Value::Object(obj).to_string();
+                (self.fallback)(&format!("{err}; the event was: {line}"));
+            }
+            err
+        })
+    }
+
     fn write(&self, ev: &Event<'_>) -> Result<(), AuditError> {
         let obj = match serde_json::to_value(ev) {
             Ok(serde_json::Value::Object(m)) => m,

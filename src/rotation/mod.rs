@@ -24,7 +24,7 @@ use crate::runtime::spec::Spec;
 use crate::runtime::{StateRecord, StateSecret};
 use crate::secrets::SecretValue;
 
-pub use registry::{Record, load_records, prune};
+pub use registry::{LiveRegistry, Record, load_records, prune};
 
 /// The default Docker Engine socket (restart strategy).
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -155,6 +155,9 @@ pub struct Rotator {
     providers: Mutex<BTreeMap<String, Arc<dyn Provider>>>,
     /// One rotation at a time (the poll loop, the webhook and the control socket share this).
     serial: Mutex<()>,
+    /// The agent's in-memory registry (see [`Rotator::keep_registry`]); `None`: every run
+    /// scans the state dir ([`prune`]), as a one-shot `dso rotate` does.
+    live: Mutex<Option<LiveRegistry>>,
     /// Per provider: the outcome of its last call (names and error text only).
     health: Mutex<BTreeMap<String, ProviderHealth>>,
     /// `(container, secret)` → when its value was last re-injected.
@@ -213,6 +216,7 @@ impl Rotator {
             opts,
             providers: Mutex::new(BTreeMap::new()),
             serial: Mutex::new(()),
+            live: Mutex::new(None),
             health: Mutex::new(BTreeMap::new()),
             last_rotation: Mutex::new(BTreeMap::new()),
             config_events: Mutex::new(ConfigEvents {
@@ -382,12 +386,57 @@ impl Rotator {
         self.config().runtime.state_dir.clone()
     }
 
+    /// Keeps the registry in memory from now on, up to date through inotify and pidfds
+    /// ([`LiveRegistry`]) instead of a scan of the state dir and a liveness check per container
+    /// on every run: what a long-running agent with many containers needs.
+    pub fn keep_registry(&self) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if live.is_none() {
+            *live = Some(LiveRegistry::new(&self.state_dir()));
+        }
+    }
+
+    /// The live records `want` selects, gone containers dropped (as [`prune`] does).
+    pub fn live_records(&self, want: impl Fn(&StateRecord) -> bool) -> Vec<Record> {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(reg) = live.as_mut() else {
+            return prune(&self.state_dir())
+                .into_iter()
+                .filter(|r| want(&r.rec))
+                .collect();
+        };
+        let state_dir = self.state_dir();
+        if reg.state_dir() != state_dir {
+            // runtime.state_dir changed with a reload: start over there.
+            *reg = LiveRegistry::new(&state_dir);
+        }
+        reg.refresh();
+        let records = reg.take(want);
+        drop(live);
+        records
+    }
+
+    /// The names of the secrets the live containers use (gone containers dropped).
+    pub fn secrets_in_use(&self) -> std::collections::BTreeSet<String> {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(reg) = live.as_mut() else {
+            return prune(&self.state_dir())
+                .into_iter()
+                .flat_map(|r| r.rec.secrets.into_iter().map(|s| s.name))
+                .collect();
+        };
+        reg.refresh();
+        reg.records()
+            .flat_map(|r| r.secrets.iter().map(|s| s.name.clone()))
+            .collect()
+    }
+
     /// Removes the temp files a writer killed mid-rotation left in the secrets dirs of the
     /// managed containers (the agent, when it starts: its predecessor may have been killed).
     /// Returns how many were removed; a container that cannot be opened is skipped (its next
     /// rotation reports why).
     pub fn sweep_stale_temps(&self) -> usize {
-        prune(&self.state_dir())
+        self.live_records(|_| true)
             .iter()
             .filter_map(|r| open_for_write(&r.rec).ok())
             .filter_map(|dir| dir.sweep_stale_temps(None).ok())
@@ -397,8 +446,12 @@ impl Rotator {
     /// Loads the registry, drops gone containers, and rotates what `sel` selects.
     pub fn rotate(&self, sel: &Selector, mode: Mode) -> Vec<Outcome> {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
-        let records = prune(&self.state_dir());
-        self.rotate_records(records, sel, mode)
+        // Only the records `sel` can touch are copied out of the registry.
+        let records = self.live_records(|r| selects(sel, r));
+        let out = self.rotate_records(records, sel, mode);
+        // A rotation of many containers allocates and frees a few MiB: given back at once.
+        registry::trim_heap();
+        out
     }
 
     /// Rotates what `sel` selects among `records` (already pruned).
@@ -476,7 +529,7 @@ impl Rotator {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
         // Records of gone containers are dropped here, their leases written down as owed.
         let state_dir = self.state_dir();
-        let mut records = prune(&state_dir);
+        let mut records = self.live_records(|r| r.secrets.iter().any(|s| s.lease.is_some()));
         let provider = |name: &str| self.provider(name).ok();
         leases::settle(&state_dir, &self.audit, &provider);
         let now = leases::unix_now();
@@ -903,6 +956,8 @@ impl Rotator {
             return fail_all(records, &msg);
         }
         let mut out = Vec::new();
+        // Audited together after the group: one lock and one append for 100 containers.
+        let mut done: Vec<Done> = Vec::new();
         for &(ri, si) in users {
             let rec = &mut records[ri];
             let t0 = Instant::now();
@@ -920,39 +975,38 @@ impl Rotator {
                                 (container.clone(), secret.clone()),
                                 crate::audit::now_rfc3339(),
                             );
-                        self.audit.record(
-                            &Event::new("rotation_completed", "success")
-                                .secret(&secret)
-                                .provider(&fk.provider)
-                                .container(&container)
-                                .version(fetched.version.as_deref())
-                                .duration(t0.elapsed()),
-                        );
+                        done.push(Done::new(
+                            "rotation_completed",
+                            "success",
+                            &secret,
+                            &container,
+                            t0,
+                            None,
+                        ));
                     } else if status == OutcomeStatus::EnvNeedsRestart {
                         let msg = "env-injected secret: the new value reaches the container only with rotation strategy restart";
                         tracing::warn!(secret = %secret, container = %container, "{msg}");
-                        self.audit.record(
-                            &Event::new("rotation_completed", "skipped")
-                                .secret(&secret)
-                                .provider(&fk.provider)
-                                .container(&container)
-                                .version(fetched.version.as_deref())
-                                .duration(t0.elapsed())
-                                .error(msg),
-                        );
+                        done.push(Done::new(
+                            "rotation_completed",
+                            "skipped",
+                            &secret,
+                            &container,
+                            t0,
+                            Some(msg),
+                        ));
                     }
                     status
                 }
                 Err(msg) => {
                     bump(&self.counters.rotations_failed);
-                    self.audit.record(
-                        &Event::new("rotation_failed", "failure")
-                            .secret(&secret)
-                            .provider(&fk.provider)
-                            .container(&container)
-                            .duration(t0.elapsed())
-                            .error(&msg),
-                    );
+                    done.push(Done::new(
+                        "rotation_failed",
+                        "failure",
+                        &secret,
+                        &container,
+                        t0,
+                        Some(&msg),
+                    ));
                     OutcomeStatus::Failed(msg)
                 }
             };
@@ -963,6 +1017,24 @@ impl Rotator {
                 status,
             });
         }
+        let events: Vec<Event<'_>> = done
+            .iter()
+            .map(|d| {
+                let mut ev = Event::new(d.event, d.status)
+                    .secret(&d.secret)
+                    .provider(&fk.provider)
+                    .container(&d.container)
+                    .duration(d.took);
+                ev.timestamp = d.at.clone();
+                match &d.error {
+                    // A failed write has no new version in the container.
+                    Some(e) if d.status == "failure" => ev.error(e),
+                    Some(e) => ev.version(fetched.version.as_deref()).error(e),
+                    None => ev.version(fetched.version.as_deref()),
+                }
+            })
+            .collect();
+        self.audit.record_all(&events);
         out
     }
 
@@ -1055,6 +1127,49 @@ fn open_for_write(rec: &StateRecord) -> Result<SecretsDir, String> {
     match poll(&mut fds, Some(&zero)) {
         Ok(0) => Ok(dir),
         _ => Err(gone()),
+    }
+}
+
+/// One container's outcome in a group, audited when the group is done (with the time it
+/// happened).
+struct Done {
+    event: &'static str,
+    status: &'static str,
+    secret: String,
+    container: String,
+    took: std::time::Duration,
+    at: String,
+    error: Option<String>,
+}
+
+impl Done {
+    fn new(
+        event: &'static str,
+        status: &'static str,
+        secret: &str,
+        container: &str,
+        started: Instant,
+        error: Option<&str>,
+    ) -> Done {
+        Done {
+            event,
+            status,
+            secret: secret.to_string(),
+            container: container.to_string(),
+            took: started.elapsed(),
+            at: crate::audit::now_rfc3339(),
+            error: error.map(str::to_string),
+        }
+    }
+}
+
+/// Whether `sel` can touch any secret of `r`.
+fn selects(sel: &Selector, r: &StateRecord) -> bool {
+    match sel {
+        Selector::All => true,
+        Selector::Container(id) => &r.id == id,
+        Selector::Secret(name) => r.secrets.iter().any(|s| &s.name == name),
+        Selector::Secrets(names) => r.secrets.iter().any(|s| names.contains(&s.name)),
     }
 }
 

@@ -4,9 +4,12 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use nix::sys::inotify::Inotify;
 
 use crate::runtime::StateRecord;
 
@@ -36,7 +39,7 @@ impl Record {
                 version.map_or(serde_json::Value::Null, |v| v.into()),
             );
         }
-        write_atomic(&self.path, &self.raw)
+        write_record(&self.path, &self.raw)
     }
 
     /// Records a new or renewed lease for secret `si` and rewrites the file atomically.
@@ -57,7 +60,7 @@ impl Record {
                 serde_json::to_value(lease).map_err(std::io::Error::other)?,
             );
         }
-        write_atomic(&self.path, &self.raw)
+        write_record(&self.path, &self.raw)
     }
 
     /// True while the container's init runs (and the delegate does not call it stopped).
@@ -184,15 +187,9 @@ pub fn load_records(state_dir: &Path) -> Vec<Record> {
         if name.starts_with('.') || !name.ends_with(".json") {
             continue;
         }
-        let path = entry.path();
-        let Ok(bytes) = fs::read(&path) else { continue };
-        let Ok(raw) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            continue;
-        };
-        let Ok(rec) = serde_json::from_value::<StateRecord>(raw.clone()) else {
-            continue;
-        };
-        out.push(Record { path, raw, rec });
+        if let Some(r) = read_record(&entry.path()) {
+            out.push(r);
+        }
     }
     out.sort_by(|a, b| a.rec.id.cmp(&b.rec.id));
     out
@@ -205,12 +202,7 @@ pub fn prune(state_dir: &Path) -> Vec<Record> {
         if r.is_alive() {
             live.push(r);
         } else {
-            tracing::info!(container = %r.rec.id, "container is gone; dropping its record");
-            // Leases are owed a revocation first: a record is dropped only once its leases
-            // are written down where the agent will find them.
-            if owe_leases(state_dir, &r.rec).is_ok() {
-                let _ = fs::remove_file(&r.path);
-            }
+            drop_record(state_dir, &r.path, &r.rec);
         }
     }
     live
@@ -240,6 +232,18 @@ pub fn owe_leases(state_dir: &Path, rec: &StateRecord) -> std::io::Result<()> {
 
 /// Writes JSON to `path` through a temp file in the same dir (0600), fsync, rename.
 pub fn write_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
+    write_json(path, value, true)
+}
+
+/// Rewrites a state record: temp + rename, without fsync, as the create flow writes it
+/// (`runtime::create::register`). A record lives only as long as its container, and rename
+/// keeps it whole; an fsync per container made a rotation of 100 containers on a disk-backed
+/// state dir wait for 100 journal commits (issue 18).
+fn write_record(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
+    write_json(path, value, false)
+}
+
+fn write_json(path: &Path, value: &serde_json::Value, sync: bool) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let file = path
@@ -260,13 +264,315 @@ pub fn write_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<(
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(&bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     res
+}
+
+/// The agent's registry, kept in memory instead of rescanned: the state dir is watched with
+/// inotify (a record written, renamed in or removed is read or dropped by name), and each
+/// container's init is held by a pidfd, which becomes readable when that process exits. A
+/// refresh with nothing new costs one `read` on the inotify fd and one `poll` over the pidfds,
+/// however many containers there are; the full scan runs once, and again only when the kernel
+/// says it dropped events (queue overflow) or the state dir itself went away.
+///
+/// inotify comes from nix (already a dependency, `inotify` feature): the `inotify` crate
+/// would add a dependency for the same three syscalls.
+pub struct LiveRegistry {
+    state_dir: PathBuf,
+    inotify: Option<Inotify>,
+    /// By file name (`<id>.json`).
+    entries: std::collections::BTreeMap<std::ffi::OsString, Entry>,
+}
+
+/// One live container. The record's JSON is kept as its bytes (about 1 KiB) and turned into a
+/// tree only when a rotation takes the record out: 1000 trees cost the agent several MiB.
+struct Entry {
+    path: PathBuf,
+    bytes: Box<[u8]>,
+    rec: StateRecord,
+    /// The container's init; `None` when it could not be opened (then liveness is checked the
+    /// old way, with a file read per refresh).
+    pidfd: Option<OwnedFd>,
+}
+
+impl Entry {
+    fn record(&self) -> Option<Record> {
+        Some(Record {
+            path: self.path.clone(),
+            raw: serde_json::from_slice(&self.bytes).ok()?,
+            rec: self.rec.clone(),
+        })
+    }
+
+    fn is_alive(&self) -> bool {
+        Record {
+            path: self.path.clone(),
+            raw: serde_json::Value::Null,
+            rec: self.rec.clone(),
+        }
+        .is_alive()
+    }
+}
+
+impl LiveRegistry {
+    /// An empty registry of `state_dir`; the first [`refresh`](Self::refresh) fills it.
+    pub fn new(state_dir: &Path) -> LiveRegistry {
+        LiveRegistry {
+            state_dir: state_dir.to_path_buf(),
+            inotify: None,
+            entries: Default::default(),
+        }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// How many live containers the registry holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The live containers' records (without their JSON), by file name.
+    pub fn records(&self) -> impl Iterator<Item = &StateRecord> {
+        self.entries.values().map(|e| &e.rec)
+    }
+
+    /// The live records `want` selects, as [`prune`] would return them (by id).
+    pub fn take(&self, want: impl Fn(&StateRecord) -> bool) -> Vec<Record> {
+        let mut out: Vec<Record> = self
+            .entries
+            .values()
+            .filter(|e| want(&e.rec))
+            .filter_map(Entry::record)
+            .collect();
+        out.sort_by(|a, b| a.rec.id.cmp(&b.rec.id));
+        out
+    }
+
+    /// Brings the registry up to date: new and rewritten records read, removed ones dropped,
+    /// records of containers that are gone dropped as [`prune`] drops them (leases owed first).
+    pub fn refresh(&mut self) {
+        if self.inotify.is_none() {
+            self.watch_and_scan();
+        } else if self.drain_events() {
+            // The kernel dropped events (or the dir went away): read everything again.
+            self.inotify = None;
+            self.watch_and_scan();
+        }
+        self.drop_dead();
+    }
+
+    /// Sets the watch up, then reads every record (in that order: a record written between the
+    /// two is seen by the scan or by an event, never missed). Without a watch (no state dir
+    /// yet, no inotify) the next refresh tries again; meanwhile this is a plain scan.
+    fn watch_and_scan(&mut self) {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags};
+        let flags = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF
+            | AddWatchFlags::IN_ONLYDIR;
+        self.inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .ok()
+            .filter(|i| i.add_watch(&self.state_dir, flags).is_ok());
+        let mut old = std::mem::take(&mut self.entries);
+        if let Ok(rd) = fs::read_dir(&self.state_dir) {
+            for entry in rd.flatten() {
+                let name = entry.file_name();
+                if !is_record_name(&name) {
+                    continue;
+                }
+                if let Some(e) = read_entry(&entry.path()) {
+                    let kept = old.remove(&name);
+                    self.admit(name, e, kept);
+                }
+            }
+        }
+        drop(old);
+        trim_heap();
+    }
+
+    /// Reads the pending inotify events and applies them. True when a rescan is needed.
+    fn drain_events(&mut self) -> bool {
+        use nix::sys::inotify::AddWatchFlags as F;
+        let Some(ino) = &self.inotify else {
+            return true;
+        };
+        let mut changed: std::collections::BTreeMap<std::ffi::OsString, bool> = Default::default();
+        loop {
+            match ino.read_events() {
+                Ok(evs) if evs.is_empty() => break,
+                Ok(evs) => {
+                    for ev in evs {
+                        if ev.mask.intersects(
+                            F::IN_Q_OVERFLOW | F::IN_IGNORED | F::IN_DELETE_SELF | F::IN_MOVE_SELF,
+                        ) {
+                            return true;
+                        }
+                        let Some(name) = ev.name else { continue };
+                        if !is_record_name(&name) {
+                            continue;
+                        }
+                        // The last event of a name decides: present (read it) or gone.
+                        let present = ev.mask.intersects(F::IN_CLOSE_WRITE | F::IN_MOVED_TO);
+                        changed.insert(name, present);
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return true,
+            }
+        }
+        for (name, present) in changed {
+            let kept = self.entries.remove(&name);
+            if !present {
+                continue;
+            }
+            let path = self.state_dir.join(&name);
+            // Gone again already, or unreadable: a later event brings it back.
+            if let Some(e) = read_entry(&path) {
+                self.admit(name, e, kept);
+            }
+        }
+        false
+    }
+
+    /// Takes `r` in: a record already held for the same container and init keeps its pidfd
+    /// (the agent rewriting versions must not cost a liveness check per container); a new one
+    /// is checked as [`prune`] checks it and its init is opened.
+    fn admit(&mut self, name: std::ffi::OsString, mut new: Entry, kept: Option<Entry>) {
+        if let Some(e) = kept
+            && e.rec.id == new.rec.id
+            && e.rec.pid == new.rec.pid
+            && e.pidfd.is_some()
+        {
+            new.pidfd = e.pidfd;
+            self.entries.insert(name, new);
+            return;
+        }
+        // The pidfd first, then the check: if the check passes, the fd holds that very
+        // process (a pid recycled after the check cannot slip in).
+        new.pidfd = pidfd_open(new.rec.pid);
+        if new.is_alive() {
+            self.entries.insert(name, new);
+        } else {
+            drop_record(&self.state_dir, &new.path, &new.rec);
+        }
+    }
+
+    /// Drops the records whose init has exited.
+    fn drop_dead(&mut self) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let mut dead: Vec<std::ffi::OsString> = Vec::new();
+        {
+            let (names, mut fds): (Vec<_>, Vec<_>) = self
+                .entries
+                .iter()
+                .filter_map(|(n, e)| {
+                    e.pidfd
+                        .as_ref()
+                        .map(|fd| (n, PollFd::new(fd.as_fd(), PollFlags::POLLIN)))
+                })
+                .unzip();
+            if !fds.is_empty() && nix::poll::poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) > 0 {
+                for (n, fd) in names.iter().zip(&fds) {
+                    if fd.revents().is_some_and(|r| !r.is_empty()) {
+                        dead.push((*n).clone());
+                    }
+                }
+            }
+        }
+        // Without a pidfd, the way prune checks.
+        dead.extend(
+            self.entries
+                .iter()
+                .filter(|(_, e)| e.pidfd.is_none() && !e.is_alive())
+                .map(|(n, _)| n.clone()),
+        );
+        for n in dead {
+            if let Some(e) = self.entries.remove(&n) {
+                drop_record(&self.state_dir, &e.path, &e.rec);
+            }
+        }
+    }
+}
+
+/// `<id>.json`, not a temp file.
+fn is_record_name(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    !name.starts_with('.') && name.ends_with(".json")
+}
+
+/// One record file as the registry keeps it, or `None` when it cannot be read or parsed.
+fn read_entry(path: &Path) -> Option<Entry> {
+    let bytes = fs::read(path).ok()?;
+    let rec = serde_json::from_slice::<StateRecord>(&bytes).ok()?;
+    Some(Entry {
+        path: path.to_path_buf(),
+        bytes: bytes.into_boxed_slice(),
+        rec,
+        pidfd: None,
+    })
+}
+
+/// Gives the memory freed by a scan back to the system (glibc keeps it otherwise, and an
+/// agent's RSS would stay at its peak).
+pub(crate) fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// One record file, or `None` when it cannot be read or parsed.
+fn read_record(path: &Path) -> Option<Record> {
+    let bytes = fs::read(path).ok()?;
+    let raw = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
+    let rec = serde_json::from_value::<StateRecord>(raw.clone()).ok()?;
+    Some(Record {
+        path: path.to_path_buf(),
+        raw,
+        rec,
+    })
+}
+
+/// What [`prune`] does with the record of a container that is gone. Leases are owed a
+/// revocation first: a record is dropped only once its leases are written down where the
+/// agent will find them.
+fn drop_record(state_dir: &Path, path: &Path, rec: &StateRecord) {
+    tracing::info!(container = %rec.id, "container is gone; dropping its record");
+    if owe_leases(state_dir, rec).is_ok() {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// A pidfd of `pid` (Linux 5.3+), `None` when it cannot be had (old kernel, no such process,
+/// out of descriptors).
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    if pid <= 0 {
+        return None;
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; nothing is
+    // borrowed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]
@@ -374,5 +680,53 @@ mod tests {
             .filter(|n| n.contains("alive"))
             .collect();
         assert_eq!(names, ["alive.json"], "no temp file left");
+    }
+
+    #[test]
+    fn live_registry_follows_the_state_dir_and_the_inits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let write = |name: &str, id: &str, pid: i32| {
+            // As the create flow writes it: temp + rename.
+            let tmp = dir.path().join(format!(".{name}.tmp"));
+            fs::write(&tmp, serde_json::to_vec(&record_json(id, pid)).unwrap()).unwrap();
+            fs::rename(&tmp, dir.path().join(name)).unwrap();
+        };
+        write("before.json", "before", child.id() as i32);
+        let mut reg = LiveRegistry::new(dir.path());
+        reg.refresh();
+        let ids =
+            |reg: &LiveRegistry| -> Vec<String> { reg.records().map(|r| r.id.clone()).collect() };
+        assert_eq!(ids(&reg), ["before"]);
+        // Found through inotify, not a rescan: a new live record, a dead one, a temp file.
+        let me = std::process::id() as i32;
+        write("after.json", "after", me);
+        write("dead.json", "dead", i32::MAX - 1);
+        fs::write(dir.path().join(".x.json.tmp-1"), "{").unwrap();
+        reg.refresh();
+        assert_eq!(ids(&reg), ["after", "before"]);
+        assert!(
+            !dir.path().join("dead.json").exists(),
+            "a dead record is dropped"
+        );
+        // A rewrite (the agent recording a version) is read again.
+        let mut r = reg.take(|r| r.id == "after").pop().unwrap();
+        r.set_version(0, Some("9")).unwrap();
+        reg.refresh();
+        let v = reg.records().find(|r| r.id == "after").unwrap();
+        assert_eq!(v.secrets[0].version.as_deref(), Some("9"));
+        // The init exits: its pidfd says so, and the record is dropped.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reg.refresh();
+        assert_eq!(ids(&reg), ["after"]);
+        assert!(!dir.path().join("before.json").exists());
+        // Removed by someone else (dso-runc delete).
+        fs::remove_file(dir.path().join("after.json")).unwrap();
+        reg.refresh();
+        assert!(reg.is_empty());
     }
 }

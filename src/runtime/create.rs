@@ -411,22 +411,28 @@ fn fetch_all<'a>(
     if !wire.is_empty()
         && let Some(served) = control::fetch_via_agent(cfg, &wire, workload, timeout)
     {
-        // One round trip served them all: each took (at most) that long.
+        // One round trip served them all: each took (at most) that long. Audited in one
+        // append (one lock of the chain instead of one per secret).
         let took = asked.elapsed();
         for (j, f) in served.into_iter().enumerate() {
-            let i = kv[j];
             if let Some(f) = f {
-                audit.must_record(
-                    &Event::new("secret_fetched", "success")
-                        .secret(&planned[i].label)
-                        .provider(&planned[i].provider)
-                        .version(f.version.as_deref())
-                        .duration(took)
-                        .via("agent"),
-                )?;
-                results[i] = Some((f.value, f.version));
+                results[kv[j]] = Some((f.value, f.version));
             }
         }
+        let events: Vec<Event<'_>> = (0..planned.len())
+            .filter_map(|i| {
+                let (_, version) = results[i].as_ref()?;
+                Some(
+                    Event::new("secret_fetched", "success")
+                        .secret(&planned[i].label)
+                        .provider(&planned[i].provider)
+                        .version(version.as_deref())
+                        .duration(took)
+                        .via("agent"),
+                )
+            })
+            .collect();
+        audit.must_record_all(&events)?;
     }
     let unfetched: Vec<usize> = (0..planned.len())
         .filter(|&i| results[i].is_none())
@@ -519,6 +525,7 @@ fn fetch_all<'a>(
     }
     drop(tx);
 
+    let mut fetched_in: Vec<(usize, std::time::Duration)> = Vec::new();
     for _ in 0..pending.len() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let (i, res, took) = match rx.recv_timeout(remaining) {
@@ -532,6 +539,7 @@ fn fetch_all<'a>(
                 let (secret, provider) = pending
                     .map(|p| (p.label.clone(), p.provider.clone()))
                     .unwrap_or_default();
+                audit.record_all(&fetched_events(planned, &results, &fetched_in));
                 audit.record(
                     &Event::new("secret_fetched", "failure")
                         .secret(&secret)
@@ -551,16 +559,12 @@ fn fetch_all<'a>(
                 if let Some(lease) = lease {
                     leases.add(i, &p.label, &p.provider, lease);
                 }
-                audit.must_record(
-                    &Event::new("secret_fetched", "success")
-                        .secret(&p.label)
-                        .provider(&p.provider)
-                        .version(f.version.as_deref())
-                        .duration(took),
-                )?;
+                fetched_in.push((i, took));
                 results[i] = Some((f.value, f.version));
             }
             Err(source) => {
+                // What was fetched before this failure is on record too.
+                audit.record_all(&fetched_events(planned, &results, &fetched_in));
                 let msg = source.to_string();
                 if source.is_auth_failure() {
                     audit.record(
@@ -584,10 +588,32 @@ fn fetch_all<'a>(
             }
         }
     }
+    // The successes in one append; the values are used only after this returns, so with
+    // audit.required none is injected unless its fetch is on record.
+    audit.must_record_all(&fetched_events(planned, &results, &fetched_in))?;
     for (i, u) in copies {
         results[i] = results[u].clone();
     }
     Ok((results.into_iter().flatten().collect(), leases))
+}
+
+/// `secret_fetched` (success) of the fetches `fetched_in` names (plan index, duration).
+fn fetched_events<'a>(
+    planned: &'a [Planned],
+    results: &'a [Option<(SecretValue, Option<String>)>],
+    fetched_in: &[(usize, std::time::Duration)],
+) -> Vec<Event<'a>> {
+    fetched_in
+        .iter()
+        .map(|&(i, took)| {
+            let version = results[i].as_ref().and_then(|(_, v)| v.as_deref());
+            Event::new("secret_fetched", "success")
+                .secret(&planned[i].label)
+                .provider(&planned[i].provider)
+                .version(version)
+                .duration(took)
+        })
+        .collect()
 }
 
 /// The env hand-off file for dso-init: `VAR=value\0` records, built in zeroizing memory.
@@ -940,17 +966,21 @@ pub fn create_with_secrets(
         // Registered: the record carries the leases now (revoked when the container goes).
         leases.keep();
         // Written before the create reports success: with audit.required, an injection that
-        // cannot be audited is undone like any other failure here.
-        for p in &planned {
-            audit.must_record(
-                &Event::new("secret_injected", "success")
+        // cannot be audited is undone like any other failure here. One append for all (one
+        // lock of the chain, one write), not one per secret.
+        let took = started.elapsed();
+        let events: Vec<Event<'_>> = planned
+            .iter()
+            .map(|p| {
+                Event::new("secret_injected", "success")
                     .secret(&p.label)
                     .provider(&p.provider)
                     .container(&id)
                     .workload(&workload)
-                    .duration(started.elapsed()),
-            )?;
-        }
+                    .duration(took)
+            })
+            .collect();
+        audit.must_record_all(&events)?;
         Ok(pid)
     })();
     timing.mark("inject + register");

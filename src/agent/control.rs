@@ -976,6 +976,9 @@ mod tests {
     /// is cut off at the per-request deadline, and others are served meanwhile.
     #[test]
     fn connections_are_capped_and_a_slow_client_is_cut_off() {
+        // 70-odd sockets on each side, in a test process whose other tests hold descriptors
+        // too: a connect failed once in a full `cargo test --lib` (EMFILE, presumably).
+        crate::agent::raise_fd_limit();
         let dir = tempfile::tempdir().unwrap();
         let (rotator, _) = rotator_with(dir.path(), &[], "");
         let path = dir.path().join("ctl.sock");

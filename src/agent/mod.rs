@@ -296,6 +296,18 @@ pub fn report(outcomes: &[crate::rotation::Outcome]) {
     }
 }
 
+/// The agent holds a pidfd per managed container: the soft limit on descriptors (1024 under
+/// systemd by default) is raised to the hard one, as Go programs do at start. A failure only
+/// means containers past the limit are checked the slower way.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,7 +63,7 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
     hup.add(nix::sys::signal::Signal::SIGHUP);
     hup.thread_block()
         .map_err(|e| anyhow!("cannot block SIGHUP: {e}"))?;
-    raise_fd_limit();
+    crate::agent::raise_fd_limit();
     let started = Instant::now();
     let listener = control::bind(&socket, group, &state_dir).map_err(|e| anyhow!(e))?;
     eprintln!("dso agent: control socket {}", socket.display());
@@ -130,16 +130,4 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
         Some(config_path),
     );
     Ok(0)
-}
-
-/// The agent holds a pidfd per managed container: the soft limit on descriptors (1024 under
-/// systemd by default) is raised to the hard one, as Go programs do at start. A failure only
-/// means containers past the limit are checked the slower way.
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
 }

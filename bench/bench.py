@@ -68,7 +68,8 @@ class Lab:
             # each would take minutes): 1000 references, 1000 files.
             for i in range(100, nsecrets):
                 f.write(f"  s{i}: {{ provider: local, path: s{i % 100} }}\n")
-            f.write(f"runtime: {{ state_dir: {self.state}, tmpfs_size: 8388608 }}\naudit: {{ path: {self.dir}/audit.log }}\n"
+            # max_references: the 1000-reference row is past the default cap of 256.
+            f.write(f"runtime: {{ state_dir: {self.state}, tmpfs_size: 8388608, max_references: 2000 }}\naudit: {{ path: {self.dir}/audit.log }}\n"
                     "policy: { default: allow }  # plain runc: no engine identity\n")
         for n in names:
             subprocess.run([self.dso, "--config", self.cfg, "secret", "set", n],

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEY = b"bench-webhook-key"
+KEY = b"bench-webhook-key-of-at-least-32-bytes"  # the agent refuses shorter keys
 NSECRETS = 10
 
 
@@ -154,7 +154,8 @@ class Lab:
             self.agent = None
 
     def webhook(self, names):
-        body = json.dumps({"secrets": names}).encode()
+        # An event id: the same request twice within one second would be a replay (409).
+        body = json.dumps({"secrets": names, "id": os.urandom(8).hex()}).encode()
         ts = str(int(time.time()))
         sig = hmac.new(KEY, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)

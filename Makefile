@@ -6,12 +6,9 @@ all: build
 build:
 	cargo build
 
-# Release binaries in target/release. dso-runc runs on every runc call Docker makes, so it is
-# relinked as a static executable (no dynamic loader on each call: ~0.4 ms less per call,
-# measured by make bench); cargo cannot ask for that per binary, hence the second step.
+# Release binaries in target/release; dso-runc and dso relinked static (see the script).
 release:
-	cargo build --release
-	cargo rustc --release --bin dso-runc -- -C target-feature=+crt-static
+	scripts/release.sh
 
 # The whole suite, as CI runs it (root: installs deps, runs the dockerd end-to-end tests).
 test:

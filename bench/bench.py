@@ -411,12 +411,31 @@ def fmt_ms(xs):
     return med, f"{med:8.1f} ms (±{spread / 2:5.1f})"
 
 
+def cri_rounds(bindir, rounds):
+    """(runc times, dso times) in seconds: RunPodSandbox to StartContainer done, per pod."""
+    env = dict(os.environ, DSO_BENCH_BINDIR=os.path.abspath(bindir), DSO_BENCH_ROUNDS=str(rounds))
+    out = subprocess.run(["cargo", "test", "--quiet", "--test", "e2e_cri", "--",
+                          "--ignored", "--exact", "cri_bench_rounds", "--nocapture"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"bench: the CRI row failed:\n{out.stdout}\n{out.stderr}")
+    times = {"runc": [], "dso": []}
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            times[r["handler"]].append(r["start_ms"] / 1000)
+    if len(times["dso"]) != rounds or len(times["runc"]) != rounds:
+        raise SystemExit(f"bench: the CRI row printed {times}:\n{out.stdout}\n{out.stderr}")
+    return times["runc"], times["dso"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="3 rounds, debug binaries allowed")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--bindir", default=os.path.join(ROOT, "target", "release"))
     ap.add_argument("--no-docker", action="store_true")
+    ap.add_argument("--no-cri", action="store_true")
     a = ap.parse_args()
     rounds = 3 if a.smoke else a.rounds
     if os.geteuid() != 0:
@@ -526,10 +545,19 @@ def run(a, lab, rounds):
         finally:
             d.close()
 
+    # Kubernetes-shaped (issue 18 point 3): containerd's CRI, pod sandbox + one container with
+    # 10 file secrets, `dso` handler against `runc`. The CRI client is the Rust one of the
+    # e2e_cri test (no gRPC client here); it times each pod and prints JSON lines.
+    cri_rows = []
+    if not a.no_cri and shutil.which("containerd") and shutil.which("ctr"):
+        name = "CRI pod + container, 10 file secrets"
+        results[name] = cri_rounds(a.bindir, rounds)
+        cri_rows = [(name, None, None)]
+
     print(f"\ndso benchmark: {rounds} interleaved rounds, binaries in {a.bindir}")
     print(f"{'case':32} {'runc':>22} {'dso':>22} {'ratio':>7} {'goal':>6}")
     failed = []
-    for name, _, goal in rows + docker_rows:
+    for name, _, goal in rows + docker_rows + cri_rows:
         base, dso = results[name]
         bm, bs = fmt_ms(base)
         dm, ds = fmt_ms(dso)

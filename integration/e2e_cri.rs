@@ -55,6 +55,11 @@ impl Cri {
     }
 
     fn start(secrets: &str) -> Cri {
+        Cri::start_with(secrets, DSO_RUNC)
+    }
+
+    /// With another dso-runc (the benchmark's release build).
+    fn start_with(secrets: &str, dso_runc: &str) -> Cri {
         let dir = tempfile::Builder::new()
             .prefix("dsocri-")
             .tempdir_in("/tmp")
@@ -105,12 +110,12 @@ impl Cri {
                 &d.join("t.sock").display().to_string(),
             )
             .replace("/run/containerd", &d.join("state").display().to_string())
-            .replace("/usr/bin/dso-runc", DSO_RUNC)
+            .replace("/usr/bin/dso-runc", dso_runc)
             .replace("/etc/cni/net.d", &d.join("cni-conf").display().to_string())
             .replace("/opt/cni/bin", &d.join("cni-bin").display().to_string())
             .replace("registry.k8s.io/pause:3.6", IMAGE);
         assert!(
-            config.contains(DSO_RUNC) && config.contains(IMAGE),
+            config.contains(dso_runc) && config.contains(IMAGE),
             "{config}"
         );
         fs::write(d.join("config.toml"), config).unwrap();
@@ -237,9 +242,13 @@ impl Cri {
     }
 
     fn run_pod(&mut self, cfg: &PodSandboxConfig) -> String {
+        self.run_pod_with(cfg, "dso")
+    }
+
+    fn run_pod_with(&mut self, cfg: &PodSandboxConfig, handler: &str) -> String {
         let req = RunPodSandboxRequest {
             config: Some(cfg.clone()),
-            runtime_handler: "dso".into(),
+            runtime_handler: handler.into(),
         };
         let res = self.rt.block_on(self.runtime.run_pod_sandbox(req));
         res.unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", self.log()))
@@ -669,4 +678,73 @@ fn a_pod_in_another_namespace_is_refused_at_start_container() {
     assert!(cri.state_records().is_empty(), "{:?}", cri.state_records());
     cri.remove_pod(&pod);
     cri.remove_pod(&bad);
+}
+
+/// Issue 18's Kubernetes-shaped benchmark row, run by `bench/bench.py` (not a test: it asserts
+/// nothing about time). Per round, interleaved, one pod per runtime handler: RunPodSandbox +
+/// CreateContainer + StartContainer of a container with 10 file secrets, through `runc` and
+/// through `dso`; prints one JSON line per pod (`{"handler", "start_ms", "remove_ms"}`).
+/// `DSO_BENCH_BINDIR` names the dso-runc to measure (the release build), `DSO_BENCH_ROUNDS`
+/// the rounds.
+#[test]
+#[ignore = "benchmark, run by bench/bench.py"]
+fn cri_bench_rounds() {
+    if !ready() {
+        return;
+    }
+    let bindir = std::env::var("DSO_BENCH_BINDIR").ok();
+    let dso_runc = bindir.map_or(DSO_RUNC.to_string(), |d| {
+        Path::new(&d).join("dso-runc").display().to_string()
+    });
+    let rounds: usize = std::env::var("DSO_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    let secrets: String = (0..10)
+        .map(|i| format!("  s{i}:\n    provider: local\n    allow: [ {{ kubernetes: {{ namespace: bench }} }} ]\n"))
+        .collect();
+    let mut cri = Cri::start_with(&secrets, &dso_runc);
+    for i in 0..10 {
+        cri.set_secret(&format!("s{i}"), &random_token("bench-"));
+    }
+    let env: Vec<(String, String)> = (0..10)
+        .map(|i| (format!("S{i}_FILE"), format!("dsofile://s{i}")))
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut n = 0;
+    // One unmeasured pod per handler first (image unpack, shim start-up caches).
+    for round in 0..=rounds {
+        let order = if round % 2 == 0 {
+            ["runc", "dso"]
+        } else {
+            ["dso", "runc"]
+        };
+        for handler in order {
+            n += 1;
+            let pod_cfg = cri.pod_config("bench", &format!("p{n}"), &[]);
+            let t0 = Instant::now();
+            let pod = cri.run_pod_with(&pod_cfg, handler);
+            cri.start_container(&pod, &pod_cfg, "app", &env, "sleep 1000000")
+                .unwrap_or_else(|e| panic!("{handler}: {e}\n{}", cri.log()));
+            let start = t0.elapsed();
+            let t1 = Instant::now();
+            cri.remove_pod(&pod);
+            let remove = t1.elapsed();
+            if round > 0 {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "handler": handler,
+                        "start_ms": start.as_secs_f64() * 1000.0,
+                        "remove_ms": remove.as_secs_f64() * 1000.0,
+                    })
+                );
+            }
+        }
+    }
+    // The dso pods got their secrets (else the row measured nothing).
+    assert!(
+        cri.audit().contains(r#""event":"secret_injected""#),
+        "no injection in the dso pods"
+    );
 }

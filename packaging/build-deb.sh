@@ -24,7 +24,9 @@ fi
 
 deb_args=()
 if [[ $profile == release ]]; then
-    cargo build --release --bins
+    # Built here (static relinks), not by cargo deb, which would link them dynamically again.
+    scripts/release.sh
+    deb_args+=(--no-build)
 else
     # The debug binaries must exist already (cargo build / cargo test make them).
     for b in dso dso-runc dso-init; do

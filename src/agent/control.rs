@@ -633,26 +633,39 @@ fn fetch_answer(
         distinct.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let fetched_bytes = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..distinct.len().min(FETCH_PARALLEL) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some((provider, req)) = distinct.get(i) else {
-                        return;
-                    };
-                    if gone() || fetched_bytes.load(Ordering::SeqCst) > max_bytes as usize {
-                        return;
-                    }
-                    let res = rotator.fetch(provider, req).map_err(|e| e.to_string());
-                    if let Ok(f) = &res {
-                        fetched_bytes.fetch_add(f.value.len(), Ordering::SeqCst);
-                    }
-                    *slots[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(res);
-                }
-            });
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            let Some((provider, req)) = distinct.get(i) else {
+                return;
+            };
+            if gone() || fetched_bytes.load(Ordering::SeqCst) > max_bytes as usize {
+                return;
+            }
+            let res = rotator.fetch(provider, req).map_err(|e| e.to_string());
+            if let Ok(f) = &res {
+                fetched_bytes.fetch_add(f.value.len(), Ordering::SeqCst);
+            }
+            *slots[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(res);
         }
+    };
+    // The local store is decrypted in memory, one fetch at a time (its lock): threads would only
+    // add their start-up cost to the round trip (issue 18: the agent path must not be slower
+    // than the direct one, which fetches local secrets inline too).
+    let all_local = distinct.iter().all(|(provider, _)| {
+        cfg.providers
+            .get(*provider)
+            .is_some_and(|p| p.kind == crate::config::ProviderKind::Local)
     });
+    if all_local {
+        work();
+    } else {
+        std::thread::scope(|scope| {
+            for _ in 0..distinct.len().min(FETCH_PARALLEL) {
+                scope.spawn(work);
+            }
+        });
+    }
     if gone() {
         return Zeroizing::new(Vec::new());
     }

@@ -167,10 +167,26 @@ pub fn run(
     // The registry stays in memory, kept current by inotify on the state dir and a pidfd per
     // container: an idle agent does no work per container (issue 18).
     rotator.keep_registry();
-    let swept = rotator.sweep_stale_temps();
-    if swept > 0 {
-        eprintln!("dso agent: removed {swept} temp file(s) an interrupted rotation left");
-    }
+    // The sweep of what an interrupted rotation left opens every container's secrets dir: in
+    // the background, so that a webhook arriving at start does not wait for it (issue 18).
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let swept = rotator.sweep_stale_temps();
+            if swept > 0 {
+                eprintln!("dso agent: removed {swept} temp file(s) an interrupted rotation left");
+            }
+        });
+        run_loop(rotator, triggers, stop, config);
+    });
+}
+
+/// [`run`]'s loop.
+fn run_loop(
+    rotator: &Rotator,
+    triggers: mpsc::Receiver<Trigger>,
+    stop: Arc<AtomicBool>,
+    config: Option<&Path>,
+) {
     let mut due_at: BTreeMap<String, Instant> = BTreeMap::new();
     let mut next = Instant::now();
     // The first lease tick runs at once: revocations owed since the last agent are settled
@@ -212,6 +228,12 @@ pub fn run(
             due_at.clear();
             next = Instant::now();
         }
+        // A webhook's trigger goes before due work (the lease tick, a polling cycle, the first
+        // full check at start): a sender waits for one rotation, not for a cycle of all.
+        if let Ok(first) = triggers.try_recv() {
+            handle_trigger(rotator, &triggers, first, &mut reload_why);
+            continue;
+        }
         let now = Instant::now();
         if now >= next_lease {
             report(&rotator.lease_tick());
@@ -247,27 +269,41 @@ pub fn run(
         }
         let wait = (next.min(next_lease) - now).min(Duration::from_millis(200));
         match triggers.recv_timeout(wait) {
-            Ok(Trigger::Reload) => reload_why = Some("SIGHUP"),
-            Ok(Trigger::Secrets(first)) => {
-                // Debounce: a burst of triggers becomes one rotation per named secret.
-                let mut names = std::collections::BTreeSet::from_iter(first);
-                let quiet = Instant::now() + DEBOUNCE;
-                loop {
-                    match triggers.recv_timeout(quiet.saturating_duration_since(Instant::now())) {
-                        Ok(Trigger::Secrets(more)) => names.extend(more),
-                        Ok(Trigger::Reload) => reload_why = Some("SIGHUP"),
-                        Err(_) => break,
-                    }
-                }
-                for name in names {
-                    report(&rotator.rotate(&Selector::Secret(name), Mode::IfChanged));
-                }
-            }
+            Ok(first) => handle_trigger(rotator, &triggers, first, &mut reload_why),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 std::thread::sleep(wait);
             }
         }
+    }
+}
+
+/// A SIGHUP (noted in `reload_why`) or a webhook's secrets, rotated after the debounce: a
+/// burst of triggers becomes one rotation per named secret.
+fn handle_trigger(
+    rotator: &Rotator,
+    triggers: &mpsc::Receiver<Trigger>,
+    first: Trigger,
+    reload_why: &mut Option<&'static str>,
+) {
+    let first = match first {
+        Trigger::Reload => {
+            *reload_why = Some("SIGHUP");
+            return;
+        }
+        Trigger::Secrets(first) => first,
+    };
+    let mut names = std::collections::BTreeSet::from_iter(first);
+    let quiet = Instant::now() + DEBOUNCE;
+    loop {
+        match triggers.recv_timeout(quiet.saturating_duration_since(Instant::now())) {
+            Ok(Trigger::Secrets(more)) => names.extend(more),
+            Ok(Trigger::Reload) => *reload_why = Some("SIGHUP"),
+            Err(_) => break,
+        }
+    }
+    for name in names {
+        report(&rotator.rotate(&Selector::Secret(name), Mode::IfChanged));
     }
 }
 

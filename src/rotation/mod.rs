@@ -434,12 +434,16 @@ impl Rotator {
     /// Removes the temp files a writer killed mid-rotation left in the secrets dirs of the
     /// managed containers (the agent, when it starts: its predecessor may have been killed).
     /// Returns how many were removed; a container that cannot be opened is skipped (its next
-    /// rotation reports why).
+    /// rotation reports why). One container at a time under the rotation lock: a temp file a
+    /// rotation is writing is never swept, and a rotation waits for one container's sweep at
+    /// most, not for all of them (issue 18: the agent sweeps in the background at start).
     pub fn sweep_stale_temps(&self) -> usize {
         self.live_records(|_| true)
             .iter()
-            .filter_map(|r| open_for_write(&r.rec).ok())
-            .filter_map(|dir| dir.sweep_stale_temps(None).ok())
+            .filter_map(|r| {
+                let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+                open_for_write(&r.rec).ok()?.sweep_stale_temps(None).ok()
+            })
             .sum()
     }
 

@@ -124,6 +124,7 @@ fn begin() -> Option<(&'static Harness, MutexGuard<'static, ()>, Imds, Imds)> {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn aws_file_and_env_secrets_reach_the_container() {
     let Some((h, _serial, good, _bad)) = begin() else {
         return;
@@ -186,6 +187,7 @@ echo "env=$(printf %s "$API_TOKEN" | sha256sum | cut -d' ' -f1)""#;
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn aws_missing_secret_fails_closed() {
     let Some((h, _serial, _good, _bad)) = begin() else {
         return;
@@ -216,6 +218,7 @@ fn aws_missing_secret_fails_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn aws_wrong_credentials_fail_closed() {
     let Some((h, _serial, _good, bad)) = begin() else {
         return;
@@ -260,6 +263,7 @@ fn aws_wrong_credentials_fail_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn aws_missing_json_key_fails_closed() {
     let Some((h, _serial, _good, _bad)) = begin() else {
         return;
@@ -281,6 +285,7 @@ fn aws_missing_json_key_fails_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn aws_down_fails_closed() {
     let Some((h, _serial, _good, _bad)) = begin() else {
         return;
@@ -298,6 +303,7 @@ fn aws_down_fails_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn aws_slower_than_the_timeout_fails_closed() {
     let Some((h, _serial, _good, _bad)) = begin() else {
         return;

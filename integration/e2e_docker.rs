@@ -96,6 +96,7 @@ fn assert_no_runc_container(h: &Harness, root: &Path, id: Option<&str>) {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn private_dockerd_runs_a_plain_runc_container() {
     let Some((h, _serial)) = begin() else { return };
     let out = run(
@@ -122,6 +123,7 @@ fn private_dockerd_runs_a_plain_runc_container() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn dso_without_references_behaves_like_runc() {
     let Some((h, _serial)) = begin() else { return };
     let script = r#"id; echo "FOO=$FOO"; env | sort; ls -a /; awk '{print $2, $3}' /proc/mounts; echo err >&2; exit 3"#;
@@ -153,6 +155,7 @@ fn dso_without_references_behaves_like_runc() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn file_reference_is_a_0400_file_on_a_restricted_tmpfs() {
     let Some((h, _serial)) = begin() else { return };
     let value = harness::random_token("db-");
@@ -176,6 +179,7 @@ cat /proc/mounts"#;
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn file_reference_is_owned_by_the_container_user() {
     let Some((h, _serial)) = begin() else { return };
     let value = harness::random_token("db-user-");
@@ -202,6 +206,7 @@ printf 'value='; cat "$DB_PASSWORD_FILE"; echo"#;
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn env_reference_reaches_the_process_and_pid1_stays_the_command() {
     let Some((h, _serial)) = begin() else { return };
     let value = harness::random_token("api-");
@@ -231,6 +236,7 @@ echo "left=$(ls -A /run/secrets)""#;
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn values_stay_out_of_inspect_the_bundle_and_the_host_filesystem() {
     let Some((h, _serial)) = begin() else { return };
     let db = harness::random_token("db-host-");
@@ -297,6 +303,7 @@ fn values_stay_out_of_inspect_the_bundle_and_the_host_filesystem() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn restarted_container_gets_its_secrets_again() {
     let Some((h, _serial)) = begin() else { return };
     let value = harness::random_token("db-restart-");
@@ -327,6 +334,7 @@ fn restarted_container_gets_its_secrets_again() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn unknown_secret_fails_closed_and_leaves_no_runc_container() {
     let Some((h, _serial)) = begin() else { return };
     h.init_store();
@@ -376,6 +384,7 @@ fn unknown_secret_fails_closed_and_leaves_no_runc_container() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn traversal_reference_is_refused() {
     let Some((h, _serial)) = begin() else { return };
     h.init_store();
@@ -410,6 +419,7 @@ fn traversal_reference_is_refused() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn run_symlink_in_the_image_cannot_redirect_writes_to_the_host() {
     let Some((h, _serial)) = begin() else { return };
     let host_target = Path::new(RUNLINK_TARGET);
@@ -456,6 +466,7 @@ cat /proc/mounts"#;
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn read_only_rootfs_and_exit_status_work_with_references() {
     let Some((h, _serial)) = begin() else { return };
     let value = harness::random_token("db-ro-");
@@ -484,6 +495,7 @@ fn read_only_rootfs_and_exit_status_work_with_references() {
 /// The host scan itself finds a value that Docker does keep on disk (a plain `-e`), so a clean
 /// scan in the tests above means something.
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn host_scan_finds_a_plain_env_value() {
     let Some((h, _serial)) = begin() else { return };
     let value = harness::random_token("plain-env-");

@@ -195,6 +195,7 @@ fn assert_nowhere_on_host(values: &[&str]) {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn database_credentials_are_per_container_and_revoked_on_removal() {
     let Some(s) = begin("1h", "1h") else { return };
     let h = s.h;
@@ -273,6 +274,7 @@ fn database_credentials_are_per_container_and_revoked_on_removal() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn a_killed_agent_revokes_at_its_next_start() {
     let Some(s) = begin("1h", "1h") else { return };
     let h = s.h;
@@ -297,6 +299,7 @@ fn a_killed_agent_revokes_at_its_next_start() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn a_revoked_lease_is_replaced_by_rotation() {
     // A 9 s TTL: the agent renews at 6 s; once the lease is revoked behind its back, the
     // renewal fails and a new credential is issued and written into the running container.
@@ -336,6 +339,7 @@ fn a_revoked_lease_is_replaced_by_rotation() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn dso_rotate_issues_a_new_credential_and_revokes_the_old() {
     let Some(s) = begin("1h", "1h") else { return };
     let h = s.h;
@@ -362,6 +366,7 @@ fn dso_rotate_issues_a_new_credential_and_revokes_the_old() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn key_selects_one_field() {
     let Some(s) = begin("1h", "1h") else { return };
     let h = s.h;
@@ -373,6 +378,7 @@ fn key_selects_one_field() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn refused_creation_and_unknown_role_fail_closed() {
     let Some(s) = begin("1h", "1h") else { return };
     let h = s.h;
@@ -395,6 +401,7 @@ fn refused_creation_and_unknown_role_fail_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn failed_revocation_is_audited_retried_and_shown() {
     let Some(mut s) = begin("1h", "1h") else {
         return;
@@ -436,6 +443,7 @@ fn failed_revocation_is_audited_retried_and_shown() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn pki_certificate_verifies_and_is_reissued_with_a_signal() {
     // 15 s certificates: re-issued at 10 s.
     let Some(s) = begin("1h", "15s") else { return };

@@ -135,6 +135,7 @@ fn short_tempdir(prefix: &str) -> tempfile::TempDir {
 // dso install / uninstall / doctor
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn install_registers_the_runtime_with_the_running_dockerd_and_uninstall_removes_it() {
     let Some((h, _serial)) = begin() else { return };
     let token = harness::random_token("install-");
@@ -261,6 +262,7 @@ fn install_refuses_a_daemon_json_that_does_not_parse_and_leaves_it_alone() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn doctor_passes_on_a_healthy_host_and_fails_on_a_broken_config() {
     let Some((h, _serial)) = begin() else { return };
     h.set_secret("db_password", b"doctor-check");
@@ -349,6 +351,7 @@ fn doctor_passes_on_a_healthy_host_and_fails_on_a_broken_config() {
 // docker-compose
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn compose_service_with_runtime_dso_receives_its_secrets() {
     let Some((h, _serial)) = begin() else { return };
     if !require_tool("docker-compose") {
@@ -422,6 +425,7 @@ fn compose_example_is_a_valid_compose_file() {
 // podman
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn podman_with_dso_runc_as_runtime_injects_env_file_and_annotation_references() {
     let Some((h, _serial)) = begin() else { return };
     if !require_tool("podman") {
@@ -531,6 +535,7 @@ impl Drop for PodmanCleanup {
 // containerd
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn containerd_ctr_run_with_dso_runc_as_runc_binary() {
     let Some((h, _serial)) = begin() else { return };
     if !require_tool("ctr") {

@@ -84,6 +84,7 @@ fn setup(h: &Harness) -> (String, String, String) {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn a_secret_reaches_only_the_containers_it_is_granted_to() {
     let Some((h, _serial)) = begin() else {
         return;
@@ -163,6 +164,7 @@ fn a_secret_reaches_only_the_containers_it_is_granted_to() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn a_hostile_images_env_gets_nothing() {
     let Some((h, _serial)) = begin() else {
         return;
@@ -256,6 +258,7 @@ fn compose(h: &Harness, file: &std::path::Path, project: &str, args: &[&str]) ->
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn compose_project_and_service_grants() {
     let Some((h, _serial)) = begin() else {
         return;
@@ -318,6 +321,7 @@ fn agent_request(h: &Harness, req: serde_json::Value) -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn the_agent_applies_the_same_policy_and_rotation_rechecks_it() {
     let Some((h, _serial)) = begin() else {
         return;
@@ -410,6 +414,7 @@ fn the_agent_applies_the_same_policy_and_rotation_rechecks_it() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn policy_explain_says_who_gets_what() {
     let Some((h, _serial)) = begin() else {
         return;

@@ -254,6 +254,7 @@ echo "env=$(printf %s "$SECRET_ENV" | sha256sum | cut -d' ' -f1)""#;
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn vault_file_and_env_secrets_reach_the_container() {
     let Some(s) = begin() else { return };
     let v = values();
@@ -268,6 +269,7 @@ fn vault_file_and_env_secrets_reach_the_container() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn vault_missing_secret_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
@@ -287,6 +289,7 @@ fn vault_missing_secret_fails_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn azure_file_and_env_secrets_reach_the_container() {
     let Some(s) = begin() else { return };
     let v = values();
@@ -301,6 +304,7 @@ fn azure_file_and_env_secrets_reach_the_container() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn azure_missing_secret_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
@@ -316,6 +320,7 @@ fn azure_missing_secret_fails_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn vault_wrong_token_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
@@ -340,6 +345,7 @@ fn vault_wrong_token_fails_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn vault_down_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
@@ -355,6 +361,7 @@ fn vault_down_fails_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn azure_missing_json_key_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
@@ -374,6 +381,7 @@ fn azure_missing_json_key_fails_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn azure_slower_than_the_timeout_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
@@ -395,6 +403,7 @@ fn azure_slower_than_the_timeout_fails_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn vault_missing_json_key_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
@@ -414,6 +423,7 @@ fn vault_missing_json_key_fails_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn vault_slower_than_the_timeout_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
@@ -441,6 +451,7 @@ fn vault_slower_than_the_timeout_fails_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn azure_wrong_client_secret_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);
@@ -459,6 +470,7 @@ fn azure_wrong_client_secret_fails_closed() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn azure_down_fails_closed() {
     let Some(s) = begin() else { return };
     let root = dso_runc_root(s.h);

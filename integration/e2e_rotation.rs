@@ -116,6 +116,7 @@ fn run_detached(h: &Harness, name: &str, env: &str, cmd: &[&str]) {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn rotate_rewrites_a_running_containers_file() {
     let Some((h, _serial)) = begin() else { return };
     let v1 = harness::random_token("rot-file-1-");
@@ -140,6 +141,7 @@ fn rotate_rewrites_a_running_containers_file() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn restart_strategy_brings_the_new_env_value() {
     let Some((h, _serial)) = begin() else { return };
     let v1 = harness::random_token("rot-env-1-");
@@ -210,6 +212,7 @@ fn restart_strategy_brings_the_new_env_value() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn agent_rotates_a_docker_container_within_the_interval_and_signals_it() {
     let Some((h, _serial)) = begin() else { return };
     let v1 = harness::random_token("rot-sig-1-");
@@ -273,6 +276,7 @@ fn agent_rotates_a_docker_container_within_the_interval_and_signals_it() {
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn agent_killed_with_sigkill_and_restarted_keeps_tracking_and_a_webhook_rotates() {
     let Some((h, _serial)) = begin() else { return };
     let v1 = harness::random_token("rot-hook-1-");
@@ -310,6 +314,7 @@ fn agent_killed_with_sigkill_and_restarted_keeps_tracking_and_a_webhook_rotates(
 }
 
 #[test]
+#[ignore = "root: private dockerd/containerd; scripts/test.sh runs it (--include-ignored)"]
 fn a_reader_in_a_docker_container_never_sees_a_torn_value_over_500_rotations() {
     let Some((h, _serial)) = begin() else { return };
     h.set_secret("rot_file", b"old");

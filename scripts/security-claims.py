@@ -64,6 +64,8 @@ def commands(cell, problems, row):
             target = pathlib.PurePosixPath(path).stem
             # Root suites are #[ignore]d (scripts/test.sh runs them with --include-ignored).
             cmd = f"cargo test --test {target}" + (f" {filt}" if name is not None else "")
+            if target == "fuzz_regressions":  # needs dso::fuzzing
+                cmd = cmd.replace("cargo test ", "cargo test --features fuzzing ", 1)
             if target.endswith("_real") or target.startswith("e2e_"):
                 cmd += " -- --include-ignored"
         if cmd not in cmds:

@@ -33,8 +33,8 @@ else
 fi
 step "format" cargo fmt --all -- --check
 step "SECURITY.md claims name real tests" python3 scripts/security-claims.py
-step "clippy" cargo clippy --all-targets -- -D warnings
-step "build" cargo build
+step "clippy" cargo clippy --all-targets --all-features -- -D warnings
+step "build" cargo build --all-features
 # Every target with tests (the binaries have none; build.rs builds dso-init).
 # Skipped tests (no root, daemon or tool here) pass as far as cargo knows: each one also writes
 # a line to $DSO_SKIP_LOG (dso::test_support::skipped), and the report below counts them, and
@@ -46,7 +46,7 @@ export DSO_SKIP_LOG="$report_dir/skipped.tsv"
 # ignored instead of passing them unrun); this suite runs them, all but the seed-corpus writer
 # and the CRI benchmark (bench/bench.py runs that one).
 run_tests() {
-    cargo test --lib --tests --benches --examples --no-fail-fast -- --include-ignored \
+    cargo test --all-features --lib --tests --benches --examples --no-fail-fast -- --include-ignored \
         --skip write_seed_corpus --skip cri_bench_rounds 2>&1 | tee "$report_dir/cargo-test.log"
 }
 step "tests" run_tests

@@ -6,6 +6,9 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod engine;
+/// The fuzz targets' entry points: built only with the `fuzzing` feature (fuzz/ and
+/// tests/fuzz_regressions.rs), never in the runtime's own build.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keyring;

@@ -711,6 +711,7 @@ fn open_sealed(
 /// Everything `open` does once the key is derived: header checks (weak KDF parameters refused),
 /// then authenticated decryption and decoding, with `key` taken as the derived key. The seam the
 /// fuzzer drives (PBKDF2 at 600 000 rounds is far too slow to run per input).
+#[cfg(feature = "fuzzing")]
 pub(crate) fn decode_with_key(
     path: &Path,
     raw: &[u8],
@@ -728,6 +729,7 @@ pub(crate) fn decode_with_key(
 /// every write seals, with the header fields as given (no range check on `iterations`): what a
 /// writer holding the key could produce. For the fuzzer and its seeds; empty if `plaintext` is
 /// beyond AES-GCM's limit.
+#[cfg(feature = "fuzzing")]
 pub(crate) fn seal_raw(
     iterations: u32,
     salt: [u8; SALT_LEN],
@@ -744,6 +746,7 @@ pub(crate) fn seal_raw(
 }
 
 /// The plaintext encoding of `(name, value, version, updated)` entries, as `seal` writes it.
+#[cfg(feature = "fuzzing")]
 pub(crate) fn encode_plaintext(entries: &[(String, SecretValue, u64, u64)]) -> Zeroizing<Vec<u8>> {
     let map: Entries = entries
         .iter()

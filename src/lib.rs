@@ -5,6 +5,7 @@ pub mod agent;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -14,6 +15,7 @@ pub mod providers;
 pub mod rotation;
 pub mod runtime;
 pub mod secrets;
+pub mod state;
 #[doc(hidden)]
 pub mod test_support;
 pub mod trust;

@@ -167,8 +167,7 @@ impl Collector for AgentState {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.rotator.counters;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let containers =
-            crate::rotation::load_records(&self.rotator.config().runtime.state_dir).len();
+        let containers = crate::state::load_records(&self.rotator.config().runtime.state_dir).len();
         let gauge = |enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
             let g = ConstGauge::new(v);
             g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)

@@ -183,7 +183,7 @@ fn check_policy(cfg: &Config) -> Check {
 /// The control socket belongs in dso's own state dir: elsewhere the agent leaves the
 /// directory's mode alone (it is not dso's), so who can reach the socket is up to that directory.
 fn check_socket_dir(cfg: &Config) -> Check {
-    let socket = crate::agent::control::socket_path(cfg);
+    let socket = crate::control::socket_path(cfg);
     let dir = socket.parent().unwrap_or(Path::new("/"));
     if dir == cfg.runtime.state_dir {
         return check(
@@ -430,9 +430,9 @@ fn collect_key_files(v: &Value, out: &mut Vec<String>) {
 
 fn check_agent(cfg: &Config) -> Check {
     // The control socket (default <runtime.state_dir>/dso.sock), asked for a `ping`.
-    let socket = crate::agent::control::socket_path(cfg);
+    let socket = crate::control::socket_path(cfg);
     let ping = serde_json::json!({"op": "ping"});
-    match crate::agent::control::request(&socket, &ping, Duration::from_secs(3)) {
+    match crate::control::request(&socket, &ping, Duration::from_secs(3)) {
         Ok(bytes)
             if serde_json::from_slice::<Value>(&bytes)
                 .ok()

@@ -7,8 +7,6 @@
 //! API over its unix socket).
 
 pub mod docker;
-pub mod leases;
-pub mod registry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,10 +19,8 @@ use crate::policy::{self, Ask, Workload};
 use crate::providers::{self, FetchRequest, Fetched, Provider, ProviderError};
 use crate::runtime::inject::{SecretFile, SecretsDir};
 use crate::runtime::spec::Spec;
-use crate::runtime::{StateRecord, StateSecret};
 use crate::secrets::SecretValue;
-
-pub use registry::{LiveRegistry, Record, load_records, prune};
+use crate::state::{LiveRegistry, Record, StateRecord, StateSecret, leases, prune, registry};
 
 /// The default Docker Engine socket (restart strategy).
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -1112,7 +1108,7 @@ fn open_for_write(rec: &StateRecord) -> Result<SecretsDir, String> {
     let pid = rustix::process::Pid::from_raw(rec.pid).ok_or_else(gone)?;
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
         .map_err(|_| gone())?;
-    if crate::runtime::process_start_time(rec.pid) != Some(start) {
+    if crate::state::process_start_time(rec.pid) != Some(start) {
         return Err(gone());
     }
     let dir = SecretsDir::open(rec.pid, &rec.secrets_dir).map_err(|e| e.to_string())?;
@@ -1204,7 +1200,7 @@ mod tests {
     #[test]
     fn a_record_whose_init_changed_or_is_unknown_is_not_written() {
         let me = std::process::id() as i32;
-        let start = crate::runtime::process_start_time(me).unwrap();
+        let start = crate::state::process_start_time(me).unwrap();
         let mut rec = StateRecord {
             id: "c1".into(),
             bundle: "/nonexistent".into(),

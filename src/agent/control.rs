@@ -25,7 +25,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use super::listen::{self, Deadlined, Limits, ListenerStats, bump};
 use crate::audit::Event;
 use crate::control::WireRequest;
 use crate::policy::{self, Ask, Workload};
-use crate::providers::{FetchRequest, Fetched};
+use crate::providers::{FetchRequest, Fetched, pool};
 use crate::rotation::{self, Mode, OutcomeStatus, Rotator, Selector, Strategy};
 
 /// The largest request accepted (a fetch of many secrets is still far below).
@@ -478,7 +478,7 @@ pub fn status_json(rotator: &Rotator) -> serde_json::Value {
             "rejected": events.rejected,
         },
         "containers": containers,
-        "providers": rotator.provider_health(),
+        "providers": rotator.pool.health(),
         "pending_revocations": pending,
     })
 }
@@ -602,37 +602,43 @@ fn fetch_answer(
         plan.push(Ok(i));
     }
 
-    let slots: Vec<Mutex<Option<Result<Fetched, String>>>> =
-        distinct.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let fetched_bytes = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..distinct.len().min(FETCH_PARALLEL) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some((provider, req)) = distinct.get(i) else {
-                        return;
-                    };
-                    if gone() || fetched_bytes.load(Ordering::SeqCst) > max_bytes as usize {
-                        return;
-                    }
-                    let res = rotator.fetch(provider, req).map_err(|e| e.to_string());
-                    if let Ok(f) = &res {
-                        fetched_bytes.fetch_add(f.value.len(), Ordering::SeqCst);
-                    }
-                    *slots[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(res);
-                }
-            });
-        }
-    });
     if gone() {
         return Zeroizing::new(Vec::new());
     }
-    let fetched: Vec<Option<Result<Fetched, String>>> = slots
-        .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
-        .collect();
+    // Up to FETCH_PARALLEL at once; no new fetch once the client hung up or the values
+    // fetched so far are over the cap.
+    let stop = Arc::new(AtomicBool::new(false));
+    let fetched_bytes = Arc::new(AtomicUsize::new(0));
+    let rx = {
+        let (pool, cfg, bytes) = (rotator.pool.clone(), cfg.clone(), fetched_bytes.clone());
+        let jobs: Vec<(String, FetchRequest)> = distinct
+            .iter()
+            .map(|(p, r)| (p.to_string(), r.clone()))
+            .collect();
+        pool::run(jobs.len(), FETCH_PARALLEL, stop.clone(), move |i| {
+            if bytes.load(Ordering::SeqCst) > max_bytes as usize {
+                return None;
+            }
+            let res = pool.fetch(&cfg, &jobs[i].0, &jobs[i].1);
+            if let Ok(f) = &res {
+                bytes.fetch_add(f.value.len(), Ordering::SeqCst);
+            }
+            Some(res.map_err(|e| e.to_string()))
+        })
+    };
+    let mut fetched: Vec<Option<Result<Fetched, String>>> = distinct.iter().map(|_| None).collect();
+    for (i, res, _) in rx {
+        if res.is_some() {
+            bump(&rotator.counters.agent_fetches_served);
+        }
+        fetched[i] = res;
+        if gone() {
+            stop.store(true, Ordering::SeqCst);
+        }
+    }
+    if gone() {
+        return Zeroizing::new(Vec::new());
+    }
 
     // The answer's pieces without their values, and its exact size.
     enum Piece<'a> {
@@ -800,9 +806,9 @@ mod tests {
         let mut reqs: Vec<WireRequest> = (0..50).map(|_| wire("db")).collect();
         reqs.push(wire("api"));
         let w = Workload::unknown("c1", "test");
-        let before = counter(&rotator.counters.fetches);
+        let before = counter(&rotator.pool.counters.fetches);
         let ans = fetch_answer(&reqs, &w, &rotator, &|| false);
-        assert_eq!(counter(&rotator.counters.fetches) - before, 2);
+        assert_eq!(counter(&rotator.pool.counters.fetches) - before, 2);
         let v: serde_json::Value = serde_json::from_slice(&ans).unwrap();
         let results = v["results"].as_array().unwrap();
         assert_eq!(results.len(), 51);
@@ -947,10 +953,10 @@ mod tests {
         let ans = fetch_answer(&[wire("a")], &w, &rotator, &|| false);
         assert!(ans.starts_with(br#"{"ok":true"#));
         // The client is gone: nothing is fetched and nothing is answered.
-        let before = counter(&rotator.counters.fetches);
+        let before = counter(&rotator.pool.counters.fetches);
         let ans = fetch_answer(&[wire("a"), wire("b")], &w, &rotator, &|| true);
         assert!(ans.is_empty());
-        assert_eq!(counter(&rotator.counters.fetches), before);
+        assert_eq!(counter(&rotator.pool.counters.fetches), before);
     }
 
     /// The hang-up check sees a closed peer, and not a live one.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::path::PathBuf;
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::Instant;
 
 use zeroize::Zeroizing;
@@ -21,6 +21,7 @@ use crate::audit::{Audit, AuditError, Event};
 use crate::config::{Config, ConfigError, ProviderKind, config_path};
 use crate::control::{self, WireRequest};
 use crate::policy::{self, Ask, Refusal, Workload};
+use crate::providers::pool::{self, Pool};
 use crate::providers::{self, DynamicRequest, FetchRequest, Fetched, Provider, ProviderError};
 use crate::secrets::{RefError, RefKind, SecretRef, SecretValue, Target, collect_refs};
 use crate::state::leases::{self, IssuedLeases, LeaseState};
@@ -275,15 +276,6 @@ fn authorize(
 /// A fetched value and its version.
 type Value = (SecretValue, Option<String>);
 
-/// One direct fetch: the index of the planned secret, its provider and request (and, for a
-/// dynamic secret, what to issue).
-type Job = (
-    usize,
-    Arc<dyn Provider>,
-    FetchRequest,
-    Option<DynamicRequest>,
-);
-
 /// One fetch or issue: the value, its version, and the lease of an issued value.
 fn fetch_one(
     prov: &dyn Provider,
@@ -319,8 +311,8 @@ fn fetch_one(
     ))
 }
 
-/// Fetches every planned secret: up to [`MAX_PARALLEL_FETCHES`] at once, all within `timeout`.
-/// Each provider is built once and shared by its fetches.
+/// Fetches every planned secret: up to [`MAX_PARALLEL_FETCHES`] at once (through the provider
+/// [`Pool`]), all within `timeout`.
 fn fetch_all<'a>(
     cfg: &'a Config,
     planned: &[Planned],
@@ -385,97 +377,54 @@ fn fetch_all<'a>(
         .collect();
     // One fetch per distinct secret (issue 14 point 4): two file names for the same provider,
     // path, key and version share one fetch. Dynamic secrets are issued once per reference.
-    let same = |a: &Planned, b: &Planned| {
-        a.dynamic.is_none()
-            && b.dynamic.is_none()
-            && a.provider == b.provider
-            && a.request.path == b.request.path
-            && a.request.key == b.request.key
-            && a.request.version == b.request.version
-    };
-    let mut pending: Vec<usize> = Vec::with_capacity(unfetched.len());
-    let mut copies: Vec<(usize, usize)> = Vec::new();
-    for &i in &unfetched {
-        match pending.iter().find(|&&u| same(&planned[u], &planned[i])) {
-            Some(&u) => copies.push((i, u)),
-            None => pending.push(i),
-        }
-    }
+    let (firsts, of) = pool::distinct(unfetched.iter().map(|&i| {
+        let p = &planned[i];
+        let r = &p.request;
+        p.dynamic
+            .is_none()
+            .then_some((&p.provider, &r.path, &r.key, &r.version))
+    }));
+    let pending: Vec<usize> = firsts.iter().map(|&f| unfetched[f]).collect();
+    let copies: Vec<(usize, usize)> = unfetched
+        .iter()
+        .zip(&of)
+        .filter(|&(&i, &d)| pending[d] != i)
+        .map(|(&i, &d)| (i, pending[d]))
+        .collect();
 
-    let mut built: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
-    for p in pending.iter().map(|&i| &planned[i]) {
-        if !built.contains_key(p.provider.as_str()) {
-            let pc = &cfg.providers[&p.provider];
-            let prov =
-                providers::build(&p.provider, pc, cfg).map_err(|source| CreateError::Fetch {
-                    secret: p.label.clone(),
-                    source,
-                })?;
-            built.insert(&p.provider, Arc::from(prov));
-        }
+    // Each provider is built once and shared by its fetches.
+    let pool = Pool::default();
+    let mut jobs = Vec::with_capacity(pending.len());
+    for &i in &pending {
+        let p = &planned[i];
+        let prov = pool
+            .get(cfg, &p.provider)
+            .map_err(|source| CreateError::Fetch {
+                secret: p.label.clone(),
+                source,
+            })?;
+        jobs.push((prov, p.request.clone(), p.dynamic.clone()));
     }
-
-    let jobs: Arc<Vec<Job>> = Arc::new(
-        pending
-            .iter()
-            .map(|&i| {
-                let p = &planned[i];
-                (
-                    i,
-                    built[p.provider.as_str()].clone(),
-                    p.request.clone(),
-                    p.dynamic.clone(),
-                )
-            })
-            .collect(),
-    );
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (tx, rx) = mpsc::channel();
     // The local store is read from disk and decrypted once, in memory: threads would only add
     // their own start-up cost. Anything with a network round trip runs concurrently.
     let all_local = pending
         .iter()
         .all(|&i| cfg.providers[&planned[i].provider].kind == ProviderKind::Local);
-    if all_local {
-        for (i, prov, req, dynamic) in jobs.iter() {
-            let i = *i;
-            let started = Instant::now();
-            let res = fetch_one(&**prov, req, dynamic.as_ref());
-            // The receiver is alive until this function returns.
-            let _ = tx.send((i, res, started.elapsed()));
-        }
-    }
     let threads = if all_local {
         0
     } else {
         pending.len().min(MAX_PARALLEL_FETCHES)
     };
-    for _ in 0..threads {
-        let (jobs, next, tx) = (jobs.clone(), next.clone(), tx.clone());
-        // Detached on purpose: a provider that hangs past the deadline must not hold us up;
-        // the process exits (failing the create) and takes the thread with it.
-        std::thread::spawn(move || {
-            loop {
-                let j = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some((i, prov, req, dynamic)) = jobs.get(j) else {
-                    break;
-                };
-                let i = *i;
-                let started = Instant::now();
-                let res = fetch_one(&**prov, req, dynamic.as_ref());
-                if tx.send((i, res, started.elapsed())).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
+    let rx = pool::run(jobs.len(), threads, Arc::default(), move |j| {
+        let (prov, req, dynamic) = &jobs[j];
+        fetch_one(&**prov, req, dynamic.as_ref())
+    });
 
     let mut fetched_in: Vec<(usize, std::time::Duration)> = Vec::new();
     for _ in 0..pending.len() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let (i, res, took) = match rx.recv_timeout(remaining) {
-            Ok(msg) => msg,
+            Ok((j, res, took)) => (pending[j], res, took),
             Err(_) => {
                 let pending = planned
                     .iter()

@@ -19,7 +19,7 @@
 //! `runtime.max_total_secret_size` bytes of values, fetches each distinct secret once
 //! (concurrently), and stops when the client hangs up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
@@ -536,9 +536,6 @@ fn authorize(r: &WireRequest, workload: &Workload, rotator: &Rotator) -> Result<
         })
 }
 
-/// What one distinct fetch is keyed by: requests that agree on these get the same value.
-type FetchKey = (String, String, Option<String>, Option<String>);
-
 fn refused(error: String) -> Zeroizing<Vec<u8>> {
     plain(serde_json::json!({"ok": false, "error": error}))
 }
@@ -571,36 +568,41 @@ fn fetch_answer(
         ))
     };
 
-    // Each request: its distinct fetch, or why it is refused.
-    let mut distinct: Vec<(&str, FetchRequest)> = Vec::new();
-    let mut index: BTreeMap<FetchKey, usize> = BTreeMap::new();
-    let mut plan: Vec<Result<usize, String>> = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        if let Err(e) = authorize(r, workload, rotator) {
-            plan.push(Err(e));
-            continue;
-        }
-        let key = (
-            r.provider.clone(),
-            r.path.clone(),
-            r.key.clone(),
-            r.version.clone(),
-        );
-        let i = *index.entry(key).or_insert_with(|| {
-            distinct.push((
-                r.provider.as_str(),
-                FetchRequest {
-                    path: r.path.clone(),
-                    key: r.key.clone(),
-                    version: r.version.clone(),
-                    // The provider's audit names the workload (User-Agent).
-                    workload: Some(workload.label()),
-                },
-            ));
-            distinct.len() - 1
-        });
-        plan.push(Ok(i));
-    }
+    // Each request: why it is refused, or its distinct fetch (requests that agree on provider,
+    // path, key and version share one).
+    let authorized: Vec<Result<(), String>> = reqs
+        .iter()
+        .map(|r| authorize(r, workload, rotator))
+        .collect();
+    let allowed: Vec<&WireRequest> = reqs
+        .iter()
+        .zip(&authorized)
+        .filter_map(|(r, a)| a.is_ok().then_some(r))
+        .collect();
+    let (firsts, of) = pool::distinct(
+        allowed
+            .iter()
+            .map(|r| Some((&r.provider, &r.path, &r.key, &r.version))),
+    );
+    let mut of = of.into_iter();
+    let plan: Vec<Result<usize, String>> = authorized
+        .into_iter()
+        .map(|a| a.map(|()| of.next().unwrap_or_default()))
+        .collect();
+    let jobs: Vec<(String, FetchRequest)> = firsts
+        .iter()
+        .map(|&f| {
+            let r = allowed[f];
+            let req = FetchRequest {
+                path: r.path.clone(),
+                key: r.key.clone(),
+                version: r.version.clone(),
+                // The provider's audit names the workload (User-Agent).
+                workload: Some(workload.label()),
+            };
+            (r.provider.clone(), req)
+        })
+        .collect();
 
     if gone() {
         return Zeroizing::new(Vec::new());
@@ -609,13 +611,10 @@ fn fetch_answer(
     // fetched so far are over the cap.
     let stop = Arc::new(AtomicBool::new(false));
     let fetched_bytes = Arc::new(AtomicUsize::new(0));
+    let n = jobs.len();
     let rx = {
         let (pool, cfg, bytes) = (rotator.pool.clone(), cfg.clone(), fetched_bytes.clone());
-        let jobs: Vec<(String, FetchRequest)> = distinct
-            .iter()
-            .map(|(p, r)| (p.to_string(), r.clone()))
-            .collect();
-        pool::run(jobs.len(), FETCH_PARALLEL, stop.clone(), move |i| {
+        pool::run(n, FETCH_PARALLEL, stop.clone(), move |i| {
             if bytes.load(Ordering::SeqCst) > max_bytes as usize {
                 return None;
             }
@@ -626,7 +625,7 @@ fn fetch_answer(
             Some(res.map_err(|e| e.to_string()))
         })
     };
-    let mut fetched: Vec<Option<Result<Fetched, String>>> = distinct.iter().map(|_| None).collect();
+    let mut fetched: Vec<Option<Result<Fetched, String>>> = (0..n).map(|_| None).collect();
     for (i, res, _) in rx {
         if res.is_some() {
             bump(&rotator.counters.agent_fetches_served);

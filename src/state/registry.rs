@@ -236,7 +236,7 @@ pub fn write_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<(
 }
 
 /// Rewrites a state record: temp + rename, without fsync, as the create flow writes it
-/// (`runtime::create::register`). A record lives only as long as its container, and rename
+/// ([`super::register`]). A record lives only as long as its container, and rename
 /// keeps it whole; an fsync per container made a rotation of 100 containers on a disk-backed
 /// state dir wait for 100 journal commits (issue 18).
 fn write_record(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {

@@ -33,6 +33,7 @@ else
 fi
 step "format" cargo fmt --all -- --check
 step "SECURITY.md claims name real tests" python3 scripts/security-claims.py
+step "no module cycle" python3 scripts/module-graph.py
 step "clippy" cargo clippy --all-targets --all-features -- -D warnings
 step "build" cargo build --all-features
 # Every target with tests (the binaries have none; build.rs builds dso-init).

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod engine;
 /// The fuzz targets' entry points: built only with the `fuzzing` feature (fuzz/ and
 /// tests/fuzz_regressions.rs), never in the runtime's own build.
@@ -17,6 +18,7 @@ pub mod providers;
 pub mod rotation;
 pub mod runtime;
 pub mod secrets;
+pub mod state;
 #[doc(hidden)]
 pub mod test_support;
 pub mod trust;

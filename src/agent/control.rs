@@ -19,13 +19,13 @@
 //! `runtime.max_total_secret_size` bytes of values, fetches each distinct secret once
 //! (concurrently), and stops when the client hangs up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -35,32 +35,19 @@ use zeroize::Zeroizing;
 
 use super::listen::{self, Deadlined, Limits, ListenerStats, bump};
 use crate::audit::Event;
+use crate::control::WireRequest;
 use crate::policy::{self, Ask, Workload};
-use crate::providers::{FetchRequest, Fetched};
+use crate::providers::{FetchRequest, Fetched, pool};
 use crate::rotation::{self, Mode, OutcomeStatus, Rotator, Selector, Strategy};
-use crate::secrets::SecretValue;
 
-/// The socket's file name in the state dir when dso.yaml does not place it (so the default is
-/// `/run/dso/dso.sock`, and a shim and an agent that share a state dir find each other).
-pub const DEFAULT_SOCKET_NAME: &str = "dso.sock";
 /// The largest request accepted (a fetch of many secrets is still far below).
 const MAX_REQUEST: u64 = 1 << 20;
-/// The largest answer a client reads (values are capped by the tmpfs size anyway).
-const MAX_ANSWER: u64 = 64 << 20;
 /// The socket's group may rotate one secret (or one container) this often.
 pub const GROUP_ROTATE_EVERY: Duration = Duration::from_secs(10);
 /// Distinct secrets of one fetch fetched at once.
 const FETCH_PARALLEL: usize = 8;
 /// How long a client has to read the answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The socket path of a config.
-pub fn socket_path(cfg: &crate::config::Config) -> PathBuf {
-    cfg.agent
-        .socket
-        .clone()
-        .unwrap_or_else(|| cfg.runtime.state_dir.join(DEFAULT_SOCKET_NAME))
-}
 
 /// Who is on the other end, as the kernel says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,20 +210,6 @@ struct Request {
     /// `fetch`: the container the values are for, as the client established it.
     #[serde(default)]
     workload: Option<Workload>,
-}
-
-/// One fetch, as it travels (no value in it).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub struct WireRequest {
-    /// The `secrets:` entry asked for; None for an inline reference.
-    #[serde(default)]
-    pub secret: Option<String>,
-    pub provider: String,
-    pub path: String,
-    #[serde(default)]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub version: Option<String>,
 }
 
 /// What the connections of one socket share.
@@ -454,7 +427,7 @@ pub fn outcome_json(o: &rotation::Outcome) -> serde_json::Value {
 pub fn status_json(rotator: &Rotator) -> serde_json::Value {
     let cfg = rotator.config();
     let cfg = &*cfg;
-    let records = rotation::prune(&cfg.runtime.state_dir);
+    let records = crate::state::prune(&cfg.runtime.state_dir);
     let containers: Vec<serde_json::Value> = records
         .iter()
         .map(|r| {
@@ -482,7 +455,7 @@ pub fn status_json(rotator: &Rotator) -> serde_json::Value {
         })
         .collect();
     let events = rotator.config_events();
-    let pending: Vec<serde_json::Value> = rotation::leases::owed(&cfg.runtime.state_dir)
+    let pending: Vec<serde_json::Value> = crate::state::leases::owed(&cfg.runtime.state_dir)
         .into_iter()
         .map(|(_, p)| {
             serde_json::json!({
@@ -505,14 +478,14 @@ pub fn status_json(rotator: &Rotator) -> serde_json::Value {
             "rejected": events.rejected,
         },
         "containers": containers,
-        "providers": rotator.provider_health(),
+        "providers": rotator.pool.health(),
         "pending_revocations": pending,
     })
 }
 
 /// A lease as status shows it: a hash of its id, never the id or the value.
-fn lease_json(l: &rotation::leases::LeaseState) -> serde_json::Value {
-    use rotation::leases::rfc3339;
+fn lease_json(l: &crate::state::leases::LeaseState) -> serde_json::Value {
+    use crate::state::leases::rfc3339;
     serde_json::json!({
         "engine": l.engine,
         "lease": l.hash(),
@@ -563,9 +536,6 @@ fn authorize(r: &WireRequest, workload: &Workload, rotator: &Rotator) -> Result<
         })
 }
 
-/// What one distinct fetch is keyed by: requests that agree on these get the same value.
-type FetchKey = (String, String, Option<String>, Option<String>);
-
 fn refused(error: String) -> Zeroizing<Vec<u8>> {
     plain(serde_json::json!({"ok": false, "error": error}))
 }
@@ -598,81 +568,85 @@ fn fetch_answer(
         ))
     };
 
-    // Each request: its distinct fetch, or why it is refused.
-    let mut distinct: Vec<(&str, FetchRequest)> = Vec::new();
-    let mut index: BTreeMap<FetchKey, usize> = BTreeMap::new();
-    let mut plan: Vec<Result<usize, String>> = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        if let Err(e) = authorize(r, workload, rotator) {
-            plan.push(Err(e));
-            continue;
-        }
-        let key = (
-            r.provider.clone(),
-            r.path.clone(),
-            r.key.clone(),
-            r.version.clone(),
-        );
-        let i = *index.entry(key).or_insert_with(|| {
-            distinct.push((
-                r.provider.as_str(),
-                FetchRequest {
-                    path: r.path.clone(),
-                    key: r.key.clone(),
-                    version: r.version.clone(),
-                    // The provider's audit names the workload (User-Agent).
-                    workload: Some(workload.label()),
-                },
-            ));
-            distinct.len() - 1
-        });
-        plan.push(Ok(i));
-    }
-
-    let slots: Vec<Mutex<Option<Result<Fetched, String>>>> =
-        distinct.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let fetched_bytes = AtomicUsize::new(0);
-    let work = || {
-        loop {
-            let i = next.fetch_add(1, Ordering::SeqCst);
-            let Some((provider, req)) = distinct.get(i) else {
-                return;
+    // Each request: why it is refused, or its distinct fetch (requests that agree on provider,
+    // path, key and version share one).
+    let authorized: Vec<Result<(), String>> = reqs
+        .iter()
+        .map(|r| authorize(r, workload, rotator))
+        .collect();
+    let allowed: Vec<&WireRequest> = reqs
+        .iter()
+        .zip(&authorized)
+        .filter_map(|(r, a)| a.is_ok().then_some(r))
+        .collect();
+    let (firsts, of) = pool::distinct(
+        allowed
+            .iter()
+            .map(|r| Some((&r.provider, &r.path, &r.key, &r.version))),
+    );
+    let mut of = of.into_iter();
+    let plan: Vec<Result<usize, String>> = authorized
+        .into_iter()
+        .map(|a| a.map(|()| of.next().unwrap_or_default()))
+        .collect();
+    let jobs: Vec<(String, FetchRequest)> = firsts
+        .iter()
+        .map(|&f| {
+            let r = allowed[f];
+            let req = FetchRequest {
+                path: r.path.clone(),
+                key: r.key.clone(),
+                version: r.version.clone(),
+                // The provider's audit names the workload (User-Agent).
+                workload: Some(workload.label()),
             };
-            if gone() || fetched_bytes.load(Ordering::SeqCst) > max_bytes as usize {
-                return;
-            }
-            let res = rotator.fetch(provider, req).map_err(|e| e.to_string());
-            if let Ok(f) = &res {
-                fetched_bytes.fetch_add(f.value.len(), Ordering::SeqCst);
-            }
-            *slots[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(res);
-        }
-    };
+            (r.provider.clone(), req)
+        })
+        .collect();
+
+    if gone() {
+        return Zeroizing::new(Vec::new());
+    }
+    // Up to FETCH_PARALLEL at once; no new fetch once the client hung up or the values
+    // fetched so far are over the cap.
+    let stop = Arc::new(AtomicBool::new(false));
+    let fetched_bytes = Arc::new(AtomicUsize::new(0));
+    let n = jobs.len();
     // The local store is decrypted in memory, one fetch at a time (its lock): threads would only
     // add their start-up cost to the round trip (issue 18: the agent path must not be slower
     // than the direct one, which fetches local secrets inline too).
-    let all_local = distinct.iter().all(|(provider, _)| {
+    let all_local = jobs.iter().all(|(provider, _)| {
         cfg.providers
-            .get(*provider)
+            .get(provider)
             .is_some_and(|p| p.kind == crate::config::ProviderKind::Local)
     });
-    if all_local {
-        work();
-    } else {
-        std::thread::scope(|scope| {
-            for _ in 0..distinct.len().min(FETCH_PARALLEL) {
-                scope.spawn(work);
+    let threads = if all_local { 0 } else { FETCH_PARALLEL };
+    let rx = {
+        let (pool, cfg, bytes) = (rotator.pool.clone(), cfg.clone(), fetched_bytes.clone());
+        pool::run(n, threads, stop.clone(), move |i| {
+            if bytes.load(Ordering::SeqCst) > max_bytes as usize {
+                return None;
             }
-        });
+            let res = pool.fetch(&cfg, &jobs[i].0, &jobs[i].1);
+            if let Ok(f) = &res {
+                bytes.fetch_add(f.value.len(), Ordering::SeqCst);
+            }
+            Some(res.map_err(|e| e.to_string()))
+        })
+    };
+    let mut fetched: Vec<Option<Result<Fetched, String>>> = (0..n).map(|_| None).collect();
+    for (i, res, _) in rx {
+        if res.is_some() {
+            bump(&rotator.counters.agent_fetches_served);
+        }
+        fetched[i] = res;
+        if gone() {
+            stop.store(true, Ordering::SeqCst);
+        }
     }
     if gone() {
         return Zeroizing::new(Vec::new());
     }
-    let fetched: Vec<Option<Result<Fetched, String>>> = slots
-        .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
-        .collect();
 
     // The answer's pieces without their values, and its exact size.
     enum Piece<'a> {
@@ -741,119 +715,10 @@ fn fetch_answer(
     out
 }
 
-/// Reads one line (up to `limit` bytes) into zeroizing memory. The buffer grows by copying into
-/// a new zeroizing buffer, so the one left behind is wiped (a `Vec` that reallocates frees
-/// its old block as it is).
-fn read_line_zeroizing(mut r: impl Read, limit: usize) -> std::io::Result<Zeroizing<Vec<u8>>> {
-    let mut buf = Zeroizing::new(Vec::with_capacity(64 << 10));
-    let mut chunk = Zeroizing::new([0u8; 16 << 10]);
-    loop {
-        let n = match r.read(&mut chunk[..]) {
-            Ok(0) => return Ok(buf),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let (take, done) = match chunk[..n].iter().position(|b| *b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (n, false),
-        };
-        if buf.len() + take > limit {
-            return Err(std::io::Error::other("answer too large"));
-        }
-        if buf.len() + take > buf.capacity() {
-            let mut bigger = Zeroizing::new(Vec::with_capacity(
-                (buf.capacity() * 2).max(buf.len() + take),
-            ));
-            bigger.extend_from_slice(&buf);
-            buf = bigger;
-        }
-        buf.extend_from_slice(&chunk[..take]);
-        if done {
-            return Ok(buf);
-        }
-    }
-}
-
-/// Sends one request and reads the answer (`timeout` for each read and write). `Err` when the
-/// agent is not there or did not answer: the caller does the work itself.
-pub fn request(
-    socket: &Path,
-    req: &serde_json::Value,
-    timeout: Duration,
-) -> Result<Zeroizing<Vec<u8>>, String> {
-    let mut s = UnixStream::connect(socket)
-        .map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let mut line = req.to_string().into_bytes();
-    line.push(b'\n');
-    s.write_all(&line).map_err(|e| e.to_string())?;
-    read_line_zeroizing(s, MAX_ANSWER as usize)
-        .map_err(|e| format!("agent socket {}: {e}", socket.display()))
-}
-
-#[derive(Deserialize)]
-struct FetchAnswer<'a> {
-    ok: bool,
-    #[serde(default, borrow)]
-    results: Vec<FetchResult<'a>>,
-}
-
-#[derive(Deserialize)]
-struct FetchResult<'a> {
-    #[serde(default, borrow)]
-    value: Option<&'a str>,
-    #[serde(default)]
-    version: Option<String>,
-}
-
-/// dso-runc's fast path: asks the agent for `reqs`. `None` when there is no agent (or it
-/// refused, or answered nonsense); otherwise one entry per request, `None` where the agent's
-/// fetch failed (the caller fetches that one itself, to report the error in its own words).
-pub fn fetch_via_agent(
-    cfg: &crate::config::Config,
-    reqs: &[WireRequest],
-    workload: &Workload,
-    timeout: Duration,
-) -> Option<Vec<Option<Fetched>>> {
-    let socket = socket_path(cfg);
-    let socket = socket.as_path();
-    if !socket.exists() {
-        return None;
-    }
-    let req = serde_json::json!({
-        "op": "fetch", "config_digest": cfg.digest, "requests": reqs, "workload": workload,
-    });
-    let buf = request(socket, &req, timeout).ok()?;
-    let ans: FetchAnswer<'_> = serde_json::from_slice(&buf).ok()?;
-    if !ans.ok || ans.results.len() != reqs.len() {
-        return None;
-    }
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in ans.results {
-        out.push(match r.value {
-            Some(v) => {
-                let mut bytes = Zeroizing::new(vec![0u8; v.len() / 4 * 3 + 3]);
-                let n = b64.decode_slice(v.as_bytes(), &mut bytes[..]).ok()?;
-                bytes.truncate(n);
-                Some(Fetched {
-                    value: SecretValue::from_zeroizing(bytes),
-                    version: r.version,
-                })
-            }
-            None => None,
-        });
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secrets::SecretValue;
 
     #[test]
     fn a_directory_dso_does_not_own_keeps_its_mode() {
@@ -949,9 +814,9 @@ mod tests {
         let mut reqs: Vec<WireRequest> = (0..50).map(|_| wire("db")).collect();
         reqs.push(wire("api"));
         let w = Workload::unknown("c1", "test");
-        let before = counter(&rotator.counters.fetches);
+        let before = counter(&rotator.pool.counters.fetches);
         let ans = fetch_answer(&reqs, &w, &rotator, &|| false);
-        assert_eq!(counter(&rotator.counters.fetches) - before, 2);
+        assert_eq!(counter(&rotator.pool.counters.fetches) - before, 2);
         let v: serde_json::Value = serde_json::from_slice(&ans).unwrap();
         let results = v["results"].as_array().unwrap();
         assert_eq!(results.len(), 51);
@@ -1096,10 +961,10 @@ mod tests {
         let ans = fetch_answer(&[wire("a")], &w, &rotator, &|| false);
         assert!(ans.starts_with(br#"{"ok":true"#));
         // The client is gone: nothing is fetched and nothing is answered.
-        let before = counter(&rotator.counters.fetches);
+        let before = counter(&rotator.pool.counters.fetches);
         let ans = fetch_answer(&[wire("a"), wire("b")], &w, &rotator, &|| true);
         assert!(ans.is_empty());
-        assert_eq!(counter(&rotator.counters.fetches), before);
+        assert_eq!(counter(&rotator.pool.counters.fetches), before);
     }
 
     /// The hang-up check sees a closed peer, and not a live one.
@@ -1114,17 +979,5 @@ mod tests {
         );
         drop(b);
         assert!(peer_gone(&a));
-    }
-
-    /// The client reads the answer into zeroizing memory, one line, whatever its size.
-    #[test]
-    fn answers_are_read_whole_into_zeroizing_memory() {
-        let line: Vec<u8> = (0..300_000u32)
-            .map(|i| b'a' + (i % 26) as u8)
-            .chain(*b"\nrest")
-            .collect();
-        let got = read_line_zeroizing(&line[..], 1 << 20).unwrap();
-        assert_eq!(&got[..], &line[..300_001]);
-        assert!(read_line_zeroizing(&line[..], 1000).is_err());
     }
 }

@@ -166,9 +166,9 @@ impl std::fmt::Debug for AgentState {
 impl Collector for AgentState {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.rotator.counters;
+        let p = &self.rotator.pool.counters;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let containers =
-            crate::rotation::load_records(&self.rotator.config().runtime.state_dir).len();
+        let containers = crate::state::load_records(&self.rotator.config().runtime.state_dir).len();
         let gauge = |enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
             let g = ConstGauge::new(v);
             g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
@@ -210,16 +210,16 @@ impl Collector for AgentState {
             &[
                 (
                     vec![("result", "ok".into())],
-                    n(&c.fetches).saturating_sub(n(&c.fetch_errors)),
+                    n(&p.fetches).saturating_sub(n(&p.fetch_errors)),
                 ),
-                (vec![("result", "error".into())], n(&c.fetch_errors)),
+                (vec![("result", "error".into())], n(&p.fetch_errors)),
             ],
         )?;
         counter(
             &mut enc,
             "dso_auth_failures",
             "Provider calls refused for credentials or permissions.",
-            &[(vec![], n(&c.auth_failures))],
+            &[(vec![], n(&p.auth_failures))],
         )?;
         counter(
             &mut enc,
@@ -288,7 +288,7 @@ impl Collector for AgentState {
             None,
             ConstGauge::new(0i64).metric_type(),
         )?;
-        for (name, h) in self.rotator.provider_health() {
+        for (name, h) in self.rotator.pool.health() {
             let labels: Labels = vec![("provider", name)];
             ConstGauge::new(i64::from(h.ok)).encode(up.encode_family(&labels)?)?;
         }

@@ -45,7 +45,7 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
         Some(g) => Some(control::resolve_group(g).map_err(|e| anyhow!(e))?),
         None => None,
     };
-    let socket = control::socket_path(&cfg);
+    let socket = crate::control::socket_path(&cfg);
     let state_dir = cfg.runtime.state_dir.clone();
     let interval = cfg.watch.interval;
     let rotator = Arc::new(Rotator::new(cfg, opts));

@@ -10,9 +10,9 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::policy::{self, Ask, DefaultDecision, Engine, Workload};
-use crate::rotation::registry;
 use crate::runtime::spec::Spec;
 use crate::secrets::{Target, collect_refs};
+use crate::state::registry;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum PolicyCommand {

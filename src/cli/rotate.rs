@@ -97,7 +97,7 @@ fn ask_agent(
     req: &serde_json::Value,
     timeout: std::time::Duration,
 ) -> Option<serde_json::Value> {
-    ask_agent_at(&control::socket_path(cfg), req, timeout)
+    ask_agent_at(&crate::control::socket_path(cfg), req, timeout)
 }
 
 /// [`ask_agent`] at a given socket.
@@ -109,7 +109,7 @@ fn ask_agent_at(
     if !socket.exists() {
         return None;
     }
-    let bytes = control::request(socket, req, timeout).ok()?;
+    let bytes = crate::control::request(socket, req, timeout).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     if v.get("ok") == Some(&serde_json::Value::Bool(true)) {
         Some(v)
@@ -139,7 +139,7 @@ pub(super) fn status(config_path: &Path, args: &StatusArgs) -> anyhow::Result<i3
             return print_status(&report, &socket, args.json);
         }
     };
-    let socket = control::socket_path(&cfg);
+    let socket = crate::control::socket_path(&cfg);
     let report = match ask_agent(&cfg, &status_req, cfg.runtime.fetch_timeout) {
         Some(v) => v,
         None => {
@@ -167,7 +167,7 @@ fn lenient_socket_path(config_path: &Path) -> PathBuf {
         return PathBuf::from(s);
     }
     let state_dir = str_at("runtime", "state_dir").unwrap_or("/run/dso");
-    Path::new(state_dir).join(control::DEFAULT_SOCKET_NAME)
+    Path::new(state_dir).join(crate::control::DEFAULT_SOCKET_NAME)
 }
 
 fn print_status(report: &serde_json::Value, socket: &Path, json: bool) -> anyhow::Result<i32> {

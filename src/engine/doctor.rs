@@ -7,8 +7,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -16,7 +16,8 @@ use serde_json::Value;
 use super::daemon_json::DaemonJson;
 use super::docker_api;
 use crate::config::Config;
-use crate::providers::{self, FetchRequest};
+use crate::providers::FetchRequest;
+use crate::providers::pool::{self, Pool};
 
 /// How a check came out. Only `Fail` makes `dso doctor` exit non-zero: a `Warn` is something
 /// that works but could be better (no agent: no automatic rotation).
@@ -183,7 +184,7 @@ fn check_policy(cfg: &Config) -> Check {
 /// The control socket belongs in dso's own state dir: elsewhere the agent leaves the
 /// directory's mode alone (it is not dso's), so who can reach the socket is up to that directory.
 fn check_socket_dir(cfg: &Config) -> Check {
-    let socket = crate::agent::control::socket_path(cfg);
+    let socket = crate::control::socket_path(cfg);
     let dir = socket.parent().unwrap_or(Path::new("/"));
     if dir == cfg.runtime.state_dir {
         return check(
@@ -430,9 +431,9 @@ fn collect_key_files(v: &Value, out: &mut Vec<String>) {
 
 fn check_agent(cfg: &Config) -> Check {
     // The control socket (default <runtime.state_dir>/dso.sock), asked for a `ping`.
-    let socket = crate::agent::control::socket_path(cfg);
+    let socket = crate::control::socket_path(cfg);
     let ping = serde_json::json!({"op": "ping"});
-    match crate::agent::control::request(&socket, &ping, Duration::from_secs(3)) {
+    match crate::control::request(&socket, &ping, Duration::from_secs(3)) {
         Ok(bytes)
             if serde_json::from_slice::<Value>(&bytes)
                 .ok()
@@ -463,8 +464,9 @@ fn check_agent(cfg: &Config) -> Check {
     }
 }
 
-/// One real lookup per provider: the version of the first secret that uses it, under a
-/// deadline. The value, if the backend returns one, is dropped (zeroized) unseen.
+/// One real lookup per provider: the version of the first secret that uses it, all at once
+/// (through the provider [`Pool`]), each under the deadline. The value, if the backend returns
+/// one, is dropped (zeroized) unseen.
 fn check_providers(cfg: &Config, timeout: Duration) -> Vec<Check> {
     if cfg.providers.is_empty() {
         return vec![check(
@@ -473,47 +475,61 @@ fn check_providers(cfg: &Config, timeout: Duration) -> Vec<Check> {
             "no provider configured in dso.yaml",
         )];
     }
-    cfg.providers
+    let deadline = Instant::now() + timeout;
+    let pool = Pool::default();
+    // Per provider: its check already (no secret uses it, or it cannot be built), or what to ask.
+    let plan: Vec<Result<_, Check>> = cfg
+        .providers
         .iter()
         .map(|(name, pcfg)| {
             let label = format!("provider:{name}");
-            let secret = cfg
+            let Some((sname, s)) = cfg
                 .secrets
                 .iter()
-                .find(|(_, s)| cfg.provider_of(s) == Some(name.as_str()));
-            let Some((sname, s)) = secret else {
-                return check(label, Status::Skip, "no secret in dso.yaml uses it");
+                .find(|(_, s)| cfg.provider_of(s) == Some(name.as_str()))
+            else {
+                return Err(check(label, Status::Skip, "no secret in dso.yaml uses it"));
             };
-            let provider = match providers::build(name, pcfg, cfg) {
-                Ok(p) => p,
-                Err(e) => return check(label, Status::Fail, format!("{e}; fix dso.yaml")),
-            };
+            let provider = pool
+                .get(cfg, name)
+                .map_err(|e| check(&label, Status::Fail, format!("{e}; fix dso.yaml")))?;
             let req = FetchRequest {
                 path: s.path.clone().unwrap_or_else(|| sname.clone()),
                 key: s.key.clone(),
                 version: s.version.clone(),
                 workload: None,
             };
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                let _ = tx.send(provider.version(&req));
-            });
-            match rx.recv_timeout(timeout) {
-                Ok(Ok(v)) => check(
+            Ok((label, sname, pcfg.kind.as_str(), provider, req))
+        })
+        .collect();
+    let jobs: Vec<_> = plan
+        .iter()
+        .flatten()
+        .map(|(.., p, r)| (p.clone(), r.clone()))
+        .collect();
+    let mut answers: Vec<_> = jobs.iter().map(|_| None).collect();
+    let rx = pool::run(jobs.len(), jobs.len(), Arc::default(), move |j| {
+        jobs[j].0.version(&jobs[j].1)
+    });
+    while let Ok((j, res, _)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        answers[j] = Some(res);
+    }
+    let mut answers = answers.into_iter();
+    plan.into_iter()
+        .map(|p| {
+            let (label, sname, kind, ..) = p?;
+            Ok(match answers.next().flatten() {
+                Some(Ok(v)) => check(
                     label,
                     Status::Ok,
                     format!(
-                        "{} reached: secret {sname:?} at version {}",
-                        pcfg.kind.as_str(),
+                        "{kind} reached: secret {sname:?} at version {}",
                         v.as_deref().unwrap_or("-")
                     ),
                 ),
-                Ok(Err(e)) => check(
-                    label,
-                    Status::Fail,
-                    format!("secret {sname:?}: {e}"),
-                ),
-                Err(_) => check(
+                Some(Err(e)) => check(label, Status::Fail, format!("secret {sname:?}: {e}")),
+                None => check(
                     label,
                     Status::Fail,
                     format!(
@@ -521,8 +537,9 @@ fn check_providers(cfg: &Config, timeout: Duration) -> Vec<Check> {
                         timeout.as_secs()
                     ),
                 ),
-            }
+            })
         })
+        .map(|c: Result<Check, Check>| c.unwrap_or_else(|c| c))
         .collect()
 }
 

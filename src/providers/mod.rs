@@ -5,6 +5,7 @@ pub mod aws;
 pub mod azure;
 pub mod http;
 pub mod local;
+pub mod pool;
 pub mod vault;
 
 use crate::config::{Config, ProviderConfig, ProviderKind};

@@ -7,8 +7,6 @@
 //! API over its unix socket).
 
 pub mod docker;
-pub mod leases;
-pub mod registry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,13 +16,12 @@ use std::time::Instant;
 use crate::audit::{Audit, Event};
 use crate::config::Config;
 use crate::policy::{self, Ask, Workload};
-use crate::providers::{self, FetchRequest, Fetched, Provider, ProviderError};
+use crate::providers::pool::Pool;
+use crate::providers::{self, FetchRequest, Provider, ProviderError};
 use crate::runtime::inject::{SecretFile, SecretsDir};
 use crate::runtime::spec::Spec;
-use crate::runtime::{StateRecord, StateSecret};
 use crate::secrets::SecretValue;
-
-pub use registry::{LiveRegistry, Record, load_records, prune};
+use crate::state::{LiveRegistry, Record, StateRecord, StateSecret, leases, prune, registry};
 
 /// The default Docker Engine socket (restart strategy).
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -152,14 +149,13 @@ pub struct Rotator {
     cfg: RwLock<Arc<Config>>,
     audit: Audit,
     opts: Options,
-    providers: Mutex<BTreeMap<String, Arc<dyn Provider>>>,
+    /// The built providers, their health and the fetch counters.
+    pub pool: Arc<Pool>,
     /// One rotation at a time (the poll loop, the webhook and the control socket share this).
     serial: Mutex<()>,
     /// The agent's in-memory registry (see [`Rotator::keep_registry`]); `None`: every run
     /// scans the state dir ([`prune`]), as a one-shot `dso rotate` does.
     live: Mutex<Option<LiveRegistry>>,
-    /// Per provider: the outcome of its last call (names and error text only).
-    health: Mutex<BTreeMap<String, ProviderHealth>>,
     /// `(container, secret)` → when its value was last re-injected.
     last_rotation: Mutex<BTreeMap<(String, String), String>>,
     /// When the config in force was loaded, and the last reload that was refused.
@@ -184,22 +180,11 @@ pub struct RejectedConfig {
     pub error: String,
 }
 
-/// What the last call to a provider said.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ProviderHealth {
-    pub ok: bool,
-    pub at: String,
-    pub error: Option<String>,
-}
-
 /// Totals since the agent started (Prometheus counters).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub rotations_completed: std::sync::atomic::AtomicU64,
     pub rotations_failed: std::sync::atomic::AtomicU64,
-    pub fetches: std::sync::atomic::AtomicU64,
-    pub fetch_errors: std::sync::atomic::AtomicU64,
-    pub auth_failures: std::sync::atomic::AtomicU64,
     pub agent_fetches_served: std::sync::atomic::AtomicU64,
 }
 
@@ -214,10 +199,9 @@ impl Rotator {
             cfg: RwLock::new(Arc::new(cfg)),
             audit,
             opts,
-            providers: Mutex::new(BTreeMap::new()),
+            pool: Arc::default(),
             serial: Mutex::new(()),
             live: Mutex::new(None),
-            health: Mutex::new(BTreeMap::new()),
             last_rotation: Mutex::new(BTreeMap::new()),
             config_events: Mutex::new(ConfigEvents {
                 loaded_at: crate::audit::now_rfc3339(),
@@ -225,47 +209,6 @@ impl Rotator {
             }),
             counters: Counters::default(),
         }
-    }
-
-    /// Fetches through the cached provider `provider` (the control socket's `fetch`: dso-runc's
-    /// fast path), recording the provider's health.
-    pub fn fetch(&self, provider: &str, req: &FetchRequest) -> Result<Fetched, ProviderError> {
-        let res = self
-            .provider(provider)
-            .and_then(|p| providers::fetch_for(&*p, req));
-        self.note(provider, res.as_ref().err());
-        bump(&self.counters.agent_fetches_served);
-        res
-    }
-
-    /// Records the outcome of a provider call for `status` and the counters.
-    fn note(&self, provider: &str, err: Option<&ProviderError>) {
-        bump(&self.counters.fetches);
-        if let Some(e) = err {
-            bump(&self.counters.fetch_errors);
-            if e.is_auth_failure() {
-                bump(&self.counters.auth_failures);
-            }
-        }
-        self.health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                provider.to_string(),
-                ProviderHealth {
-                    ok: err.is_none(),
-                    at: crate::audit::now_rfc3339(),
-                    error: err.map(|e| e.to_string()),
-                },
-            );
-    }
-
-    /// Provider name → what its last call said (providers not called yet are absent).
-    pub fn provider_health(&self) -> BTreeMap<String, ProviderHealth> {
-        self.health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
     }
 
     /// When `secret` was last re-injected into `container` by this process.
@@ -292,19 +235,7 @@ impl Rotator {
     pub fn reload(&self, cfg: Config) -> Vec<String> {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
         let old = self.config();
-        let same_timeout = old.runtime.fetch_timeout == cfg.runtime.fetch_timeout;
-        self.providers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|name, _| {
-                same_timeout
-                    && matches!((old.providers.get(name), cfg.providers.get(name)),
-                        (Some(a), Some(b)) if a.kind == b.kind && a.settings == b.settings)
-            });
-        self.health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|name, _| cfg.providers.contains_key(name));
+        self.pool.reload(&old, &cfg);
         let removed = old
             .providers
             .keys()
@@ -347,28 +278,7 @@ impl Rotator {
     }
 
     fn provider(&self, name: &str) -> Result<Arc<dyn Provider>, ProviderError> {
-        let mut map = self
-            .providers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(p) = map.get(name) {
-            return Ok(p.clone());
-        }
-        let cfg = self.config();
-        let pc = cfg
-            .providers
-            .get(name)
-            .ok_or_else(|| ProviderError::Config {
-                kind: "config",
-                provider: name.to_string(),
-                detail: format!(
-                    "provider is not defined in {}; add it under providers: there (a running agent reads the file again when it changes, or on SIGHUP)",
-                    cfg.source.display()
-                ),
-            })?;
-        let p: Arc<dyn Provider> = Arc::from(providers::build(name, pc, &cfg)?);
-        map.insert(name.to_string(), p.clone());
-        Ok(p)
+        self.pool.get(&self.config(), name)
     }
 
     /// How often secret `name` is checked: its `rotation.interval`, else `watch.interval`.
@@ -685,7 +595,7 @@ impl Rotator {
             Err(e) => return fail(e.to_string()),
         };
         let issued = prov.issue(&dreq);
-        self.note(&s.provider, issued.as_ref().err());
+        self.pool.note(&s.provider, issued.as_ref().err());
         let issued = match issued {
             Ok(i) => i,
             Err(e) => return fail(format!("secret {:?}: {e}", s.name)),
@@ -897,7 +807,7 @@ impl Rotator {
         if mode == Mode::IfChanged {
             // The cheapest check first; fetch only when some container is behind.
             let checked = providers::version_for(&*provider, &req);
-            self.note(&fk.provider, checked.as_ref().err());
+            self.pool.note(&fk.provider, checked.as_ref().err());
             match checked {
                 Ok(Some(v)) => {
                     let behind = users.iter().any(|&(ri, si)| {
@@ -931,7 +841,7 @@ impl Rotator {
             return fail_all(records, &format!("{e} (audit.required: not rotated)"));
         }
         let fetched = providers::fetch_for(&*provider, &req);
-        self.note(&fk.provider, fetched.as_ref().err());
+        self.pool.note(&fk.provider, fetched.as_ref().err());
         let fetched = match fetched {
             Ok(f) => f,
             Err(e) => {
@@ -1116,7 +1026,7 @@ fn open_for_write(rec: &StateRecord) -> Result<SecretsDir, String> {
     let pid = rustix::process::Pid::from_raw(rec.pid).ok_or_else(gone)?;
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
         .map_err(|_| gone())?;
-    if crate::runtime::process_start_time(rec.pid) != Some(start) {
+    if crate::state::process_start_time(rec.pid) != Some(start) {
         return Err(gone());
     }
     let dir = SecretsDir::open(rec.pid, &rec.secrets_dir).map_err(|e| e.to_string())?;
@@ -1208,7 +1118,7 @@ mod tests {
     #[test]
     fn a_record_whose_init_changed_or_is_unknown_is_not_written() {
         let me = std::process::id() as i32;
-        let start = crate::runtime::process_start_time(me).unwrap();
+        let start = crate::state::process_start_time(me).unwrap();
         let mut rec = StateRecord {
             id: "c1".into(),
             bundle: "/nonexistent".into(),

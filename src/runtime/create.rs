@@ -5,13 +5,10 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::argv::Invocation;
@@ -20,13 +17,15 @@ use super::inject::{InjectError, SecretFile, SecretsDir};
 use super::modify::{self, ENV_FILE_NAME};
 use super::runclog::RuncLog;
 use super::spec::{Spec, SpecError};
-use crate::agent::control::{self, WireRequest};
 use crate::audit::{Audit, AuditError, Event};
 use crate::config::{Config, ConfigError, ProviderKind, config_path};
+use crate::control::{self, WireRequest};
 use crate::policy::{self, Ask, Refusal, Workload};
+use crate::providers::pool::{self, Pool};
 use crate::providers::{self, DynamicRequest, FetchRequest, Fetched, Provider, ProviderError};
-use crate::rotation::leases::{self, IssuedLeases, LeaseState};
 use crate::secrets::{RefError, RefKind, SecretRef, SecretValue, Target, collect_refs};
+use crate::state::leases::{self, IssuedLeases, LeaseState};
+use crate::state::{StateError, StateRecord, StateSecret, register};
 
 /// Most fetches run at once in one create.
 const MAX_PARALLEL_FETCHES: usize = 16;
@@ -126,12 +125,8 @@ pub enum CreateError {
     Inject(#[from] InjectError),
     #[error("{0} (audit.required is set: the container is not created)")]
     Audit(#[from] AuditError),
-    #[error("registering container in {path}: {source}")]
-    State {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    State(#[from] StateError),
 }
 
 /// One secret to fetch and where it goes.
@@ -152,54 +147,6 @@ struct Planned {
     mode: u32,
     /// A value issued for this container (engine database/pki), never shared or cached.
     dynamic: Option<DynamicRequest>,
-}
-
-/// What dso keeps about a container it created: names and references, never values.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StateRecord {
-    pub id: String,
-    pub bundle: PathBuf,
-    /// runc's `--root`, if given.
-    pub runc_root: Option<PathBuf>,
-    pub delegate: OsString,
-    pub pid: i32,
-    pub config: PathBuf,
-    pub secrets_dir: String,
-    pub secrets: Vec<StateSecret>,
-    pub created: String,
-    /// Who the container is (engine, name…), as established at create; rotation checks the
-    /// policy against it again. Absent in records written before access policy existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<Workload>,
-    /// The init's start time (clock ticks since boot, `/proc/<pid>/stat`), so that a rotation
-    /// writes only while `pid` is still this container's init.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_start: Option<u64>,
-    /// The secrets tmpfs as seen at create; a rotation writes only into the same one. Both
-    /// are absent in records of older versions, which are not rotated (restart the container).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secrets_mount: Option<crate::runtime::inject::MountIdentity>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StateSecret {
-    pub name: String,
-    pub file: Option<String>,
-    pub env: Vec<String>,
-    pub provider: String,
-    pub path: String,
-    pub key: Option<String>,
-    pub version: Option<String>,
-    pub uid: u32,
-    pub gid: u32,
-    pub mode: u32,
-    /// `uid`/`gid` as the host sees them (through the bundle's user-namespace mappings), so
-    /// that a rotation need not parse the bundle's spec again. Absent in older records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_ids: Option<(u32, u32)>,
-    /// A dynamic secret's lease (id and expiry, never the value); absent for kv secrets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<crate::rotation::leases::LeaseState>,
 }
 
 /// Resolves references against the config into a fetch plan (one entry per file name).
@@ -329,15 +276,6 @@ fn authorize(
 /// A fetched value and its version.
 type Value = (SecretValue, Option<String>);
 
-/// One direct fetch: the index of the planned secret, its provider and request (and, for a
-/// dynamic secret, what to issue).
-type Job = (
-    usize,
-    Arc<dyn Provider>,
-    FetchRequest,
-    Option<DynamicRequest>,
-);
-
 /// One fetch or issue: the value, its version, and the lease of an issued value.
 fn fetch_one(
     prov: &dyn Provider,
@@ -373,8 +311,8 @@ fn fetch_one(
     ))
 }
 
-/// Fetches every planned secret: up to [`MAX_PARALLEL_FETCHES`] at once, all within `timeout`.
-/// Each provider is built once and shared by its fetches.
+/// Fetches every planned secret: up to [`MAX_PARALLEL_FETCHES`] at once (through the provider
+/// [`Pool`]), all within `timeout`.
 fn fetch_all<'a>(
     cfg: &'a Config,
     planned: &[Planned],
@@ -439,97 +377,54 @@ fn fetch_all<'a>(
         .collect();
     // One fetch per distinct secret (issue 14 point 4): two file names for the same provider,
     // path, key and version share one fetch. Dynamic secrets are issued once per reference.
-    let same = |a: &Planned, b: &Planned| {
-        a.dynamic.is_none()
-            && b.dynamic.is_none()
-            && a.provider == b.provider
-            && a.request.path == b.request.path
-            && a.request.key == b.request.key
-            && a.request.version == b.request.version
-    };
-    let mut pending: Vec<usize> = Vec::with_capacity(unfetched.len());
-    let mut copies: Vec<(usize, usize)> = Vec::new();
-    for &i in &unfetched {
-        match pending.iter().find(|&&u| same(&planned[u], &planned[i])) {
-            Some(&u) => copies.push((i, u)),
-            None => pending.push(i),
-        }
-    }
+    let (firsts, of) = pool::distinct(unfetched.iter().map(|&i| {
+        let p = &planned[i];
+        let r = &p.request;
+        p.dynamic
+            .is_none()
+            .then_some((&p.provider, &r.path, &r.key, &r.version))
+    }));
+    let pending: Vec<usize> = firsts.iter().map(|&f| unfetched[f]).collect();
+    let copies: Vec<(usize, usize)> = unfetched
+        .iter()
+        .zip(&of)
+        .filter(|&(&i, &d)| pending[d] != i)
+        .map(|(&i, &d)| (i, pending[d]))
+        .collect();
 
-    let mut built: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
-    for p in pending.iter().map(|&i| &planned[i]) {
-        if !built.contains_key(p.provider.as_str()) {
-            let pc = &cfg.providers[&p.provider];
-            let prov =
-                providers::build(&p.provider, pc, cfg).map_err(|source| CreateError::Fetch {
-                    secret: p.label.clone(),
-                    source,
-                })?;
-            built.insert(&p.provider, Arc::from(prov));
-        }
+    // Each provider is built once and shared by its fetches.
+    let pool = Pool::default();
+    let mut jobs = Vec::with_capacity(pending.len());
+    for &i in &pending {
+        let p = &planned[i];
+        let prov = pool
+            .get(cfg, &p.provider)
+            .map_err(|source| CreateError::Fetch {
+                secret: p.label.clone(),
+                source,
+            })?;
+        jobs.push((prov, p.request.clone(), p.dynamic.clone()));
     }
-
-    let jobs: Arc<Vec<Job>> = Arc::new(
-        pending
-            .iter()
-            .map(|&i| {
-                let p = &planned[i];
-                (
-                    i,
-                    built[p.provider.as_str()].clone(),
-                    p.request.clone(),
-                    p.dynamic.clone(),
-                )
-            })
-            .collect(),
-    );
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (tx, rx) = mpsc::channel();
     // The local store is read from disk and decrypted once, in memory: threads would only add
     // their own start-up cost. Anything with a network round trip runs concurrently.
     let all_local = pending
         .iter()
         .all(|&i| cfg.providers[&planned[i].provider].kind == ProviderKind::Local);
-    if all_local {
-        for (i, prov, req, dynamic) in jobs.iter() {
-            let i = *i;
-            let started = Instant::now();
-            let res = fetch_one(&**prov, req, dynamic.as_ref());
-            // The receiver is alive until this function returns.
-            let _ = tx.send((i, res, started.elapsed()));
-        }
-    }
     let threads = if all_local {
         0
     } else {
         pending.len().min(MAX_PARALLEL_FETCHES)
     };
-    for _ in 0..threads {
-        let (jobs, next, tx) = (jobs.clone(), next.clone(), tx.clone());
-        // Detached on purpose: a provider that hangs past the deadline must not hold us up;
-        // the process exits (failing the create) and takes the thread with it.
-        std::thread::spawn(move || {
-            loop {
-                let j = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some((i, prov, req, dynamic)) = jobs.get(j) else {
-                    break;
-                };
-                let i = *i;
-                let started = Instant::now();
-                let res = fetch_one(&**prov, req, dynamic.as_ref());
-                if tx.send((i, res, started.elapsed())).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
+    let rx = pool::run(jobs.len(), threads, Arc::default(), move |j| {
+        let (prov, req, dynamic) = &jobs[j];
+        fetch_one(&**prov, req, dynamic.as_ref())
+    });
 
     let mut fetched_in: Vec<(usize, std::time::Duration)> = Vec::new();
     for _ in 0..pending.len() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let (i, res, took) = match rx.recv_timeout(remaining) {
-            Ok(msg) => msg,
+            Ok((j, res, took)) => (pending[j], res, took),
             Err(_) => {
                 let pending = planned
                     .iter()
@@ -674,45 +569,6 @@ fn init_path(cfg: &Config) -> Result<PathBuf, CreateError> {
     crate::trust::check(&meta, &path, "dso-init", crate::trust::Use::Trusted)
         .map_err(|e| CreateError::Untrusted(Box::new(e)))?;
     Ok(path)
-}
-
-/// Writes the state record `<state_dir>/<id>.json` (0600 in a 0700 dir), atomically (temp + rename).
-fn register(state_dir: &Path, rec: &StateRecord) -> Result<(), CreateError> {
-    let path = state_dir.join(format!("{}.json", rec.id));
-    let serr = |source| CreateError::State {
-        path: path.clone(),
-        source,
-    };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
-        .map_err(serr)?;
-    // A record under this id already (the container was restarted): its leases are owed a
-    // revocation before the record is replaced.
-    if let Ok(bytes) = fs::read(&path)
-        && let Ok(old) = serde_json::from_slice::<StateRecord>(&bytes)
-    {
-        crate::rotation::registry::owe_leases(state_dir, &old).map_err(serr)?;
-    }
-    let bytes = serde_json::to_vec_pretty(rec).map_err(|e| serr(std::io::Error::other(e)))?;
-    let tmp = state_dir.join(format!(".{}.json.tmp-{}", rec.id, std::process::id()));
-    let res = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // No fsync: the record describes a running container, which does not outlive a reboot
-        // (the state dir is /run/dso, a tmpfs, by default); rename keeps it whole for readers.
-        f.write_all(&bytes)?;
-        fs::rename(&tmp, &path)
-    })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(serr(e));
-    }
-    Ok(())
 }
 
 /// `DSO_TIMING=1`: how long each step of a create took, on stderr (for benchmarks; names and
@@ -908,7 +764,7 @@ pub fn create_with_secrets(
         let pid = delegate::init_pid(delegate, inv, &id)?;
         let dir = SecretsDir::open(pid, &secrets_dir)?;
         let secrets_mount = dir.identity()?;
-        let pid_start = super::delegate::process_start_time(pid);
+        let pid_start = crate::state::process_start_time(pid);
         for ((p, (value, _)), (uid, gid)) in planned.iter().zip(&values).zip(&host_ids) {
             if p.as_file {
                 dir.write(&SecretFile {
@@ -1052,6 +908,7 @@ fn run_rest(
 mod tests {
     use super::*;
     use crate::secrets::collect_refs;
+    use std::path::Path;
 
     fn cfg(text: &str) -> Config {
         Config::from_str_at(text, Path::new("/etc/dso/dso.yaml")).unwrap()

@@ -99,18 +99,6 @@ pub fn start(delegate: &OsStr, inv: &Invocation, id: &str) -> Result<(), Delegat
     run_captured(delegate, inv, "start", &["start".as_ref(), id.as_ref()]).map(drop)
 }
 
-/// Field 22 of `/proc/<pid>/stat`: the process's start time in clock ticks since boot; `None`
-/// for a process that is gone or dead (a zombie waiting to be reaped is not running).
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
-    if matches!(rest.next(), Some("Z" | "X" | "x")) {
-        return None;
-    }
-    rest.nth(18)?.parse().ok()
-}
-
 /// The container's init pid: from `--pid-file` when runc wrote one, else `runc state`.
 pub fn init_pid(delegate: &OsStr, inv: &Invocation, id: &str) -> Result<i32, DelegateError> {
     let perr = |detail: String| DelegateError::Pid {

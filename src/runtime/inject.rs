@@ -52,16 +52,7 @@ pub enum InjectError {
     },
 }
 
-/// Which tmpfs, and which directory in it, a container's secrets dir is: recorded at create
-/// (when the container's init has not run a single instruction of the image yet, so it is the
-/// tmpfs dso added to the spec) and required on every later write. A root PID 1 that `chroot`s,
-/// `unshare`s its mount namespace or mounts over the dir would otherwise have the agent's next
-/// write land in whatever it sees now (a pod's shared `emptyDir`, a host path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MountIdentity {
-    pub dev: u64,
-    pub ino: u64,
-}
+pub use crate::state::MountIdentity;
 
 /// One file to put in the secrets dir.
 pub struct SecretFile<'a> {

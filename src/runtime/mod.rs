@@ -17,8 +17,7 @@ use argv::Invocation;
 use runclog::RuncLog;
 use spec::Spec;
 
-pub use create::{CreateError, StateRecord, StateSecret, init_location};
-pub use delegate::process_start_time;
+pub use create::{CreateError, init_location};
 
 /// The hidden `dso` subcommand that runs a create with secrets (see [`main`]).
 pub const CREATE_ENTRY: &str = "__dso-runc-create";

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::imds::{ImdsClient, ImdsError};
@@ -410,6 +411,97 @@ pub fn load_chain(settings: &ChainSettings) -> Result<Credentials, CredentialsEr
     Err(CredentialsError::NotFound {
         tried: tried.join(", "),
     })
+}
+
+/// IMDS path of the instance role's name, and (with the name appended) its credentials.
+const CREDENTIALS_PATH: &str = "/latest/meta-data/iam/security-credentials/";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RoleCredentials {
+    #[serde(default)]
+    code: Option<String>,
+    access_key_id: String,
+    // Plain Strings, moved into zeroizing storage as soon as they are parsed.
+    secret_access_key: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    expiration: Option<String>,
+}
+
+// The instance role as a source of credentials: IMDS itself knows nothing of them.
+impl ImdsClient {
+    /// The instance role's temporary credentials.
+    pub fn role_credentials(&self) -> Result<Credentials, ImdsError> {
+        let token = self.token()?;
+        let (status, body) = self.get(&token, CREDENTIALS_PATH, "role name")?;
+        match status {
+            200 => {}
+            404 => return Err(ImdsError::NoRole),
+            status => {
+                return Err(ImdsError::Status {
+                    endpoint: self.endpoint.clone(),
+                    what: "role name",
+                    status,
+                });
+            }
+        }
+        let text =
+            std::str::from_utf8(&body).map_err(|_| self.invalid("role name", "not UTF-8"))?;
+        let role = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .ok_or(ImdsError::NoRole)?;
+        if role.contains(['/', '?', '#']) || role.contains("..") {
+            return Err(self.invalid("role name", format!("unexpected role name {role:?}")));
+        }
+        let role = role.to_string();
+
+        let (status, body) = self.get(
+            &token,
+            &format!("{CREDENTIALS_PATH}{role}"),
+            "role credentials",
+        )?;
+        match status {
+            200 => {}
+            404 => return Err(ImdsError::NoRole),
+            status => {
+                return Err(ImdsError::Status {
+                    endpoint: self.endpoint.clone(),
+                    what: "role credentials",
+                    status,
+                });
+            }
+        }
+        // Deserialize errors from serde_json name the position, never the input.
+        let rc: RoleCredentials = serde_json::from_slice(&body).map_err(|e| {
+            self.invalid("role credentials", format!("not the expected JSON ({e})"))
+        })?;
+        if let Some(code) = rc.code.as_deref().filter(|c| *c != "Success") {
+            return Err(self.invalid("role credentials", format!("Code {code:?}")));
+        }
+        let expiration = match rc.expiration.as_deref() {
+            Some(s) => Some(parse_rfc3339(s).ok_or_else(|| {
+                self.invalid(
+                    "role credentials",
+                    format!("Expiration {s:?} is not an RFC 3339 time"),
+                )
+            })?),
+            None => None,
+        };
+        let secret = Zeroizing::new(rc.secret_access_key);
+        let token = rc.token.map(Zeroizing::new).filter(|t| !t.is_empty());
+        if rc.access_key_id.is_empty() || secret.is_empty() {
+            return Err(self.invalid("role credentials", "empty AccessKeyId or SecretAccessKey"));
+        }
+        Ok(
+            Credentials::new(rc.access_key_id, secret.as_str(), token.as_deref().cloned())
+                .with_expiration(expiration)
+                .with_source(CredentialSource::InstanceRole { role }),
+        )
+    }
 }
 
 /// `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`), if set.

@@ -1,13 +1,12 @@
 //! IMDSv2 client for the EC2 instance role: session token (`PUT /latest/api/token`), role name,
-//! role credentials, and the instance's region. Short timeouts, so that a host that is not on
+//! role credentials (read in `credentials.rs`, which owns the credential types), and the
+//! instance's region. Short timeouts, so that a host that is not on
 //! EC2 gives up within about a second instead of stalling a `docker run`.
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::credentials::{CredentialSource, Credentials, parse_rfc3339};
 use crate::providers::ProviderError;
 use crate::providers::http::{self, ClientOptions, HttpClient, Request, RetryPolicy, Url};
 
@@ -16,7 +15,6 @@ pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Lifetime asked for the session token; one token serves the two or three calls of a load.
 const TOKEN_TTL_SECONDS: &str = "60";
-const CREDENTIALS_PATH: &str = "/latest/meta-data/iam/security-credentials/";
 /// Responses larger than this are refused (credentials are ~1.5 KiB).
 const MAX_RESPONSE: usize = 64 * 1024;
 
@@ -54,7 +52,7 @@ impl ImdsError {
 /// Where IMDS is and how to reach it.
 #[derive(Clone)]
 pub struct ImdsClient {
-    endpoint: String,
+    pub(super) endpoint: String,
     base: Url,
     http: HttpClient,
 }
@@ -65,20 +63,6 @@ impl std::fmt::Debug for ImdsClient {
             .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RoleCredentials {
-    #[serde(default)]
-    code: Option<String>,
-    access_key_id: String,
-    // Plain Strings, moved into zeroizing storage as soon as they are parsed.
-    secret_access_key: String,
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    expiration: Option<String>,
 }
 
 impl ImdsClient {
@@ -131,7 +115,7 @@ impl ImdsClient {
             })
     }
 
-    fn token(&self) -> Result<Zeroizing<String>, ImdsError> {
+    pub(super) fn token(&self) -> Result<Zeroizing<String>, ImdsError> {
         let req = Request::put(self.url("/latest/api/token")?)
             .header("x-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL_SECONDS)
             .map_err(|e| self.invalid("session token", e.to_string()))?
@@ -157,7 +141,7 @@ impl ImdsClient {
         Ok(token)
     }
 
-    fn invalid(&self, what: &'static str, detail: impl Into<String>) -> ImdsError {
+    pub(super) fn invalid(&self, what: &'static str, detail: impl Into<String>) -> ImdsError {
         ImdsError::Invalid {
             endpoint: self.endpoint.clone(),
             what,
@@ -165,7 +149,7 @@ impl ImdsClient {
         }
     }
 
-    fn get(
+    pub(super) fn get(
         &self,
         token: &str,
         path: &str,
@@ -180,77 +164,6 @@ impl ImdsClient {
             return Err(self.invalid(what, "response too large"));
         }
         Ok((resp.status, std::mem::take(&mut resp.body)))
-    }
-
-    /// The instance role's temporary credentials.
-    pub fn role_credentials(&self) -> Result<Credentials, ImdsError> {
-        let token = self.token()?;
-        let (status, body) = self.get(&token, CREDENTIALS_PATH, "role name")?;
-        match status {
-            200 => {}
-            404 => return Err(ImdsError::NoRole),
-            status => {
-                return Err(ImdsError::Status {
-                    endpoint: self.endpoint.clone(),
-                    what: "role name",
-                    status,
-                });
-            }
-        }
-        let text =
-            std::str::from_utf8(&body).map_err(|_| self.invalid("role name", "not UTF-8"))?;
-        let role = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .ok_or(ImdsError::NoRole)?;
-        if role.contains(['/', '?', '#']) || role.contains("..") {
-            return Err(self.invalid("role name", format!("unexpected role name {role:?}")));
-        }
-        let role = role.to_string();
-
-        let (status, body) = self.get(
-            &token,
-            &format!("{CREDENTIALS_PATH}{role}"),
-            "role credentials",
-        )?;
-        match status {
-            200 => {}
-            404 => return Err(ImdsError::NoRole),
-            status => {
-                return Err(ImdsError::Status {
-                    endpoint: self.endpoint.clone(),
-                    what: "role credentials",
-                    status,
-                });
-            }
-        }
-        // Deserialize errors from serde_json name the position, never the input.
-        let rc: RoleCredentials = serde_json::from_slice(&body).map_err(|e| {
-            self.invalid("role credentials", format!("not the expected JSON ({e})"))
-        })?;
-        if let Some(code) = rc.code.as_deref().filter(|c| *c != "Success") {
-            return Err(self.invalid("role credentials", format!("Code {code:?}")));
-        }
-        let expiration = match rc.expiration.as_deref() {
-            Some(s) => Some(parse_rfc3339(s).ok_or_else(|| {
-                self.invalid(
-                    "role credentials",
-                    format!("Expiration {s:?} is not an RFC 3339 time"),
-                )
-            })?),
-            None => None,
-        };
-        let secret = Zeroizing::new(rc.secret_access_key);
-        let token = rc.token.map(Zeroizing::new).filter(|t| !t.is_empty());
-        if rc.access_key_id.is_empty() || secret.is_empty() {
-            return Err(self.invalid("role credentials", "empty AccessKeyId or SecretAccessKey"));
-        }
-        Ok(
-            Credentials::new(rc.access_key_id, secret.as_str(), token.as_deref().cloned())
-                .with_expiration(expiration)
-                .with_source(CredentialSource::InstanceRole { role }),
-        )
     }
 
     /// The instance's region (`placement/region`).

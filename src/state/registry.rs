@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use nix::sys::inotify::Inotify;
 
-use crate::runtime::StateRecord;
+use crate::state::StateRecord;
 
 /// One state record, with its file and raw JSON (fields dso does not know are kept on rewrite).
 #[derive(Debug, Clone)]
@@ -121,7 +121,7 @@ fn runc_state_file(rec: &StateRecord) -> Option<DelegateState> {
         i32::try_from(v.init_process_pid).ok()?,
         v.init_process_start,
     );
-    match crate::runtime::process_start_time(pid) {
+    match crate::state::process_start_time(pid) {
         Some(t) if t == start => Some(DelegateState::Running { pid }),
         _ => Some(DelegateState::Gone),
     }
@@ -236,7 +236,7 @@ pub fn write_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<(
 }
 
 /// Rewrites a state record: temp + rename, without fsync, as the create flow writes it
-/// (`runtime::create::register`). A record lives only as long as its container, and rename
+/// ([`super::register`]). A record lives only as long as its container, and rename
 /// keeps it whole; an fsync per container made a rotation of 100 containers on a disk-backed
 /// state dir wait for 100 journal commits (issue 18).
 fn write_record(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
@@ -598,7 +598,7 @@ mod tests {
     fn runc_state_file_decides_liveness_without_an_exec() {
         let root = tempfile::tempdir().unwrap();
         let me = std::process::id() as i32;
-        let start = crate::runtime::process_start_time(me).expect("own start time");
+        let start = crate::state::process_start_time(me).expect("own start time");
         let write = |id: &str, pid: i32, start: u64| {
             fs::create_dir_all(root.path().join(id)).unwrap();
             fs::write(

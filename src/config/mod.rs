@@ -1,6 +1,7 @@
 //! dso.yaml: the typed configuration, how it is found (`--dso-config`, `DSO_CONFIG`, default),
 //! loaded, checked against the JSON Schema in `runtime-config/dso.schema.json`, and validated.
 
+mod provider;
 pub mod reference;
 mod schema;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::policy::{AllowRule, PolicyConfig};
+pub use provider::*;
 
 pub use schema::{SCHEMA_JSON, validate_document};
 
@@ -92,42 +94,6 @@ pub struct Config {
     /// SHA-256 (hex) of the config text: an agent serves values only to a shim with the same.
     #[serde(skip)]
     pub digest: String,
-}
-
-/// One provider entry. Fields beyond `type` are provider-specific and kept as JSON so that each
-/// provider module owns its own typed view of them.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ProviderConfig {
-    #[serde(rename = "type")]
-    pub kind: ProviderKind,
-    /// Who may use inline references (`dso://<provider>/<path>`) to this provider.
-    #[serde(default)]
-    pub allow: Option<Vec<AllowRule>>,
-    /// Path prefixes inline references to this provider may name.
-    #[serde(default)]
-    pub allow_paths: Option<Vec<String>>,
-    #[serde(flatten)]
-    pub settings: serde_json::Map<String, serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Local,
-    Vault,
-    Aws,
-    Azure,
-}
-
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Local => "local",
-            ProviderKind::Vault => "vault",
-            ProviderKind::Aws => "aws",
-            ProviderKind::Azure => "azure",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

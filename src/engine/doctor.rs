@@ -389,7 +389,7 @@ fn check_permissions(config_path: &Path, cfg: Option<&Config>) -> Vec<Check> {
         }
         let mut files = Vec::new();
         for p in cfg.providers.values() {
-            collect_key_files(&Value::Object(p.settings.clone()), &mut files);
+            files.extend(p.credential_files().iter().map(|f| f.display().to_string()));
         }
         if let Some(w) = &cfg.agent.webhook {
             collect_key_files(w, &mut files);
@@ -504,7 +504,7 @@ fn check_providers(cfg: &Config, timeout: Duration) -> Vec<Check> {
                     Status::Ok,
                     format!(
                         "{} reached: secret {sname:?} at version {}",
-                        pcfg.kind.as_str(),
+                        pcfg.kind().as_str(),
                         v.as_deref().unwrap_or("-")
                     ),
                 ),

@@ -299,7 +299,7 @@ impl Rotator {
             .retain(|name, _| {
                 same_timeout
                     && matches!((old.providers.get(name), cfg.providers.get(name)),
-                        (Some(a), Some(b)) if a.kind == b.kind && a.settings == b.settings)
+                        (Some(a), Some(b)) if a.settings == b.settings)
             });
         self.health
             .lock()

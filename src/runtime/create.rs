@@ -489,7 +489,7 @@ fn fetch_all<'a>(
     // their own start-up cost. Anything with a network round trip runs concurrently.
     let all_local = pending
         .iter()
-        .all(|&i| cfg.providers[&planned[i].provider].kind == ProviderKind::Local);
+        .all(|&i| cfg.providers[&planned[i].provider].kind() == ProviderKind::Local);
     if all_local {
         for (i, prov, req, dynamic) in jobs.iter() {
             let i = *i;

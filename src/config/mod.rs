@@ -663,19 +663,19 @@ impl Config {
         let known_good = marker
             .as_deref()
             .is_some_and(|m| crate::keyring::read_exact(m, &mut [0u8; 2]).is_some());
-        if !known_good {
-            validate_document(&doc, text).map_err(|errors| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                errors,
-            })?;
+        let invalid = |errors| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            errors,
+        };
+        let mut cfg = if known_good {
+            Config::deserialize(&doc).map_err(|e| invalid(vec![e.to_string()]))?
+        } else {
+            let cfg = validate_document(&doc, text).map_err(invalid)?;
             if let Some(m) = &marker {
                 crate::keyring::store(m, b"ok", VALIDATED_MARKER_TTL);
             }
-        }
-        let mut cfg: Config = serde_json::from_value(doc).map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            errors: vec![e.to_string()],
-        })?;
+            cfg
+        };
         cfg.source = path.to_path_buf();
         cfg.digest = digest_of(text);
         if let Some(p) = cfg.provider.take() {

@@ -71,45 +71,37 @@ pub fn config_path(flag: Option<&Path>) -> PathBuf {
 /// Configuration of dso, the secrets-injecting OCI runtime (default /etc/dso/dso.yaml; overridden
 /// by --dso-config, then DSO_CONFIG). Secret values never appear in this file: it names where they
 /// live and how they are delivered.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// # Providers
     /// The secret backends, by name. A secret or an inline reference (dso://<provider>/<path>)
     /// names one of them. Names are letters, digits, '_', '.' and '-'.
-    #[serde(default)]
     #[schemars(with = "BTreeMap<String, json_schema::ProviderSchema>")]
     pub providers: BTreeMap<String, ProviderConfig>,
     /// # Provider (shorthand)
     /// Single-provider shorthand: one provider, named "default". Cannot be combined with providers.
-    #[serde(default)]
     #[schemars(with = "Option<json_schema::ProviderSchema>")]
     provider: Option<ProviderConfig>,
     /// # Secrets
     /// Named secrets that containers reference as dso://<name> (environment) or dsofile://<name>
     /// (file under runtime.secrets_dir). Names are letters, digits, '_', '.' and '-'.
-    #[serde(default)]
     pub secrets: BTreeMap<String, SecretConfig>,
     /// # Watch
     /// How the agent looks for new versions of the secrets of running containers.
-    #[serde(default)]
     pub watch: WatchConfig,
     /// # Audit log
     /// Where audit events (JSON lines, hash-chained, never a secret value) are written.
-    #[serde(default)]
     pub audit: AuditConfig,
     /// # Agent
     /// The companion agent (dso agent): control socket, rotation webhooks and metrics.
-    #[serde(default)]
     pub agent: AgentConfig,
     /// # Runtime
     /// How dso-runc delivers secrets into containers.
-    #[serde(default)]
     pub runtime: RuntimeConfig,
     /// # Policy
     /// Who may have which secret. Each secret's allow rules decide for it; this says what happens
     /// to a secret without rules and to inline references. See docs/policy.md.
-    #[serde(default)]
     pub policy: PolicyConfig,
     /// # Notifications
     /// Where the agent POSTs chosen audit events (JSON, names and statuses, never a value), signed
@@ -117,7 +109,6 @@ pub struct Config {
     /// "<timestamp>.<body>">. Retried with backoff on connection failures, 429 and 5xx; an event
     /// that cannot be delivered (or is dropped from a full queue) is audited as
     /// notification_failed.
-    #[serde(default)]
     pub notifications: Vec<NotificationConfig>,
     /// Where this config was read from (for messages).
     #[serde(skip)]
@@ -129,45 +120,40 @@ pub struct Config {
 
 /// # Secret
 /// Where a secret lives and how its file is delivered.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 #[schemars(rename = "secret")]
 pub struct SecretConfig {
     /// # Provider
     /// Name of the provider (under providers, or "default" for the shorthand). May be omitted when
     /// exactly one provider is configured.
-    #[serde(default)]
     #[schemars(length(min = 1))]
     pub provider: Option<String>,
     /// # Path
     /// Path or name of the secret in the provider. Default: the secret's name.
-    #[serde(default)]
     #[schemars(length(min = 1))]
     pub path: Option<String>,
     /// # JSON key
     /// Field of a JSON value to deliver instead of the whole value.
-    #[serde(default)]
     #[schemars(length(min = 1))]
     pub key: Option<String>,
     /// # Version
     /// A pinned version, where the provider has versions (Vault KV v2 version number, AWS version
     /// id or stage, Azure version). Default: the latest.
-    #[serde(default, deserialize_with = "de_opt_version")]
+    #[serde(deserialize_with = "de_opt_version")]
     #[schemars(extend("type" = ["string", "integer"], "minLength" = 1, "minimum" = 0))]
     pub version: Option<String>,
     /// # Owner uid
     /// Numeric owner of the injected file. Default: the container process's user.
-    #[serde(default)]
     #[schemars(range(max = 4294967295u32))]
     pub uid: Option<u32>,
     /// # Owner gid
     /// Numeric group of the injected file. Default: the container process's group.
-    #[serde(default)]
     #[schemars(range(max = 4294967295u32))]
     pub gid: Option<u32>,
     /// # File mode
     /// Mode of the injected file, e.g. "0400". Default: runtime.file_mode.
-    #[serde(default, deserialize_with = "de_mode")]
+    #[serde(deserialize_with = "de_mode")]
     #[schemars(with = "Option<json_schema::ModeValue>")]
     pub mode: Option<u32>,
     /// # Engine
@@ -176,53 +162,44 @@ pub struct SecretConfig {
     /// "password"}; renewed by the agent, revoked when the container is removed) or pki (a
     /// certificate issued per container from <mount>/issue/<role>: PEM certificate, issuing chain
     /// and private key; re-issued by the agent at two thirds of its TTL). Vault providers only.
-    #[serde(default)]
     pub engine: Engine,
     /// # Engine role
     /// The database or pki engine's role to issue from (required with engine database or pki).
-    #[serde(default)]
     #[schemars(length(min = 1))]
     pub role: Option<String>,
     /// # Engine mount
     /// Where the database or pki engine is mounted. Default: database, or pki.
-    #[serde(default)]
     #[schemars(length(min = 1))]
     pub mount: Option<String>,
     /// # Certificate common name
     /// engine pki: the certificate's common name (required).
-    #[serde(default)]
     #[schemars(length(min = 1))]
     pub common_name: Option<String>,
     /// # Certificate TTL
     /// engine pki: the certificate's lifetime, e.g. 1h (default: the role's). The agent issues a
     /// new one at two thirds of it.
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    #[serde(deserialize_with = "de_opt_duration")]
     #[schemars(with = "Option<json_schema::DurationValue>")]
     pub ttl: Option<Duration>,
     /// # DNS subject alternative names
     /// engine pki: further DNS names for the certificate.
-    #[serde(default)]
     #[schemars(inner(length(min = 1)))]
     pub alt_names: Vec<String>,
     /// # IP subject alternative names
     /// engine pki: IP addresses for the certificate.
-    #[serde(default)]
     #[schemars(inner(length(min = 1)))]
     pub ip_sans: Vec<String>,
     /// # Rotation
     /// What happens to running containers when the secret changes.
-    #[serde(default)]
     pub rotation: Option<RotationConfig>,
     /// # Allow
     /// Who may have this secret (see allow rules). Absent: policy.default decides (deny unless set
     /// to allow).
-    #[serde(default)]
     #[schemars(with = "Option<json_schema::AllowList>")]
     pub allow: Option<Vec<AllowRule>>,
     /// # Allowed keys
     /// JSON keys a reference may pick with #key besides key; a reference picking any other key is
     /// refused.
-    #[serde(default)]
     #[schemars(inner(length(min = 1)))]
     pub keys: Option<Vec<String>>,
 }
@@ -279,19 +256,17 @@ impl SecretConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 #[schemars(inline)]
 pub struct RotationConfig {
     /// # Rotation strategy
     /// none (files are rewritten in place), signal (rewrite, then signal the container's init) or
     /// restart (restart the container; the only way to change environment-injected values). Default
     /// none.
-    #[serde(default)]
     #[schemars(extend("enum" = ["none", "signal", "restart"]), default = "json_schema::none")]
     pub strategy: Option<String>,
     /// # Signal
     /// Signal sent with strategy signal, e.g. SIGHUP or HUP. Default SIGHUP.
-    #[serde(default)]
     #[schemars(
         regex(
             pattern = r"^(SIG)?(HUP|INT|QUIT|ILL|TRAP|ABRT|BUS|FPE|KILL|USR1|SEGV|USR2|PIPE|ALRM|TERM|STKFLT|CHLD|CONT|STOP|TSTP|TTIN|TTOU|URG|XCPU|XFSZ|VTALRM|PROF|WINCH|IO|PWR|SYS)$"
@@ -301,18 +276,18 @@ pub struct RotationConfig {
     pub signal: Option<String>,
     /// # Check interval
     /// How often to check this secret for a new version, overriding watch.interval.
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    #[serde(deserialize_with = "de_opt_duration")]
     #[schemars(with = "Option<json_schema::DurationValue>")]
     pub interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 #[schemars(inline)]
 pub struct WatchConfig {
     /// # Poll interval
     /// How often the agent polls providers for new versions. Default 30s.
-    #[serde(default = "default_watch_interval", deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration")]
     #[schemars(with = "json_schema::DurationValue", default = "json_schema::s30")]
     pub interval: Duration,
 }
@@ -320,17 +295,13 @@ pub struct WatchConfig {
 impl Default for WatchConfig {
     fn default() -> Self {
         Self {
-            interval: default_watch_interval(),
+            interval: Duration::from_secs(30),
         }
     }
 }
 
-fn default_watch_interval() -> Duration {
-    Duration::from_secs(30)
-}
-
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 #[schemars(inline)]
 pub struct AuditConfig {
     /// # Audit log file
@@ -338,21 +309,18 @@ pub struct AuditConfig {
     /// number and the SHA-256 of the line before it (a hash chain, checked by `dso audit verify`).
     /// Default: /var/log/dso/audit.log (mode 0600, directory 0700). Never stdout or stderr: those
     /// of dso-runc are the container's.
-    #[serde(default)]
     #[schemars(with = "Option<json_schema::AbsPath>")]
     pub path: Option<PathBuf>,
     /// # Also to syslog
     /// Also send every event to the host's syslog socket /dev/log (journald or rsyslog), facility
     /// authpriv, tag dso. The file keeps every event either way; a host without the socket is
     /// reported once.
-    #[serde(default)]
     pub syslog: bool,
     /// # Fail closed when auditing fails
     /// When an event cannot be written (unwritable path, full disk), the operation fails: a
     /// container create is refused and nothing of it is left, a rotation does not apply the new
     /// value. For PCI-DSS 10.x (audit trails that cannot be silently bypassed). Default false: the
     /// failure is reported (runc's log, the agent's stderr) and the operation goes on.
-    #[serde(default)]
     pub required: bool,
 }
 
@@ -395,28 +363,24 @@ fn default_notify_timeout() -> Duration {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 #[schemars(inline)]
 pub struct AgentConfig {
     /// # Control socket
     /// Unix socket the agent listens on and dso-runc connects to. Default
     /// <runtime.state_dir>/dso.sock, i.e. /run/dso/dso.sock.
-    #[serde(default)]
     #[schemars(with = "Option<json_schema::AbsPath>")]
     pub socket: Option<PathBuf>,
     /// # Socket group
     /// Group (name or number) given access to the control socket; default: root only.
-    #[serde(default)]
     #[schemars(length(min = 1))]
     pub group: Option<String>,
     /// # Webhook
     /// HTTP endpoint (POST /v1/webhook) that refreshes secrets when a provider reports a change.
     /// Requests are signed with HMAC-SHA256 over timestamp and body.
-    #[serde(default)]
     pub webhook: Option<WebhookConfig>,
     /// # Metrics
     /// Prometheus metrics endpoint (GET /metrics).
-    #[serde(default)]
     pub metrics: Option<MetricsConfig>,
 }
 
@@ -447,64 +411,57 @@ pub struct MetricsConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 #[schemars(inline)]
 pub struct RuntimeConfig {
     /// # Secrets directory
     /// Where the secrets tmpfs is mounted inside the container; file references point here. Default
     /// /run/secrets.
-    #[serde(default = "default_secrets_dir")]
     #[schemars(with = "json_schema::AbsPath")]
     pub secrets_dir: String,
     /// # Secrets tmpfs size
     /// Size cap of the secrets tmpfs: bytes, or a number with k, m or g (binary multiples), e.g.
     /// 1m, 512k. Default 1m.
-    #[serde(default = "default_tmpfs_size", deserialize_with = "de_size")]
+    #[serde(deserialize_with = "de_size")]
     #[schemars(with = "json_schema::SizeValue", default = "json_schema::m1")]
     pub tmpfs_size: u64,
     /// # Largest secret
     /// Largest value one secret may have, checked when it is fetched, at create and on rotation: a
     /// larger one fails the create (nothing is created) or the rotation (the old file stays).
     /// Bytes, or a number with k, m or g. Default 1m.
-    #[serde(default = "default_max_secret_size", deserialize_with = "de_size")]
+    #[serde(deserialize_with = "de_size")]
     #[schemars(with = "json_schema::SizeValue", default = "json_schema::m1")]
     pub max_secret_size: u64,
     /// # Most references per container
     /// Most secret references one container may have (each env, file or annotation reference
     /// counts), and the most requests one fetch from the agent may carry: more fail the create
     /// before anything is fetched or created. Default 256.
-    #[serde(default = "default_max_references")]
     #[schemars(range(min = 1))]
     pub max_references: usize,
     /// # Most bytes per container
     /// Most bytes of values one container's create, or one fetch from the agent, may gather in all:
     /// more fail the create (nothing is created). Bytes, or a number with k, m or g. Default 16m.
-    #[serde(
-        default = "default_max_total_secret_size",
-        deserialize_with = "de_size"
-    )]
+    #[serde(deserialize_with = "de_size")]
     #[schemars(with = "json_schema::SizeValue", default = "json_schema::m16")]
     pub max_total_secret_size: u64,
     /// # Fetch timeout
     /// Deadline for fetching all of a container's secrets before the create fails. Default 10s.
-    #[serde(default = "default_fetch_timeout", deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration")]
     #[schemars(with = "json_schema::DurationValue", default = "json_schema::s10")]
     pub fetch_timeout: Duration,
     /// # Default file mode
     /// Mode of injected secret files unless a secret sets its own. Default "0400".
-    #[serde(default = "default_file_mode", deserialize_with = "de_mode_required")]
+    #[serde(deserialize_with = "de_mode_required")]
     #[schemars(with = "json_schema::ModeValue", default = "json_schema::mode0400")]
     pub file_mode: u32,
     /// # dso-init path
     /// Path of the dso-init binary on the host, bind-mounted into containers that use environment
     /// injection. Default: next to the dso-runc executable.
-    #[serde(default)]
     #[schemars(with = "Option<json_schema::AbsPath>")]
     pub init_path: Option<PathBuf>,
     /// # State directory
     /// Host directory for dso's per-container state (references only, never values), readable by
     /// root only. Default /run/dso.
-    #[serde(default = "default_state_dir")]
     #[schemars(with = "json_schema::AbsPath")]
     pub state_dir: PathBuf,
 }
@@ -512,42 +469,17 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            secrets_dir: default_secrets_dir(),
-            tmpfs_size: default_tmpfs_size(),
-            max_secret_size: default_max_secret_size(),
-            max_references: default_max_references(),
-            max_total_secret_size: default_max_total_secret_size(),
-            fetch_timeout: default_fetch_timeout(),
-            file_mode: default_file_mode(),
+            secrets_dir: "/run/secrets".into(),
+            tmpfs_size: 1024 * 1024,
+            max_secret_size: 1024 * 1024,
+            max_references: 256,
+            max_total_secret_size: 16 * 1024 * 1024,
+            fetch_timeout: Duration::from_secs(10),
+            file_mode: 0o400,
             init_path: None,
-            state_dir: default_state_dir(),
+            state_dir: PathBuf::from("/run/dso"),
         }
     }
-}
-
-fn default_secrets_dir() -> String {
-    "/run/secrets".into()
-}
-fn default_tmpfs_size() -> u64 {
-    1024 * 1024
-}
-fn default_max_secret_size() -> u64 {
-    1024 * 1024
-}
-fn default_max_references() -> usize {
-    256
-}
-fn default_max_total_secret_size() -> u64 {
-    16 * 1024 * 1024
-}
-fn default_fetch_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_file_mode() -> u32 {
-    0o400
-}
-fn default_state_dir() -> PathBuf {
-    PathBuf::from("/run/dso")
 }
 
 /// Parses `30s`, `5m`, `1h`, `250ms`, or a bare number of seconds.

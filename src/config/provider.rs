@@ -240,36 +240,31 @@ impl Default for VaultAuthSettings {
 
 /// `type: aws`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 #[schemars(inline)]
 pub struct AwsSettings {
     /// # Region
     /// AWS region, e.g. us-east-1. Default: AWS_REGION, the profile, or the instance's region.
-    #[serde(default)]
     #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
     pub region: Option<String>,
     /// # Profile
     /// Named profile of the shared config and credentials files. Default: AWS_PROFILE, else
     /// default.
-    #[serde(default)]
     #[schemars(length(min = 1))]
     pub profile: Option<String>,
     /// # Endpoint
     /// Secrets Manager endpoint override (VPC endpoint, test server); https, or http for a loopback
     /// host.
-    #[serde(default)]
     #[schemars(with = "Option<UrlValue>")]
     pub endpoint: Option<String>,
     /// # IMDS endpoint
     /// Instance metadata endpoint for the instance role; http only to 169.254.169.254,
     /// [fd00:ec2::254] or a loopback host. Default http://169.254.169.254.
-    #[serde(default)]
     #[schemars(with = "Option<UrlValue>")]
     pub imds_endpoint: Option<String>,
     /// # CA file
     /// PEM file of extra CA certificates trusted for the endpoint (in addition to the system
     /// roots).
-    #[serde(default)]
     #[schemars(with = "Option<AbsPath>")]
     pub ca_file: Option<PathBuf>,
 }

@@ -14,19 +14,17 @@ pub use identity::{Engine, Workload};
 
 /// `policy:` in dso.yaml.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 #[schemars(inline)]
 pub struct PolicyConfig {
     /// # Default decision
     /// What a secret without allow rules gets: deny (no container gets it) or allow (every
     /// container that names it gets it). Default deny.
-    #[serde(default)]
     pub default: DefaultDecision,
     /// # Inline references
     /// Whether references of the form dso://<provider>/<path> are honoured; they then obey the
     /// provider's allow and allow_paths. Default false: only secrets declared under secrets: can be
     /// referenced.
-    #[serde(default)]
     pub inline_references: bool,
 }
 

@@ -618,7 +618,7 @@ fn fetch_answer(
     let all_local = jobs.iter().all(|(provider, _)| {
         cfg.providers
             .get(provider)
-            .is_some_and(|p| p.kind == crate::config::ProviderKind::Local)
+            .is_some_and(|p| p.kind() == crate::config::ProviderKind::Local)
     });
     let threads = if all_local { 0 } else { FETCH_PARALLEL };
     let rx = {

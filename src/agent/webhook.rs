@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -46,29 +46,7 @@ const PATH: &str = "/v1/webhook";
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `agent.webhook` of dso.yaml.
-#[derive(Debug, Clone)]
-pub struct WebhookSettings {
-    pub listen: String,
-    pub secret_file: PathBuf,
-}
-
-impl WebhookSettings {
-    /// From the `agent.webhook` JSON of dso.yaml (schema-checked already).
-    pub fn from_value(v: &serde_json::Value) -> Result<WebhookSettings, String> {
-        let listen = v
-            .get("listen")
-            .and_then(|l| l.as_str())
-            .ok_or("agent.webhook.listen is missing")?;
-        let secret_file = v
-            .get("secret_file")
-            .and_then(|l| l.as_str())
-            .ok_or("agent.webhook.secret_file is missing")?;
-        Ok(WebhookSettings {
-            listen: listen.to_string(),
-            secret_file: PathBuf::from(secret_file),
-        })
-    }
-}
+pub use crate::config::WebhookConfig as WebhookSettings;
 
 /// Reads the webhook's HMAC key ([`read_key_file`]), which must hold at least [`MIN_KEY_LEN`]
 /// bytes.
@@ -520,6 +498,7 @@ fn parse_head(bytes: &[u8]) -> Option<Head> {
 mod tests {
     use super::*;
     use crate::config::AuditConfig;
+    use std::path::PathBuf;
 
     const KEY: &[u8] = b"webhook-test-key-of-32-bytes-or-more";
 

@@ -34,13 +34,7 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
     }
     let audit = Arc::new(Audit::new(&cfg.audit));
     let webhook_cfg = cfg.agent.webhook.clone();
-    let metrics_listen = cfg
-        .agent
-        .metrics
-        .as_ref()
-        .and_then(|m| m.get("listen"))
-        .and_then(|l| l.as_str())
-        .map(str::to_string);
+    let metrics_listen = cfg.agent.metrics.as_ref().map(|m| m.listen.clone());
     let group = match &cfg.agent.group {
         Some(g) => Some(control::resolve_group(g).map_err(|e| anyhow!(e))?),
         None => None,
@@ -99,8 +93,7 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
             }
         });
     }
-    if let Some(v) = webhook_cfg {
-        let settings = webhook::WebhookSettings::from_value(&v).map_err(|e| anyhow!(e))?;
+    if let Some(settings) = webhook_cfg {
         let key = webhook::read_key(&settings.secret_file).map_err(|e| anyhow!(e))?;
         let hook = webhook::Webhook::bind(&settings.listen, key, audit, tx.clone())
             .map_err(|e| anyhow!("webhook listener {}: {e}", settings.listen))?

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail};
 use clap::Args;
 use zeroize::Zeroizing;
 
-use crate::config::{Config, ProviderKind};
+use crate::config::Config;
 use crate::providers::local::{DEFAULT_KEY_FILE, DEFAULT_STORE_PATH, LocalSettings, Store};
 
 #[derive(Debug, Args)]
@@ -161,14 +161,10 @@ fn config_local(cfg: &Config, shown: &Path) -> anyhow::Result<(String, Option<Lo
     let mut locals = cfg
         .providers
         .iter()
-        .filter(|(_, pc)| pc.kind == ProviderKind::Local);
+        .filter_map(|(name, pc)| Some((name, pc.local()?)));
     match (locals.next(), locals.next()) {
         (None, _) => Ok((String::new(), None)),
-        (Some((name, pc)), None) => {
-            let s = LocalSettings::from_config(pc)
-                .map_err(|detail| anyhow!("provider {name:?} in {}: {detail}", shown.display()))?;
-            Ok((name.clone(), Some(s)))
-        }
+        (Some((name, s)), None) => Ok((name.clone(), Some(s.clone()))),
         (Some(_), Some(_)) => bail!(
             "{} declares several local providers; dso init does not know which store to create (create it with --config PATH of a config naming only one)",
             shown.display()

@@ -200,7 +200,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             Ok(0)
         }
         Command::Config(ConfigCommand::Schema) => {
-            print!("{}", config::SCHEMA_JSON);
+            print!("{}", config::schema_json());
             Ok(0)
         }
     };

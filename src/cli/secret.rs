@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
 use super::declare::{Declaration, Declared};
-use crate::config::{Config, ProviderKind};
+use crate::config::Config;
 use crate::providers::local::{EntryInfo, LocalSettings, MAX_VALUE_LEN, Store};
 use crate::secrets::{SecretValue, validate_name};
 
@@ -189,21 +189,21 @@ fn local_settings(
                 .providers
                 .get(name)
                 .ok_or_else(|| anyhow!("config {shown} has no provider {name:?}"))?;
-            if pc.kind != ProviderKind::Local {
+            let Some(s) = pc.local() else {
                 bail!(
                     "provider {name:?} in {shown} is of type {}; `dso secret` manages local stores only",
-                    pc.kind.as_str()
+                    pc.kind().as_str()
                 );
-            }
-            (name, pc)
+            };
+            (name, s)
         }
         None => {
             let mut locals = cfg
                 .providers
                 .iter()
-                .filter(|(_, pc)| pc.kind == ProviderKind::Local);
+                .filter_map(|(name, pc)| Some((name, pc.local()?)));
             match (locals.next(), locals.next()) {
-                (Some((name, pc)), None) => (name.as_str(), pc),
+                (Some((name, s)), None) => (name.as_str(), s),
                 (None, _) => bail!(
                     "config {shown} declares no provider of type local; add one under providers: (local: {{ type: local, path: /var/lib/dso/local.vault, key_file: /etc/dso/master.key }}), then run `dso init` to create its key file and store"
                 ),
@@ -213,8 +213,7 @@ fn local_settings(
             }
         }
     };
-    let settings = LocalSettings::from_config(pc)
-        .map_err(|detail| anyhow!("provider {name:?} in {shown}: {detail}"))?;
+    let settings = pc.clone();
     let name = name.to_string();
     Ok((cfg, name, settings))
 }

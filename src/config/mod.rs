@@ -1,6 +1,8 @@
 //! dso.yaml: the typed configuration, how it is found (`--dso-config`, `DSO_CONFIG`, default),
 //! loaded, checked against the JSON Schema in `runtime-config/dso.schema.json`, and validated.
 
+pub(crate) mod json_schema;
+mod provider;
 pub mod reference;
 mod schema;
 
@@ -8,10 +10,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub use crate::policy::{AllowRule, PolicyConfig};
+pub use provider::*;
 
+pub use json_schema::generate as schema_json;
 pub use schema::{SCHEMA_JSON, validate_document};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dso/dso.yaml";
@@ -62,29 +67,48 @@ pub fn config_path(flag: Option<&Path>) -> PathBuf {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// # dso.yaml
+/// Configuration of dso, the secrets-injecting OCI runtime (default /etc/dso/dso.yaml; overridden
+/// by --dso-config, then DSO_CONFIG). Secret values never appear in this file: it names where they
+/// live and how they are delivered.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
-    #[serde(default)]
+    /// # Providers
+    /// The secret backends, by name. A secret or an inline reference (dso://<provider>/<path>)
+    /// names one of them. Names are letters, digits, '_', '.' and '-'.
+    #[schemars(with = "BTreeMap<String, json_schema::ProviderSchema>")]
     pub providers: BTreeMap<String, ProviderConfig>,
-    /// Single-provider shorthand; folded into `providers` under [`SHORTHAND_PROVIDER`].
-    #[serde(default)]
+    /// # Provider (shorthand)
+    /// Single-provider shorthand: one provider, named "default". Cannot be combined with providers.
+    #[schemars(with = "Option<json_schema::ProviderSchema>")]
     provider: Option<ProviderConfig>,
-    #[serde(default)]
+    /// # Secrets
+    /// Named secrets that containers reference as dso://<name> (environment) or dsofile://<name>
+    /// (file under runtime.secrets_dir). Names are letters, digits, '_', '.' and '-'.
     pub secrets: BTreeMap<String, SecretConfig>,
-    #[serde(default)]
+    /// # Watch
+    /// How the agent looks for new versions of the secrets of running containers.
     pub watch: WatchConfig,
-    #[serde(default)]
+    /// # Audit log
+    /// Where audit events (JSON lines, hash-chained, never a secret value) are written.
     pub audit: AuditConfig,
-    #[serde(default)]
+    /// # Agent
+    /// The companion agent (dso agent): control socket, rotation webhooks and metrics.
     pub agent: AgentConfig,
-    #[serde(default)]
+    /// # Runtime
+    /// How dso-runc delivers secrets into containers.
     pub runtime: RuntimeConfig,
-    /// Who may have which secret (see [`crate::policy`]).
-    #[serde(default)]
+    /// # Policy
+    /// Who may have which secret. Each secret's allow rules decide for it; this says what happens
+    /// to a secret without rules and to inline references. See docs/policy.md.
     pub policy: PolicyConfig,
-    /// Signed event POSTs sent by the agent.
-    #[serde(default)]
+    /// # Notifications
+    /// Where the agent POSTs chosen audit events (JSON, names and statuses, never a value), signed
+    /// like the inbound webhook: X-DSO-Timestamp and X-DSO-Signature: sha256=<hex HMAC-SHA256 of
+    /// "<timestamp>.<body>">. Retried with backoff on connection failures, 429 and 5xx; an event
+    /// that cannot be delivered (or is dropped from a full queue) is audited as
+    /// notification_failed.
     pub notifications: Vec<NotificationConfig>,
     /// Where this config was read from (for messages).
     #[serde(skip)]
@@ -94,102 +118,104 @@ pub struct Config {
     pub digest: String,
 }
 
-/// One provider entry. Fields beyond `type` are provider-specific and kept as JSON so that each
-/// provider module owns its own typed view of them.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ProviderConfig {
-    #[serde(rename = "type")]
-    pub kind: ProviderKind,
-    /// Who may use inline references (`dso://<provider>/<path>`) to this provider.
-    #[serde(default)]
-    pub allow: Option<Vec<AllowRule>>,
-    /// Path prefixes inline references to this provider may name.
-    #[serde(default)]
-    pub allow_paths: Option<Vec<String>>,
-    #[serde(flatten)]
-    pub settings: serde_json::Map<String, serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Local,
-    Vault,
-    Aws,
-    Azure,
-}
-
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Local => "local",
-            ProviderKind::Vault => "vault",
-            ProviderKind::Aws => "aws",
-            ProviderKind::Azure => "azure",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// # Secret
+/// Where a secret lives and how its file is delivered.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(rename = "secret")]
 pub struct SecretConfig {
-    /// Provider name; may be omitted when exactly one provider is configured.
-    #[serde(default)]
+    /// # Provider
+    /// Name of the provider (under providers, or "default" for the shorthand). May be omitted when
+    /// exactly one provider is configured.
+    #[schemars(length(min = 1))]
     pub provider: Option<String>,
-    /// Path in the provider; defaults to the secret's name.
-    #[serde(default)]
+    /// # Path
+    /// Path or name of the secret in the provider. Default: the secret's name.
+    #[schemars(length(min = 1))]
     pub path: Option<String>,
-    /// A field of a JSON value.
-    #[serde(default)]
+    /// # JSON key
+    /// Field of a JSON value to deliver instead of the whole value.
+    #[schemars(length(min = 1))]
     pub key: Option<String>,
-    /// A pinned version, where the provider has versions (YAML may give a number: `version: 3`).
-    #[serde(default, deserialize_with = "de_opt_version")]
+    /// # Version
+    /// A pinned version, where the provider has versions (Vault KV v2 version number, AWS version
+    /// id or stage, Azure version). Default: the latest.
+    #[serde(deserialize_with = "de_opt_version")]
+    #[schemars(extend("type" = ["string", "integer"], "minLength" = 1, "minimum" = 0))]
     pub version: Option<String>,
-    /// Owner and mode of the injected file (default: the container's user, 0400).
-    #[serde(default)]
+    /// # Owner uid
+    /// Numeric owner of the injected file. Default: the container process's user.
+    #[schemars(range(max = 4294967295u32))]
     pub uid: Option<u32>,
-    #[serde(default)]
+    /// # Owner gid
+    /// Numeric group of the injected file. Default: the container process's group.
+    #[schemars(range(max = 4294967295u32))]
     pub gid: Option<u32>,
-    #[serde(default, deserialize_with = "de_mode")]
+    /// # File mode
+    /// Mode of the injected file, e.g. "0400". Default: runtime.file_mode.
+    #[serde(deserialize_with = "de_mode")]
+    #[schemars(with = "Option<json_schema::ModeValue>")]
     pub mode: Option<u32>,
-    #[serde(default)]
-    pub rotation: Option<RotationConfig>,
-    /// Who may have it: any rule matches = granted. Absent: `policy.default`.
-    #[serde(default)]
-    pub allow: Option<Vec<AllowRule>>,
-    /// JSON keys a reference may pick with `#key` besides `key`.
-    #[serde(default)]
-    pub keys: Option<Vec<String>>,
-    /// Vault: `kv` (default), `database` or `pki` (values issued per container, with leases).
-    #[serde(default)]
+    /// # Engine
+    /// What kind of Vault secret this is: kv (a stored value, the default), database (a dynamic
+    /// database credential issued per container from <mount>/creds/<role>: JSON {"username",
+    /// "password"}; renewed by the agent, revoked when the container is removed) or pki (a
+    /// certificate issued per container from <mount>/issue/<role>: PEM certificate, issuing chain
+    /// and private key; re-issued by the agent at two thirds of its TTL). Vault providers only.
     pub engine: Engine,
-    /// The database or pki role to issue from.
-    #[serde(default)]
+    /// # Engine role
+    /// The database or pki engine's role to issue from (required with engine database or pki).
+    #[schemars(length(min = 1))]
     pub role: Option<String>,
-    /// Where the engine is mounted (default: `database`, `pki`).
-    #[serde(default)]
+    /// # Engine mount
+    /// Where the database or pki engine is mounted. Default: database, or pki.
+    #[schemars(length(min = 1))]
     pub mount: Option<String>,
-    /// pki: the certificate's common name, lifetime and further names.
-    #[serde(default)]
+    /// # Certificate common name
+    /// engine pki: the certificate's common name (required).
+    #[schemars(length(min = 1))]
     pub common_name: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    /// # Certificate TTL
+    /// engine pki: the certificate's lifetime, e.g. 1h (default: the role's). The agent issues a
+    /// new one at two thirds of it.
+    #[serde(deserialize_with = "de_opt_duration")]
+    #[schemars(with = "Option<json_schema::DurationValue>")]
     pub ttl: Option<Duration>,
-    #[serde(default)]
+    /// # DNS subject alternative names
+    /// engine pki: further DNS names for the certificate.
+    #[schemars(inner(length(min = 1)))]
     pub alt_names: Vec<String>,
-    #[serde(default)]
+    /// # IP subject alternative names
+    /// engine pki: IP addresses for the certificate.
+    #[schemars(inner(length(min = 1)))]
     pub ip_sans: Vec<String>,
+    /// # Rotation
+    /// What happens to running containers when the secret changes.
+    pub rotation: Option<RotationConfig>,
+    /// # Allow
+    /// Who may have this secret (see allow rules). Absent: policy.default decides (deny unless set
+    /// to allow).
+    #[schemars(with = "Option<json_schema::AllowList>")]
+    pub allow: Option<Vec<AllowRule>>,
+    /// # Allowed keys
+    /// JSON keys a reference may pick with #key besides key; a reference picking any other key is
+    /// refused.
+    #[schemars(inner(length(min = 1)))]
+    pub keys: Option<Vec<String>>,
 }
 
 /// What kind of secret a Vault secret is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(inline)]
 pub enum Engine {
-    /// A stored value (KV v1/v2).
+    // (Plain comments: doc comments on variants would make the schema a oneOf.)
+    // A stored value (KV v1/v2).
     #[default]
     Kv,
-    /// A database credential issued per container (`<mount>/creds/<role>`), under a lease.
+    // A database credential issued per container (`<mount>/creds/<role>`), under a lease.
     Database,
-    /// A certificate issued per container (`<mount>/issue/<role>`).
+    // A certificate issued per container (`<mount>/issue/<role>`).
     Pki,
 }
 
@@ -229,67 +255,103 @@ impl SecretConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(inline)]
 pub struct RotationConfig {
-    #[serde(default)]
+    /// # Rotation strategy
+    /// none (files are rewritten in place), signal (rewrite, then signal the container's init) or
+    /// restart (restart the container; the only way to change environment-injected values). Default
+    /// none.
+    #[schemars(extend("enum" = ["none", "signal", "restart"]), default = "json_schema::none")]
     pub strategy: Option<String>,
-    #[serde(default)]
+    /// # Signal
+    /// Signal sent with strategy signal, e.g. SIGHUP or HUP. Default SIGHUP.
+    #[schemars(
+        regex(
+            pattern = r"^(SIG)?(HUP|INT|QUIT|ILL|TRAP|ABRT|BUS|FPE|KILL|USR1|SEGV|USR2|PIPE|ALRM|TERM|STKFLT|CHLD|CONT|STOP|TSTP|TTIN|TTOU|URG|XCPU|XFSZ|VTALRM|PROF|WINCH|IO|PWR|SYS)$"
+        ),
+        default = "json_schema::sighup"
+    )]
     pub signal: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    /// # Check interval
+    /// How often to check this secret for a new version, overriding watch.interval.
+    #[serde(deserialize_with = "de_opt_duration")]
+    #[schemars(with = "Option<json_schema::DurationValue>")]
     pub interval: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(inline)]
 pub struct WatchConfig {
-    #[serde(default = "default_watch_interval", deserialize_with = "de_duration")]
+    /// # Poll interval
+    /// How often the agent polls providers for new versions. Default 30s.
+    #[serde(deserialize_with = "de_duration")]
+    #[schemars(with = "json_schema::DurationValue", default = "json_schema::s30")]
     pub interval: Duration,
 }
 
 impl Default for WatchConfig {
     fn default() -> Self {
         Self {
-            interval: default_watch_interval(),
+            interval: Duration::from_secs(30),
         }
     }
 }
 
-fn default_watch_interval() -> Duration {
-    Duration::from_secs(30)
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(inline)]
 pub struct AuditConfig {
-    /// JSON-lines file, hash-chained; [`crate::audit::DEFAULT_AUDIT_PATH`] when absent.
-    #[serde(default)]
+    /// # Audit log file
+    /// File the audit events are appended to, one JSON object per line, each carrying a sequence
+    /// number and the SHA-256 of the line before it (a hash chain, checked by `dso audit verify`).
+    /// Default: /var/log/dso/audit.log (mode 0600, directory 0700). Never stdout or stderr: those
+    /// of dso-runc are the container's.
+    #[schemars(with = "Option<json_schema::AbsPath>")]
     pub path: Option<PathBuf>,
-    /// Also send every event to the host's syslog socket (journald).
-    #[serde(default)]
+    /// # Also to syslog
+    /// Also send every event to the host's syslog socket /dev/log (journald or rsyslog), facility
+    /// authpriv, tag dso. The file keeps every event either way; a host without the socket is
+    /// reported once.
     pub syslog: bool,
-    /// Fail closed: an operation whose event cannot be written does not happen.
-    #[serde(default)]
+    /// # Fail closed when auditing fails
+    /// When an event cannot be written (unwritable path, full disk), the operation fails: a
+    /// container create is refused and nothing of it is left, a rotation does not apply the new
+    /// value. For PCI-DSS 10.x (audit trails that cannot be silently bypassed). Default false: the
+    /// failure is reported (runc's log, the agent's stderr) and the operation goes on.
     pub required: bool,
 }
 
 /// One `notifications:` entry: where the agent POSTs which events.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(inline)]
 pub struct NotificationConfig {
-    /// https (http only to a loopback host).
+    /// # Receiver URL
+    /// https URL to POST to; plain http only to a loopback host (127.0.0.0/8, ::1, localhost).
+    #[schemars(with = "json_schema::UrlValue")]
     pub url: String,
-    /// HMAC-SHA256 key the requests are signed with.
+    /// # Signing key file
+    /// File holding the HMAC-SHA256 key the requests are signed with (share it with the receiver).
+    #[schemars(with = "json_schema::AbsPath")]
     pub secret_file: PathBuf,
-    /// Event names; default rotation_completed, rotation_failed, lease_failed,
+    /// # Events
+    /// Which events are sent. Default: rotation_completed, rotation_failed, lease_failed,
     /// access_denied, auth_failed.
     #[serde(default)]
+    #[schemars(extend("items" = {"enum": ["rotation_completed", "rotation_failed", "rotation_started", "lease_failed", "access_denied", "auth_failed", "secret_fetched", "secret_injected", "injection_failed", "config_rejected", "webhook_rejected"]}))]
     pub events: Vec<String>,
+    /// # Attempts
     /// Attempts per event, the first included.
     #[serde(default = "default_notify_attempts")]
+    #[schemars(range(min = 1, max = 100))]
     pub max_attempts: u32,
-    /// Time for one event, all attempts included.
+    /// # Delivery deadline
+    /// Time for one event, every attempt included (30s, 2m, ...).
     #[serde(default = "default_notify_timeout", deserialize_with = "de_duration")]
+    #[schemars(with = "json_schema::DurationValue", default = "json_schema::s30")]
     pub timeout: Duration,
 }
 
@@ -300,93 +362,124 @@ fn default_notify_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(inline)]
 pub struct AgentConfig {
-    #[serde(default)]
+    /// # Control socket
+    /// Unix socket the agent listens on and dso-runc connects to. Default
+    /// <runtime.state_dir>/dso.sock, i.e. /run/dso/dso.sock.
+    #[schemars(with = "Option<json_schema::AbsPath>")]
     pub socket: Option<PathBuf>,
-    #[serde(default)]
+    /// # Socket group
+    /// Group (name or number) given access to the control socket; default: root only.
+    #[schemars(length(min = 1))]
     pub group: Option<String>,
-    #[serde(default)]
-    pub webhook: Option<serde_json::Value>,
-    #[serde(default)]
-    pub metrics: Option<serde_json::Value>,
+    /// # Webhook
+    /// HTTP endpoint (POST /v1/webhook) that refreshes secrets when a provider reports a change.
+    /// Requests are signed with HMAC-SHA256 over timestamp and body.
+    pub webhook: Option<WebhookConfig>,
+    /// # Metrics
+    /// Prometheus metrics endpoint (GET /metrics).
+    pub metrics: Option<MetricsConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(inline)]
+pub struct WebhookConfig {
+    /// # Webhook listen address
+    /// Address and port to listen on, e.g. 127.0.0.1:8472 or [::1]:8472.
+    #[schemars(with = "json_schema::Listen")]
+    pub listen: String,
+    /// # Webhook key file
+    /// File holding the shared HMAC-SHA256 key that signs webhook requests: at least 32 bytes
+    /// (trailing whitespace ignored), readable by its owner only (0600 or 0400); the agent refuses
+    /// to start otherwise. E.g. openssl rand -hex 32.
+    #[schemars(with = "json_schema::AbsPath")]
+    pub secret_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(inline)]
+pub struct MetricsConfig {
+    /// # Metrics listen address
+    /// Address and port to listen on, e.g. 127.0.0.1:9477.
+    #[schemars(with = "json_schema::Listen")]
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(inline)]
 pub struct RuntimeConfig {
-    /// Where the tmpfs goes inside the container.
-    #[serde(default = "default_secrets_dir")]
+    /// # Secrets directory
+    /// Where the secrets tmpfs is mounted inside the container; file references point here. Default
+    /// /run/secrets.
+    #[schemars(with = "json_schema::AbsPath")]
     pub secrets_dir: String,
-    /// Size cap of the tmpfs, in bytes (YAML accepts `1m`, `512k`, `65536`).
-    #[serde(default = "default_tmpfs_size", deserialize_with = "de_size")]
+    /// # Secrets tmpfs size
+    /// Size cap of the secrets tmpfs: bytes, or a number with k, m or g (binary multiples), e.g.
+    /// 1m, 512k. Default 1m.
+    #[serde(deserialize_with = "de_size")]
+    #[schemars(with = "json_schema::SizeValue", default = "json_schema::m1")]
     pub tmpfs_size: u64,
-    /// Largest value of one secret, in bytes: checked at create and on rotation.
-    #[serde(default = "default_max_secret_size", deserialize_with = "de_size")]
+    /// # Largest secret
+    /// Largest value one secret may have, checked when it is fetched, at create and on rotation: a
+    /// larger one fails the create (nothing is created) or the rotation (the old file stays).
+    /// Bytes, or a number with k, m or g. Default 1m.
+    #[serde(deserialize_with = "de_size")]
+    #[schemars(with = "json_schema::SizeValue", default = "json_schema::m1")]
     pub max_secret_size: u64,
-    /// Most secret references one container may have (env, file and annotation references
-    /// counted one by one); also the most requests one agent fetch may carry.
-    #[serde(default = "default_max_references")]
+    /// # Most references per container
+    /// Most secret references one container may have (each env, file or annotation reference
+    /// counts), and the most requests one fetch from the agent may carry: more fail the create
+    /// before anything is fetched or created. Default 256.
+    #[schemars(range(min = 1))]
     pub max_references: usize,
-    /// Most bytes of values one container's create (or one agent fetch) may gather, in all.
-    #[serde(
-        default = "default_max_total_secret_size",
-        deserialize_with = "de_size"
-    )]
+    /// # Most bytes per container
+    /// Most bytes of values one container's create, or one fetch from the agent, may gather in all:
+    /// more fail the create (nothing is created). Bytes, or a number with k, m or g. Default 16m.
+    #[serde(deserialize_with = "de_size")]
+    #[schemars(with = "json_schema::SizeValue", default = "json_schema::m16")]
     pub max_total_secret_size: u64,
-    #[serde(default = "default_fetch_timeout", deserialize_with = "de_duration")]
+    /// # Fetch timeout
+    /// Deadline for fetching all of a container's secrets before the create fails. Default 10s.
+    #[serde(deserialize_with = "de_duration")]
+    #[schemars(with = "json_schema::DurationValue", default = "json_schema::s10")]
     pub fetch_timeout: Duration,
-    /// Default mode of injected files.
-    #[serde(default = "default_file_mode", deserialize_with = "de_mode_required")]
+    /// # Default file mode
+    /// Mode of injected secret files unless a secret sets its own. Default "0400".
+    #[serde(deserialize_with = "de_mode_required")]
+    #[schemars(with = "json_schema::ModeValue", default = "json_schema::mode0400")]
     pub file_mode: u32,
-    /// Path of dso-init on the host; default: next to the dso-runc executable.
-    #[serde(default)]
+    /// # dso-init path
+    /// Path of the dso-init binary on the host, bind-mounted into containers that use environment
+    /// injection. Default: next to the dso-runc executable.
+    #[schemars(with = "Option<json_schema::AbsPath>")]
     pub init_path: Option<PathBuf>,
-    /// Directory for dso's per-container state (references, never values).
-    #[serde(default = "default_state_dir")]
+    /// # State directory
+    /// Host directory for dso's per-container state (references only, never values), readable by
+    /// root only. Default /run/dso.
+    #[schemars(with = "json_schema::AbsPath")]
     pub state_dir: PathBuf,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            secrets_dir: default_secrets_dir(),
-            tmpfs_size: default_tmpfs_size(),
-            max_secret_size: default_max_secret_size(),
-            max_references: default_max_references(),
-            max_total_secret_size: default_max_total_secret_size(),
-            fetch_timeout: default_fetch_timeout(),
-            file_mode: default_file_mode(),
+            secrets_dir: "/run/secrets".into(),
+            tmpfs_size: 1024 * 1024,
+            max_secret_size: 1024 * 1024,
+            max_references: 256,
+            max_total_secret_size: 16 * 1024 * 1024,
+            fetch_timeout: Duration::from_secs(10),
+            file_mode: 0o400,
             init_path: None,
-            state_dir: default_state_dir(),
+            state_dir: PathBuf::from("/run/dso"),
         }
     }
-}
-
-fn default_secrets_dir() -> String {
-    "/run/secrets".into()
-}
-fn default_tmpfs_size() -> u64 {
-    1024 * 1024
-}
-fn default_max_secret_size() -> u64 {
-    1024 * 1024
-}
-fn default_max_references() -> usize {
-    256
-}
-fn default_max_total_secret_size() -> u64 {
-    16 * 1024 * 1024
-}
-fn default_fetch_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_file_mode() -> u32 {
-    0o400
-}
-fn default_state_dir() -> PathBuf {
-    PathBuf::from("/run/dso")
 }
 
 /// Parses `30s`, `5m`, `1h`, `250ms`, or a bare number of seconds.
@@ -502,19 +595,19 @@ impl Config {
         let known_good = marker
             .as_deref()
             .is_some_and(|m| crate::keyring::read_exact(m, &mut [0u8; 2]).is_some());
-        if !known_good {
-            validate_document(&doc, text).map_err(|errors| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                errors,
-            })?;
+        let invalid = |errors| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            errors,
+        };
+        let mut cfg = if known_good {
+            Config::deserialize(&doc).map_err(|e| invalid(vec![e.to_string()]))?
+        } else {
+            let cfg = validate_document(&doc, text).map_err(invalid)?;
             if let Some(m) = &marker {
                 crate::keyring::store(m, b"ok", VALIDATED_MARKER_TTL);
             }
-        }
-        let mut cfg: Config = serde_json::from_value(doc).map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            errors: vec![e.to_string()],
-        })?;
+            cfg
+        };
         cfg.source = path.to_path_buf();
         cfg.digest = digest_of(text);
         if let Some(p) = cfg.provider.take() {

@@ -8,19 +8,25 @@ use std::sync::OnceLock;
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::paths::LocationSegment;
 use jsonschema::{JsonType, ValidationError, Validator};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-use super::{SHORTHAND_PROVIDER, parse_duration, parse_size};
+use serde::Deserialize;
+
+use super::{
+    AllowRule, AzureAuthSettings, Config, Engine, ProviderConfig, ProviderKind, ProviderSettings,
+    SHORTHAND_PROVIDER, SecretConfig, parse_duration, parse_size,
+};
 use crate::secrets::{RefError, validate_name};
 
 /// The schema shipped in `runtime-config/dso.schema.json`, compiled into the binaries.
 pub const SCHEMA_JSON: &str = include_str!("../../runtime-config/dso.schema.json");
 
-/// Checks a parsed dso.yaml document (as JSON) against the schema and the semantic rules.
-/// Each error is formatted `line N: key.path: message`. `text` is the YAML source, for lines.
-pub fn validate_document(doc: &Value, text: &str) -> Result<(), Vec<String>> {
+/// Checks a parsed dso.yaml document (as JSON) against the schema, reads it as the typed
+/// config and checks that against the rules. Each error is formatted `line N: key.path:
+/// message`. `text` is the YAML source, for lines.
+pub fn validate_document(doc: &Value, text: &str) -> Result<Config, Vec<String>> {
     let lines = LineMap::build(text);
     let mut problems = lines.structural_problems();
     let schema = compiled();
@@ -31,12 +37,23 @@ pub fn validate_document(doc: &Value, text: &str) -> Result<(), Vec<String>> {
         .collect();
     let schema_ok = schema_problems.is_empty();
     problems.extend(schema_problems);
-    // The semantic rules read the document's shape, so they run only on a schema-valid one.
+    // The typed config can only be read from a schema-valid document.
+    let mut typed = None;
     if schema_ok {
-        semantic_checks(doc, &lines, &mut problems);
+        let before = problems.len();
+        written_form_checks(doc, &lines, &mut problems);
+        if problems.len() == before {
+            match Config::deserialize(doc) {
+                Ok(cfg) => {
+                    rules(&cfg, doc.get("providers").is_some(), &mut problems);
+                    typed = Some(cfg);
+                }
+                Err(e) => problems.push(Problem::at(Vec::new(), e.to_string())),
+            }
+        }
     }
-    if problems.is_empty() {
-        return Ok(());
+    if let (true, Some(cfg)) = (problems.is_empty(), typed) {
+        return Ok(cfg);
     }
     let mut seen = std::collections::HashSet::new();
     let mut out: Vec<(Pos, String)> = problems
@@ -519,16 +536,11 @@ impl MarkedEventReceiver for Walker {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Semantic rules
+// How values are written: a schema sees the parsed document, not the text
 
-fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
-    let empty = Map::new();
-    let top = doc.as_object().unwrap_or(&empty);
-    let map_at = |k: &str| top.get(k).and_then(Value::as_object).unwrap_or(&empty);
-    let providers = map_at("providers");
-    let shorthand = top.get("provider");
-    let secrets = map_at("secrets");
-
+/// Whole numbers, file modes written in octal digits, durations and sizes that fit. The typed
+/// config could not be read without these.
+fn written_form_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
     // JSON Schema's "integer" takes 30.0; the typed config does not.
     let mut floats = Vec::new();
     find_floats(doc, &mut Vec::new(), &mut floats);
@@ -538,17 +550,57 @@ fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
             format!("expected a whole number, found {n}"),
         ));
     }
+    let at = |path: &[&str]| -> (Vec<String>, Option<&Value>) {
+        let v = path.iter().try_fold(doc, |v, k| v.get(*k));
+        (key(path), v)
+    };
+    let mut durations = vec![
+        at(&["watch", "interval"]),
+        at(&["runtime", "fetch_timeout"]),
+    ];
+    let mut modes = vec![at(&["runtime", "file_mode"])];
+    let sizes = ["tmpfs_size", "max_secret_size", "max_total_secret_size"];
+    for (path, v) in sizes.map(|s| at(&["runtime", s])) {
+        check_size(&path, v, out);
+    }
+    for name in doc
+        .get("secrets")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(n, _)| n)
+    {
+        durations.push(at(&["secrets", name, "ttl"]));
+        durations.push(at(&["secrets", name, "rotation", "interval"]));
+        modes.push(at(&["secrets", name, "mode"]));
+    }
+    let notifications = doc.get("notifications").and_then(Value::as_array);
+    for i in 0..notifications.map_or(0, Vec::len) {
+        durations.push(at(&["notifications", &i.to_string(), "timeout"]));
+    }
+    for (path, v) in durations {
+        check_duration(&path, v, out);
+    }
+    for (path, v) in modes {
+        check_mode(lines, &path, v, out);
+    }
+}
 
-    if shorthand.is_some() && top.contains_key("providers") {
+// ---------------------------------------------------------------------------------------------
+// Rules on the typed config
+
+/// What a schema cannot say: names, which provider a secret comes from, which keys go with
+/// which engine, rules that can never match, plain http, the secrets dir. `providers_given`:
+/// the document has a `providers:` key (even an empty one).
+fn rules(cfg: &Config, providers_given: bool, out: &mut Vec<Problem>) {
+    if cfg.provider.is_some() && providers_given {
         out.push(Problem::at(
             key(&["provider"]),
             "cannot be used together with \"providers\"; move it under providers",
         ));
     }
-
-    // Every provider entry, with its instance path.
-    let mut entries: Vec<(Vec<String>, &Value)> = Vec::new();
-    for (name, p) in providers {
+    let mut entries: Vec<(Vec<String>, &ProviderConfig)> = Vec::new();
+    for (name, p) in &cfg.providers {
         if let Err(e) = validate_name(name) {
             out.push(Problem::at(
                 key(&["providers", name]),
@@ -557,16 +609,19 @@ fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
         }
         entries.push((key(&["providers", name]), p));
     }
-    if let Some(p) = shorthand {
-        entries.push((key(&["provider"]), p));
-    }
+    entries.extend(cfg.provider.iter().map(|p| (key(&["provider"]), p)));
     for (path, p) in &entries {
         check_provider_urls(path, p, out);
-        check_allow(path, p.get("allow"), out);
+        check_allow(path, p.allow.as_deref(), out);
     }
 
-    let mut defined: Vec<&str> = providers.keys().map(String::as_str).collect();
-    if shorthand.is_some() {
+    let provider_named = |name: &str| {
+        cfg.providers
+            .get(name)
+            .or(cfg.provider.as_ref().filter(|_| name == SHORTHAND_PROVIDER))
+    };
+    let mut defined: Vec<&str> = cfg.providers.keys().map(String::as_str).collect();
+    if cfg.provider.is_some() {
         defined.push(SHORTHAND_PROVIDER);
     }
     let listing = if defined.is_empty() {
@@ -574,95 +629,58 @@ fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
     } else {
         format!("defined: {}", defined.join(", "))
     };
-    for (name, s) in secrets {
+    for (name, s) in &cfg.secrets {
         let at = key(&["secrets", name]);
         if let Err(e) = validate_name(name) {
             out.push(Problem::at(at.clone(), bad_name("secret", name, &e)));
         }
-        match s.get("provider").and_then(Value::as_str) {
-            Some(p) if !defined.contains(&p) => out.push(Problem::at(
-                key(&["secrets", name, "provider"]),
-                format!("provider {} is not defined ({listing})", show_str(p)),
-            )),
-            Some(_) => {}
-            None if defined.len() == 1 => {}
-            None if defined.is_empty() => out.push(Problem::at(
-                at.clone(),
-                "no provider to fetch it from: define one under providers",
-            )),
-            None => out.push(Problem::at(
-                at.clone(),
-                format!(
-                    "missing required key \"provider\": there is more than one provider ({listing})"
-                ),
-            )),
-        }
-        check_mode(lines, &key(&["secrets", name, "mode"]), s.get("mode"), out);
-        check_engine(name, s, providers, shorthand, out);
-        check_allow(&at, s.get("allow"), out);
-        if let Some(r) = s.get("rotation") {
-            let at = key(&["secrets", name, "rotation", "interval"]);
-            check_duration(&at, r.get("interval"), out);
-        }
-    }
-
-    if let Some(w) = top.get("watch") {
-        check_duration(&key(&["watch", "interval"]), w.get("interval"), out);
-    }
-    for (i, n) in top
-        .get("notifications")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let i = i.to_string();
-        check_duration(
-            &key(&["notifications", &i, "timeout"]),
-            n.get("timeout"),
-            out,
-        );
-        if let Some(url) = n.get("url").and_then(Value::as_str)
-            && let Some(msg) = http_problem(url, HttpAllowed::LoopbackOnly)
-        {
-            out.push(Problem::at(key(&["notifications", &i, "url"]), msg));
-        }
-    }
-    if let Some(r) = top.get("runtime") {
-        check_duration(
-            &key(&["runtime", "fetch_timeout"]),
-            r.get("fetch_timeout"),
-            out,
-        );
-        check_size(&key(&["runtime", "tmpfs_size"]), r.get("tmpfs_size"), out);
-        check_size(
-            &key(&["runtime", "max_secret_size"]),
-            r.get("max_secret_size"),
-            out,
-        );
-        check_size(
-            &key(&["runtime", "max_total_secret_size"]),
-            r.get("max_total_secret_size"),
-            out,
-        );
-        check_mode(
-            lines,
-            &key(&["runtime", "file_mode"]),
-            r.get("file_mode"),
-            out,
-        );
-        if let Some(dir) = r.get("secrets_dir").and_then(Value::as_str) {
-            let bad = dir.split('/').any(|c| c == "." || c == "..")
-                || dir.trim_end_matches('/').is_empty();
-            if bad {
+        let provider = match s.provider.as_deref() {
+            Some(p) if !defined.contains(&p) => {
                 out.push(Problem::at(
-                    key(&["runtime", "secrets_dir"]),
+                    key(&["secrets", name, "provider"]),
+                    format!("provider {} is not defined ({listing})", show_str(p)),
+                ));
+                None
+            }
+            Some(p) => provider_named(p),
+            None if defined.len() == 1 => provider_named(defined[0]),
+            None if defined.is_empty() => {
+                out.push(Problem::at(
+                    at.clone(),
+                    "no provider to fetch it from: define one under providers",
+                ));
+                None
+            }
+            None => {
+                out.push(Problem::at(
+                    at.clone(),
                     format!(
-                        "{} must be a directory below / without \".\" or \"..\" components",
-                        show_str(dir)
+                        "missing required key \"provider\": there is more than one provider ({listing})"
                     ),
                 ));
+                None
             }
+        };
+        check_engine(name, s, provider, out);
+        check_allow(&at, s.allow.as_deref(), out);
+    }
+
+    let dir = &cfg.runtime.secrets_dir;
+    if dir.split('/').any(|c| c == "." || c == "..") || dir.trim_end_matches('/').is_empty() {
+        out.push(Problem::at(
+            key(&["runtime", "secrets_dir"]),
+            format!(
+                "{} must be a directory below / without \".\" or \"..\" components",
+                show_str(dir)
+            ),
+        ));
+    }
+    for (i, n) in cfg.notifications.iter().enumerate() {
+        if let Some(msg) = http_problem(&n.url, HttpAllowed::LoopbackOnly) {
+            out.push(Problem::at(
+                key(&["notifications", &i.to_string(), "url"]),
+                msg,
+            ));
         }
     }
 }
@@ -671,58 +689,53 @@ fn semantic_checks(doc: &Value, lines: &LineMap, out: &mut Vec<Problem>) {
 /// and that dynamic engines come from a Vault provider.
 fn check_engine(
     name: &str,
-    s: &Value,
-    providers: &Map<String, Value>,
-    shorthand: Option<&Value>,
+    s: &SecretConfig,
+    provider: Option<&ProviderConfig>,
     out: &mut Vec<Problem>,
 ) {
-    let engine = s.get("engine").and_then(Value::as_str).unwrap_or("kv");
     let at = |k: &str| key(&["secrets", name, k]);
-    let pki_only = ["common_name", "ttl", "alt_names", "ip_sans"];
-    check_duration(&at("ttl"), s.get("ttl"), out);
-    match engine {
-        "kv" => {
-            for k in ["role", "mount"].iter().chain(pki_only.iter()) {
-                if s.get(*k).is_some() {
-                    out.push(Problem::at(
-                        at(k),
-                        "only used with engine database or pki (this secret is a kv secret)",
-                    ));
-                }
+    let pki_only = [
+        ("common_name", s.common_name.is_some()),
+        ("ttl", s.ttl.is_some()),
+        ("alt_names", !s.alt_names.is_empty()),
+        ("ip_sans", !s.ip_sans.is_empty()),
+    ];
+    let engine = s.engine.as_str();
+    match s.engine {
+        Engine::Kv => {
+            let dynamic_only = [("role", s.role.is_some()), ("mount", s.mount.is_some())];
+            for (k, _) in dynamic_only.iter().chain(&pki_only).filter(|(_, set)| *set) {
+                out.push(Problem::at(
+                    at(k),
+                    "only used with engine database or pki (this secret is a kv secret)",
+                ));
             }
             return;
         }
-        "database" => {
-            for k in pki_only {
-                if s.get(k).is_some() {
-                    out.push(Problem::at(at(k), "only used with engine pki"));
-                }
+        Engine::Database => {
+            for (k, _) in pki_only.iter().filter(|(_, set)| *set) {
+                out.push(Problem::at(at(k), "only used with engine pki"));
             }
         }
-        _ => {
-            if s.get("common_name").is_none() {
-                out.push(Problem::at(
-                    at("engine"),
-                    "missing required key \"common_name\" (engine pki)",
-                ));
-            }
-        }
+        Engine::Pki if s.common_name.is_none() => out.push(Problem::at(
+            at("engine"),
+            "missing required key \"common_name\" (engine pki)",
+        )),
+        Engine::Pki => {}
     }
-    if s.get("role").is_none() {
+    if s.role.is_none() {
         out.push(Problem::at(
             at("engine"),
             format!("missing required key \"role\" (engine {engine})"),
         ));
     }
     // The parts an issued value has: a key outside them could only fail after issuing.
-    let parts: &[&str] = if engine == "database" {
+    let parts: &[&str] = if s.engine == Engine::Database {
         &["username", "password"]
     } else {
         &["certificate", "ca_chain", "private_key"]
     };
-    if let Some(k) = s.get("key").and_then(Value::as_str)
-        && !parts.contains(&k)
-    {
+    if let Some(k) = s.key.as_deref().filter(|k| !parts.contains(k)) {
         out.push(Problem::at(
             at("key"),
             format!(
@@ -732,8 +745,8 @@ fn check_engine(
             ),
         ));
     }
-    for k in ["path", "version"] {
-        if s.get(k).is_some() {
+    for (k, set) in [("path", s.path.is_some()), ("version", s.version.is_some())] {
+        if set {
             out.push(Problem::at(
                 at(k),
                 format!(
@@ -742,34 +755,22 @@ fn check_engine(
             ));
         }
     }
-    let provider = match s.get("provider").and_then(Value::as_str) {
-        Some(p) => providers.get(p).or(if p == SHORTHAND_PROVIDER {
-            shorthand
-        } else {
-            None
-        }),
-        None if providers.len() == 1 => providers.values().next(),
-        None => shorthand,
-    };
-    if let Some(kind) = provider.and_then(|p| p.get("type")).and_then(Value::as_str)
-        && kind != "vault"
+    if let Some(kind) = provider.map(ProviderConfig::kind)
+        && kind != ProviderKind::Vault
     {
         out.push(Problem::at(
             at("engine"),
-            format!("engine {engine} needs a vault provider, not {kind}"),
+            format!(
+                "engine {engine} needs a vault provider, not {}",
+                kind.as_str()
+            ),
         ));
     }
 }
 
-/// Allow rules that can never match: none or two engine keys (the schema has checked the shape).
-fn check_allow(owner: &[String], allow: Option<&Value>, out: &mut Vec<Problem>) {
-    let Some(rules) = allow.and_then(Value::as_array) else {
-        return;
-    };
-    for (i, rule) in rules.iter().enumerate() {
-        let Ok(rule) = serde_json::from_value::<crate::policy::AllowRule>(rule.clone()) else {
-            continue;
-        };
+/// Allow rules that can never match: none or two engine keys.
+fn check_allow(owner: &[String], allow: Option<&[AllowRule]>, out: &mut Vec<Problem>) {
+    for (i, rule) in allow.into_iter().flatten().enumerate() {
         if let Some(why) = rule.never_matches() {
             let mut at = owner.to_vec();
             at.extend(["allow".to_string(), i.to_string()]);
@@ -873,35 +874,35 @@ enum HttpAllowed {
     AzureImds,
 }
 
-fn check_provider_urls(path: &[String], provider: &Value, out: &mut Vec<Problem>) {
-    let sub = |keys: &[&str]| -> Vec<String> {
-        let mut p = path.to_vec();
-        p.extend(keys.iter().map(|k| k.to_string()));
-        p
-    };
-    let mut check = |keys: &[&str], allowed: HttpAllowed| {
-        let mut v = Some(provider);
-        for k in keys {
-            v = v.and_then(|x| x.get(*k));
+fn check_provider_urls(path: &[String], provider: &ProviderConfig, out: &mut Vec<Problem>) {
+    let mut check = |keys: &[&str], url: Option<&String>, allowed: HttpAllowed| {
+        if let Some(msg) = url.and_then(|u| http_problem(u, allowed)) {
+            let mut p = path.to_vec();
+            p.extend(keys.iter().map(|k| k.to_string()));
+            out.push(Problem::at(p, msg));
         }
-        if let Some(url) = v.and_then(Value::as_str) {
-            if let Some(msg) = http_problem(url, allowed) {
-                out.push(Problem::at(sub(keys), msg));
+    };
+    use HttpAllowed::*;
+    match &provider.settings {
+        ProviderSettings::Vault(s) => check(&["address"], Some(&s.address), LoopbackOnly),
+        ProviderSettings::Aws(s) => {
+            check(&["endpoint"], s.endpoint.as_ref(), LoopbackOnly);
+            check(&["imds_endpoint"], s.imds_endpoint.as_ref(), AwsImds);
+        }
+        ProviderSettings::Azure(s) => {
+            check(&["vault_url"], Some(&s.vault_url), LoopbackOnly);
+            match &s.auth {
+                AzureAuthSettings::ManagedIdentity { endpoint, .. } => {
+                    check(&["auth", "endpoint"], endpoint.as_ref(), AzureImds)
+                }
+                AzureAuthSettings::ClientSecret { authority_host, .. } => check(
+                    &["auth", "authority_host"],
+                    authority_host.as_ref(),
+                    LoopbackOnly,
+                ),
             }
         }
-    };
-    match provider.get("type").and_then(Value::as_str) {
-        Some("vault") => check(&["address"], HttpAllowed::LoopbackOnly),
-        Some("aws") => {
-            check(&["endpoint"], HttpAllowed::LoopbackOnly);
-            check(&["imds_endpoint"], HttpAllowed::AwsImds);
-        }
-        Some("azure") => {
-            check(&["vault_url"], HttpAllowed::LoopbackOnly);
-            check(&["auth", "endpoint"], HttpAllowed::AzureImds);
-            check(&["auth", "authority_host"], HttpAllowed::LoopbackOnly);
-        }
-        _ => {}
+        ProviderSettings::Local(_) => {}
     }
 }
 
@@ -947,6 +948,7 @@ fn http_problem(url: &str, allowed: HttpAllowed) -> Option<String> {
 mod tests {
     use super::*;
     use crate::config::{Config, ConfigError};
+    use serde_json::Map;
     use std::path::Path;
 
     fn check(text: &str) -> Result<(), Vec<String>> {
@@ -954,7 +956,7 @@ mod tests {
             Value::Null => Value::Object(Map::new()), // as Config::from_str_at does
             doc => doc,
         };
-        validate_document(&doc, text)
+        validate_document(&doc, text).map(drop)
     }
 
     const ONE_LOCAL: &str = "provider: {type: local, path: /s, key_file: /k}\n";

@@ -390,10 +390,10 @@ fn check_permissions(config_path: &Path, cfg: Option<&Config>) -> Vec<Check> {
         }
         let mut files = Vec::new();
         for p in cfg.providers.values() {
-            collect_key_files(&Value::Object(p.settings.clone()), &mut files);
+            files.extend(p.credential_files().iter().map(|f| f.display().to_string()));
         }
         if let Some(w) = &cfg.agent.webhook {
-            collect_key_files(w, &mut files);
+            files.push(w.secret_file.display().to_string());
         }
         files.sort();
         files.dedup();
@@ -417,18 +417,6 @@ fn check_permissions(config_path: &Path, cfg: Option<&Config>) -> Vec<Check> {
 
 /// Values of `*_file` settings (key files, passphrases, AppRole ids), except CA bundles, which
 /// are public.
-fn collect_key_files(v: &Value, out: &mut Vec<String>) {
-    if let Value::Object(m) = v {
-        for (k, v) in m {
-            match v {
-                Value::String(s) if k.ends_with("_file") && k != "ca_file" => out.push(s.clone()),
-                Value::Object(_) => collect_key_files(v, out),
-                _ => {}
-            }
-        }
-    }
-}
-
 fn check_agent(cfg: &Config) -> Check {
     // The control socket (default <runtime.state_dir>/dso.sock), asked for a `ping`.
     let socket = crate::control::socket_path(cfg);
@@ -499,7 +487,7 @@ fn check_providers(cfg: &Config, timeout: Duration) -> Vec<Check> {
                 version: s.version.clone(),
                 workload: None,
             };
-            Ok((label, sname, pcfg.kind.as_str(), provider, req))
+            Ok((label, sname, pcfg.kind().as_str(), provider, req))
         })
         .collect();
     let jobs: Vec<_> = plan
@@ -569,9 +557,16 @@ mod tests {
 
     #[test]
     fn key_files_are_found_at_any_depth_but_not_ca_bundles() {
-        let v = serde_json::json!({"key_file":"/k","ca_file":"/ca","auth":{"role_id_file":"/r","method":"approle"}});
-        let mut out = Vec::new();
-        collect_key_files(&v, &mut out);
+        let cfg = Config::from_str_at(
+            "providers:\n  l: {type: local, path: /s, key_file: /k}\n  v: {type: vault, address: \"https://v\", ca_file: /ca, auth: {role_id_file: /r, method: approle}}\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let mut out: Vec<_> = cfg
+            .providers
+            .values()
+            .flat_map(|p| p.credential_files())
+            .collect();
         out.sort();
         assert_eq!(out, ["/k", "/r"]);
     }

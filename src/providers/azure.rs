@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use super::http::{self, ClientOptions, HttpClient, Request, Response, TlsOptions, Url, UrlPolicy};
 use super::{FetchRequest, Fetched, Provider, ProviderError};
-use crate::config::{Config, ProviderConfig};
+pub use crate::config::{AzureAuthSettings, AzureSettings};
 
 const KIND: &str = "azure";
 pub const DEFAULT_API_VERSION: &str = "7.4";
@@ -35,71 +35,6 @@ const KEY_VAULT_RESOURCES: &[&str] = &[
 ];
 /// Refresh a cached token this long before it expires.
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
-
-/// The provider's settings in dso.yaml.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AzureSettings {
-    pub vault_url: String,
-    #[serde(default)]
-    pub api_version: Option<String>,
-    #[serde(default)]
-    pub auth: AzureAuthSettings,
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-/// `auth:`; `method` defaults to `managed_identity`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AzureAuthSettings {
-    ManagedIdentity {
-        /// A user-assigned identity; default the system-assigned one.
-        #[serde(default)]
-        client_id: Option<String>,
-        /// Token endpoint override (tests, other hosts); default IMDS.
-        #[serde(default)]
-        endpoint: Option<String>,
-    },
-    ClientSecret {
-        tenant_id: String,
-        client_id: String,
-        client_secret_file: PathBuf,
-        #[serde(default)]
-        authority_host: Option<String>,
-    },
-}
-
-impl Default for AzureAuthSettings {
-    fn default() -> Self {
-        AzureAuthSettings::ManagedIdentity {
-            client_id: None,
-            endpoint: None,
-        }
-    }
-}
-
-impl AzureSettings {
-    pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Self, ProviderError> {
-        let mut map = cfg.settings.clone();
-        map.remove("type");
-        if let Some(serde_json::Value::Object(auth)) = map.get_mut("auth")
-            && !auth.contains_key("method")
-        {
-            auth.insert("method".into(), "managed_identity".into());
-        }
-        serde_json::from_value(serde_json::Value::Object(map))
-            .map_err(|e| config_error(name, format!("invalid settings: {e}")))
-    }
-}
-
-fn config_error(name: &str, detail: impl Into<String>) -> ProviderError {
-    ProviderError::Config {
-        kind: KIND,
-        provider: name.to_string(),
-        detail: detail.into(),
-    }
-}
 
 #[derive(Debug)]
 enum AzureAuth {
@@ -151,15 +86,6 @@ impl std::fmt::Debug for AzureProvider {
 }
 
 impl AzureProvider {
-    pub fn from_config(
-        name: &str,
-        cfg: &ProviderConfig,
-        config: &Config,
-    ) -> Result<Self, ProviderError> {
-        let settings = AzureSettings::from_config(name, cfg)?;
-        Self::new(name, &settings, config.runtime.fetch_timeout)
-    }
-
     pub fn new(
         name: &str,
         settings: &AzureSettings,
@@ -182,7 +108,8 @@ impl AzureProvider {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
         {
-            return Err(config_error(
+            return Err(ProviderError::config(
+                KIND,
                 name,
                 format!("api_version: {api_version:?} is not an API version"),
             ));
@@ -212,7 +139,8 @@ impl AzureProvider {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
                 {
-                    return Err(config_error(
+                    return Err(ProviderError::config(
+                        KIND,
                         name,
                         "auth.tenant_id: not a tenant id or domain",
                     ));
@@ -226,7 +154,9 @@ impl AzureProvider {
                 )?;
                 token_url
                     .path_segments_mut()
-                    .map_err(|_| config_error(name, "auth.authority_host: not a base URL"))?
+                    .map_err(|_| {
+                        ProviderError::config(KIND, name, "auth.authority_host: not a base URL")
+                    })?
                     .pop_if_empty()
                     .extend([tenant_id.as_str(), "oauth2", "v2.0", "token"]);
                 AzureAuth::ClientSecret {
@@ -447,9 +377,9 @@ impl AzureProvider {
         url.set_query(None);
         url.set_fragment(None);
         {
-            let mut segs = url
-                .path_segments_mut()
-                .map_err(|_| config_error(&self.name, "vault_url: not a base URL"))?;
+            let mut segs = url.path_segments_mut().map_err(|_| {
+                ProviderError::config(KIND, &self.name, "vault_url: not a base URL")
+            })?;
             segs.pop_if_empty().push("secrets").push(name);
             if let Some(v) = version {
                 segs.push(v);
@@ -509,7 +439,8 @@ impl Provider for AzureProvider {
         let deadline = self.client.deadline();
         let name = req.path.as_str();
         if !valid_secret_name(name) {
-            return Err(config_error(
+            return Err(ProviderError::config(
+                KIND,
                 &self.name,
                 format!("{name:?} is not a Key Vault secret name (1-127 of 0-9, a-z, A-Z, -)"),
             ));
@@ -518,7 +449,8 @@ impl Provider for AzureProvider {
         if let Some(v) = version
             && (v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric()))
         {
-            return Err(config_error(
+            return Err(ProviderError::config(
+                KIND,
                 &self.name,
                 format!("{name:?}: {v:?} is not a Key Vault secret version"),
             ));
@@ -812,12 +744,11 @@ mod tests {
         assert!(!valid_secret_name("db_password"));
         assert!(!valid_secret_name("a/b"));
         assert!(!valid_secret_name(""));
-        let cfg: ProviderConfig = serde_json::from_value(serde_json::json!({
-            "type": "azure", "vault_url": "https://x.vault.azure.net",
+        let s: AzureSettings = serde_json::from_value(serde_json::json!({
+            "vault_url": "https://x.vault.azure.net",
             "auth": { "client_id": "abc" }
         }))
         .unwrap();
-        let s = AzureSettings::from_config("a", &cfg).unwrap();
         assert_eq!(
             s.auth,
             AzureAuthSettings::ManagedIdentity {

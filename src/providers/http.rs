@@ -92,7 +92,7 @@ impl TlsOptions {
             match settings.get(key) {
                 None | Some(serde_json::Value::Null) => Ok(None),
                 Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(PathBuf::from(s))),
-                Some(_) => Err(config_error(
+                Some(_) => Err(ProviderError::config(
                     kind,
                     provider,
                     format!("{key}: expected a file path"),
@@ -244,9 +244,9 @@ pub fn parse_url(
     policy: UrlPolicy,
 ) -> Result<Url, ProviderError> {
     let parsed = Url::parse(url)
-        .map_err(|e| config_error(kind, provider, format!("{setting}: not a URL: {e}")))?;
+        .map_err(|e| ProviderError::config(kind, provider, format!("{setting}: not a URL: {e}")))?;
     check_url(&parsed, policy)
-        .map_err(|why| config_error(kind, provider, format!("{setting}: {why}")))?;
+        .map_err(|why| ProviderError::config(kind, provider, format!("{setting}: {why}")))?;
     Ok(parsed)
 }
 
@@ -528,14 +528,14 @@ impl HttpClient {
         if let Some(ca) = &opts.tls.ca_file {
             let pem = read_file(kind, provider, "ca_file", ca)?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                config_error(
+                ProviderError::config(
                     kind,
                     provider,
                     format!("ca_file {}: not PEM certificates: {e}", ca.display()),
                 )
             })?;
             if certs.is_empty() {
-                return Err(config_error(
+                return Err(ProviderError::config(
                     kind,
                     provider,
                     format!("ca_file {}: no certificate in it", ca.display()),
@@ -552,7 +552,7 @@ impl HttpClient {
                 pem.push(b'\n');
                 pem.extend_from_slice(&key_pem);
                 let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                    config_error(
+                    ProviderError::config(
                         kind,
                         provider,
                         format!(
@@ -567,7 +567,7 @@ impl HttpClient {
             }
             (None, None) => {}
             _ => {
-                return Err(config_error(
+                return Err(ProviderError::config(
                     kind,
                     provider,
                     "client_cert and client_key go together",
@@ -575,7 +575,7 @@ impl HttpClient {
             }
         }
         let client = builder.build().map_err(|e| {
-            config_error(
+            ProviderError::config(
                 kind,
                 provider,
                 format!("cannot build the HTTPS client: {}", error_chain(&e)),
@@ -811,7 +811,7 @@ impl HttpClient {
     }
 
     pub fn config_error(&self, detail: impl Into<String>) -> ProviderError {
-        config_error(self.kind, &self.provider, detail)
+        ProviderError::config(self.kind, &self.provider, detail)
     }
 }
 
@@ -1018,7 +1018,7 @@ pub fn read_credential_file(
 ) -> Result<Zeroizing<String>, ProviderError> {
     let bytes = read_file(kind, provider, setting, path)?;
     let text = std::str::from_utf8(&bytes).map_err(|_| {
-        config_error(
+        ProviderError::config(
             kind,
             provider,
             format!("{setting} {}: not UTF-8 text", path.display()),
@@ -1026,7 +1026,7 @@ pub fn read_credential_file(
     })?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        return Err(config_error(
+        return Err(ProviderError::config(
             kind,
             provider,
             format!("{setting} {}: the file is empty", path.display()),
@@ -1041,25 +1041,19 @@ fn read_file(
     setting: &str,
     path: &Path,
 ) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| config_error(kind, provider, format!("{setting} {}: {e}", path.display())))?;
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        ProviderError::config(kind, provider, format!("{setting} {}: {e}", path.display()))
+    })?;
     // Whoever can write a CA bundle, a client key or a token file can make dso trust their
     // server or act as them: owner root (or this user), not writable by group or others.
-    let meta = f
-        .metadata()
-        .map_err(|e| config_error(kind, provider, format!("{setting} {}: {e}", path.display())))?;
+    let meta = f.metadata().map_err(|e| {
+        ProviderError::config(kind, provider, format!("{setting} {}: {e}", path.display()))
+    })?;
     crate::trust::check(&meta, path, setting, crate::trust::Use::Trusted)
-        .map_err(|e| config_error(kind, provider, e.to_string()))?;
-    read_zeroizing(&mut f, 4096, 1 << 20)
-        .map_err(|e| config_error(kind, provider, format!("{setting} {}: {e}", path.display())))
-}
-
-fn config_error(kind: &'static str, provider: &str, detail: impl Into<String>) -> ProviderError {
-    ProviderError::Config {
-        kind,
-        provider: provider.to_string(),
-        detail: detail.into(),
-    }
+        .map_err(|e| ProviderError::config(kind, provider, e.to_string()))?;
+    read_zeroizing(&mut f, 4096, 1 << 20).map_err(|e| {
+        ProviderError::config(kind, provider, format!("{setting} {}: {e}", path.display()))
+    })
 }
 
 /// Scheme, host and path of a URL (no query: it may carry ids that do not belong in logs).

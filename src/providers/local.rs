@@ -28,11 +28,9 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{FetchRequest, Fetched, Provider, ProviderError};
-use crate::config::ProviderConfig;
+pub use crate::config::{DEFAULT_KEY_FILE, DEFAULT_STORE_PATH, LocalSettings};
 use crate::secrets::{RefError, SecretValue, validate_name};
 
-pub const DEFAULT_STORE_PATH: &str = "/var/lib/dso/local.vault";
-pub const DEFAULT_KEY_FILE: &str = "/etc/dso/master.key";
 /// The lowest PBKDF2 iteration count accepted, in new stores and in headers read from disk.
 pub const MIN_ITERATIONS: u32 = 600_000;
 /// The highest count accepted: a forged header must not be able to stall every open for hours.
@@ -1114,29 +1112,6 @@ mod keycache {
     }
 }
 
-/// Where a `type: local` provider's store and key file are (`path`, `key_file` in dso.yaml).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalSettings {
-    pub path: PathBuf,
-    pub key_file: PathBuf,
-}
-
-impl LocalSettings {
-    /// Reads `path` and `key_file` from a provider entry, with the defaults for absent ones.
-    /// The error is a one-line description of the bad setting.
-    pub fn from_config(cfg: &ProviderConfig) -> Result<LocalSettings, String> {
-        let get = |key: &str, default: &str| match cfg.settings.get(key) {
-            None | Some(serde_json::Value::Null) => Ok(PathBuf::from(default)),
-            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(PathBuf::from(s)),
-            Some(_) => Err(format!("setting {key:?} must be a non-empty path")),
-        };
-        Ok(LocalSettings {
-            path: get("path", DEFAULT_STORE_PATH)?,
-            key_file: get("key_file", DEFAULT_KEY_FILE)?,
-        })
-    }
-}
-
 /// The `type: local` provider. Opens the store on first use and re-reads it whenever the store
 /// or the key file changed since (the derived key stays in memory), so a `dso secret set` is
 /// seen at once while the fetches of one create decrypt the store once.
@@ -1176,17 +1151,12 @@ impl Stamp {
 }
 
 impl LocalProvider {
-    pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Self, ProviderError> {
-        let settings = LocalSettings::from_config(cfg).map_err(|detail| ProviderError::Config {
-            kind: "local",
-            provider: name.to_string(),
-            detail,
-        })?;
-        Ok(Self {
+    pub fn new(name: &str, settings: LocalSettings) -> Self {
+        Self {
             name: name.to_string(),
             settings,
             store: Mutex::new(None),
-        })
+        }
     }
 
     pub fn settings(&self) -> &LocalSettings {
@@ -1823,13 +1793,12 @@ mod tests {
             .unwrap();
         s.set("db", val(br#"{"password":"pw2","port":5432}"#))
             .unwrap();
-        let cfg: ProviderConfig = serde_json::from_value(serde_json::json!({
-            "type": "local",
+        let settings = serde_json::from_value(serde_json::json!({
             "path": fx.store,
             "key_file": fx.key,
         }))
         .unwrap();
-        let p = LocalProvider::from_config("local", &cfg).unwrap();
+        let p = LocalProvider::new("local", settings);
         let req = |path: &str, key: Option<&str>, version: Option<&str>| FetchRequest {
             path: path.into(),
             key: key.map(Into::into),
@@ -1868,18 +1837,15 @@ mod tests {
 
     #[test]
     fn settings_defaults_and_errors() {
-        let cfg: ProviderConfig =
-            serde_json::from_value(serde_json::json!({"type": "local"})).unwrap();
-        let s = LocalSettings::from_config(&cfg).unwrap();
+        let s: LocalSettings = serde_json::from_value(serde_json::json!({})).unwrap();
         assert_eq!(s.path, Path::new(DEFAULT_STORE_PATH));
         assert_eq!(s.key_file, Path::new(DEFAULT_KEY_FILE));
-        let cfg: ProviderConfig =
-            serde_json::from_value(serde_json::json!({"type": "local", "path": 3})).unwrap();
-        assert!(
-            LocalSettings::from_config(&cfg)
-                .unwrap_err()
-                .contains("\"path\"")
-        );
+        let err = crate::config::Config::from_str_at(
+            "provider: {type: local, path: 3}\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("provider.path"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod local;
 pub mod pool;
 pub mod vault;
 
-use crate::config::{Config, ProviderConfig, ProviderKind};
+use crate::config::{Config, ProviderConfig, ProviderSettings};
 use crate::secrets::SecretValue;
 
 /// What to fetch: a path in the provider, an optional JSON key and an optional pinned version,
@@ -203,6 +203,15 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// A bad setting of provider `provider` (of kind `kind`).
+    pub fn config(kind: &'static str, provider: &str, detail: impl Into<String>) -> Self {
+        ProviderError::Config {
+            kind,
+            provider: provider.to_string(),
+            detail: detail.into(),
+        }
+    }
+
     /// A short, stable name for the kind of failure (audit events, metrics).
     pub fn kind_label(&self) -> &'static str {
         match self {
@@ -228,16 +237,15 @@ impl ProviderError {
 pub fn build(
     name: &str,
     cfg: &ProviderConfig,
-    _config: &Config,
+    config: &Config,
 ) -> Result<Box<dyn Provider>, ProviderError> {
-    match cfg.kind {
-        ProviderKind::Local => Ok(Box::new(local::LocalProvider::from_config(name, cfg)?)),
-        ProviderKind::Aws => Ok(Box::new(aws::AwsProvider::from_config(name, cfg, _config)?)),
-        ProviderKind::Vault => Ok(Box::new(vault::VaultProvider::from_config(
-            name, cfg, _config,
-        )?)),
-        ProviderKind::Azure => Ok(Box::new(azure::AzureProvider::from_config(
-            name, cfg, _config,
-        )?)),
-    }
+    let timeout = config.runtime.fetch_timeout;
+    Ok(match &cfg.settings {
+        ProviderSettings::Local(s) => Box::new(local::LocalProvider::new(name, s.clone())),
+        ProviderSettings::Aws(s) => Box::new(aws::AwsProvider::from_settings(name, s, timeout)?),
+        ProviderSettings::Vault(s) => {
+            Box::new(vault::VaultProvider::from_settings(name, s, timeout)?)
+        }
+        ProviderSettings::Azure(s) => Box::new(azure::AzureProvider::new(name, s, timeout)?),
+    })
 }

@@ -111,7 +111,7 @@ impl Pool {
             .retain(|name, _| {
                 same_timeout
                     && matches!((old.providers.get(name), new.providers.get(name)),
-                        (Some(a), Some(b)) if a.kind == b.kind && a.settings == b.settings)
+                        (Some(a), Some(b)) if a.settings == b.settings)
             });
         self.health
             .lock()

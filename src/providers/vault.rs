@@ -18,89 +18,13 @@ use zeroize::Zeroizing;
 
 use super::http::{self, ClientOptions, HttpClient, Request, Response, TlsOptions, Url, UrlPolicy};
 use super::{DynamicRequest, FetchRequest, Fetched, Issued, LeaseGrant, Provider, ProviderError};
-use crate::config::{Config, Engine, ProviderConfig};
+use crate::config::Engine;
+pub use crate::config::{VaultAuthSettings, VaultSettings};
 use crate::secrets::{KeyError, SecretValue};
 
 const KIND: &str = "vault";
 /// Renew once this fraction of the token's TTL has passed.
 const RENEW_AT_FRACTION: f64 = 2.0 / 3.0;
-
-/// The provider's settings in dso.yaml.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VaultSettings {
-    pub address: String,
-    #[serde(default = "default_mount")]
-    pub mount: String,
-    #[serde(default = "default_kv_version")]
-    pub kv_version: u8,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub auth: VaultAuthSettings,
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    #[serde(default)]
-    pub client_cert: Option<PathBuf>,
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-}
-
-fn default_mount() -> String {
-    "secret".into()
-}
-fn default_kv_version() -> u8 {
-    2
-}
-fn default_approle_mount() -> String {
-    "approle".into()
-}
-
-/// `auth:`; `method` defaults to `token`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
-pub enum VaultAuthSettings {
-    Token {
-        /// Default: `VAULT_TOKEN` in dso's environment.
-        #[serde(default)]
-        token_file: Option<PathBuf>,
-    },
-    Approle {
-        role_id_file: PathBuf,
-        #[serde(default)]
-        secret_id_file: Option<PathBuf>,
-        #[serde(default = "default_approle_mount")]
-        mount: String,
-    },
-}
-
-impl Default for VaultAuthSettings {
-    fn default() -> Self {
-        VaultAuthSettings::Token { token_file: None }
-    }
-}
-
-impl VaultSettings {
-    pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Self, ProviderError> {
-        let mut map = cfg.settings.clone();
-        map.remove("type");
-        if let Some(serde_json::Value::Object(auth)) = map.get_mut("auth")
-            && !auth.contains_key("method")
-        {
-            auth.insert("method".into(), "token".into());
-        }
-        serde_json::from_value(serde_json::Value::Object(map))
-            .map_err(|e| config_error(name, format!("invalid settings: {e}")))
-    }
-}
-
-fn config_error(name: &str, detail: impl Into<String>) -> ProviderError {
-    ProviderError::Config {
-        kind: KIND,
-        provider: name.to_string(),
-        detail: detail.into(),
-    }
-}
 
 /// Where tokens come from.
 enum AuthMethod {
@@ -298,9 +222,9 @@ impl VaultApi {
         url.set_query(None);
         url.set_fragment(None);
         {
-            let mut path = url
-                .path_segments_mut()
-                .map_err(|_| config_error(&self.name, "address: cannot be a base URL"))?;
+            let mut path = url.path_segments_mut().map_err(|_| {
+                ProviderError::config(KIND, &self.name, "address: cannot be a base URL")
+            })?;
             path.pop_if_empty().push("v1").extend(segments);
         }
         Ok(url)
@@ -309,15 +233,16 @@ impl VaultApi {
     fn request(&self, req: Request, token: Option<&str>) -> Result<Request, ProviderError> {
         let mut req = req
             .header("x-vault-request", "true")
-            .map_err(|e| config_error(&self.name, e.to_string()))?;
+            .map_err(|e| ProviderError::config(KIND, &self.name, e.to_string()))?;
         if let Some(ns) = &self.namespace {
-            req = req
-                .header("x-vault-namespace", ns)
-                .map_err(|_| config_error(&self.name, "namespace: not a valid header value"))?;
+            req = req.header("x-vault-namespace", ns).map_err(|_| {
+                ProviderError::config(KIND, &self.name, "namespace: not a valid header value")
+            })?;
         }
         if let Some(token) = token {
             req = req.secret_header("x-vault-token", token).map_err(|_| {
-                config_error(
+                ProviderError::config(
+                    KIND,
                     &self.name,
                     "the Vault token has characters HTTP cannot carry",
                 )
@@ -383,7 +308,8 @@ impl VaultAuthApi for VaultApi {
                     }
                     (None, Some(t)) => t.clone(),
                     (None, None) => {
-                        return Err(config_error(
+                        return Err(ProviderError::config(
+                            KIND,
                             &self.name,
                             "no token: set auth.token_file or VAULT_TOKEN",
                         ));
@@ -429,8 +355,9 @@ impl VaultAuthApi for VaultApi {
                 // leaves an unzeroized copy behind).
                 let cap = 64 + 6 * (role_id.len() + secret_id.as_ref().map_or(0, |s| s.len()));
                 let mut body = Zeroizing::new(Vec::with_capacity(cap));
-                serde_json::to_writer(&mut *body, &login)
-                    .map_err(|e| config_error(&self.name, format!("login body: {e}")))?;
+                serde_json::to_writer(&mut *body, &login).map_err(|e| {
+                    ProviderError::config(KIND, &self.name, format!("login body: {e}"))
+                })?;
 
                 let mut segments: Vec<&str> = vec!["auth"];
                 segments.extend(mount_segments(mount));
@@ -438,7 +365,7 @@ impl VaultAuthApi for VaultApi {
                 let req = self.request(
                     Request::post(self.url(&segments)?)
                         .body("application/json", body)
-                        .map_err(|e| config_error(&self.name, e.to_string()))?,
+                        .map_err(|e| ProviderError::config(KIND, &self.name, e.to_string()))?,
                     None,
                 )?;
                 let resp = self.client.send_with_retries(&req, deadline)?;
@@ -483,7 +410,7 @@ impl VaultAuthApi for VaultApi {
         let req = self.request(
             Request::post(self.url(&["auth", "token", "renew-self"])?)
                 .body("application/json", Zeroizing::new(b"{}".to_vec()))
-                .map_err(|e| config_error(&self.name, e.to_string()))?,
+                .map_err(|e| ProviderError::config(KIND, &self.name, e.to_string()))?,
             Some(token),
         )?;
         let resp = self.client.send_with_retries(&req, deadline)?;
@@ -526,17 +453,16 @@ impl std::fmt::Debug for VaultProvider {
 impl VaultProvider {
     /// The provider for a dso.yaml entry; `VAULT_TOKEN` is read from the process environment
     /// when token auth has no `token_file`.
-    pub fn from_config(
+    pub fn from_settings(
         name: &str,
-        cfg: &ProviderConfig,
-        config: &Config,
+        settings: &VaultSettings,
+        timeout: Duration,
     ) -> Result<Self, ProviderError> {
-        let settings = VaultSettings::from_config(name, cfg)?;
         let env_token = std::env::var("VAULT_TOKEN")
             .ok()
             .filter(|t| !t.trim().is_empty())
             .map(|t| Zeroizing::new(t.trim().to_string()));
-        Self::new(name, &settings, env_token, config.runtime.fetch_timeout)
+        Self::new(name, settings, env_token, timeout)
     }
 
     /// The provider from explicit settings (nothing read from the environment).
@@ -554,13 +480,21 @@ impl VaultProvider {
             UrlPolicy::HttpsOrLoopback,
         )?;
         if settings.kv_version != 1 && settings.kv_version != 2 {
-            return Err(config_error(name, "kv_version: must be 1 or 2"));
+            return Err(ProviderError::config(
+                KIND,
+                name,
+                "kv_version: must be 1 or 2",
+            ));
         }
         check_mount(name, "mount", &settings.mount)?;
         if let Some(ns) = &settings.namespace
             && (ns.is_empty() || reqwest::header::HeaderValue::from_str(ns).is_err())
         {
-            return Err(config_error(name, "namespace: not a valid header value"));
+            return Err(ProviderError::config(
+                KIND,
+                name,
+                "namespace: not a valid header value",
+            ));
         }
         let auth = match &settings.auth {
             VaultAuthSettings::Token { token_file } => AuthMethod::Token {
@@ -653,7 +587,8 @@ impl VaultProvider {
 
     fn kv_url(&self, kind: &str, path: &str) -> Result<Url, ProviderError> {
         let path_segs = secret_segments(path).ok_or_else(|| {
-            config_error(
+            ProviderError::config(
+                KIND,
                 &self.api.name,
                 format!("secret path {path:?}: empty, or has an empty, \".\" or \"..\" segment"),
             )
@@ -699,7 +634,8 @@ impl Provider for VaultProvider {
         let path = req.path.as_str();
         if self.kv_version == 1 {
             if req.version.is_some() {
-                return Err(config_error(
+                return Err(ProviderError::config(
+                    KIND,
                     &self.api.name,
                     format!("{path:?}: KV version 1 has no versions to pin"),
                 ));
@@ -725,7 +661,8 @@ impl Provider for VaultProvider {
         let mut url = self.kv_url("data", path)?;
         if let Some(v) = &req.version {
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(config_error(
+                return Err(ProviderError::config(
+                    KIND,
                     &self.api.name,
                     format!("{path:?}: version {v:?} is not a KV v2 version number"),
                 ));
@@ -813,7 +750,8 @@ impl Provider for VaultProvider {
         match req.engine {
             Engine::Database => self.issue_database(req),
             Engine::Pki => self.issue_pki(req),
-            Engine::Kv => Err(config_error(
+            Engine::Kv => Err(ProviderError::config(
+                KIND,
                 &self.api.name,
                 "engine kv values are fetched, not issued",
             )),
@@ -834,7 +772,7 @@ impl Provider for VaultProvider {
             lease_id,
             increment: increment.as_secs().max(1),
         })
-        .map_err(|e| config_error(&self.api.name, e.to_string()))?;
+        .map_err(|e| ProviderError::config(KIND, &self.api.name, e.to_string()))?;
         let resp = self.send(
             Request::put(self.api.url(&["sys", "leases", "renew"])?),
             Some(Zeroizing::new(body)),
@@ -860,7 +798,7 @@ impl Provider for VaultProvider {
 
     fn revoke_lease(&self, lease_id: &str) -> Result<(), ProviderError> {
         let body = serde_json::to_vec(&serde_json::json!({ "lease_id": lease_id }))
-            .map_err(|e| config_error(&self.api.name, e.to_string()))?;
+            .map_err(|e| ProviderError::config(KIND, &self.api.name, e.to_string()))?;
         self.send(
             Request::put(self.api.url(&["sys", "leases", "revoke"])?),
             Some(Zeroizing::new(body)),
@@ -884,7 +822,7 @@ impl VaultProvider {
         let req = match body {
             Some(b) => req
                 .body("application/json", b)
-                .map_err(|e| config_error(&self.api.name, e.to_string()))?,
+                .map_err(|e| ProviderError::config(KIND, &self.api.name, e.to_string()))?,
             None => req,
         };
         let req = self.api.request(req, Some(&token))?;
@@ -899,7 +837,8 @@ impl VaultProvider {
     fn engine_url(&self, req: &DynamicRequest, op: &str) -> Result<Url, ProviderError> {
         check_mount(&self.api.name, "mount", &req.mount)?;
         if req.role.is_empty() || secret_segments(&req.role).is_none_or(|s| s.len() != 1) {
-            return Err(config_error(
+            return Err(ProviderError::config(
+                KIND,
                 &self.api.name,
                 format!("role {:?} is not a role name", req.role),
             ));
@@ -970,7 +909,11 @@ impl VaultProvider {
     fn issue_pki(&self, req: &DynamicRequest) -> Result<Issued, ProviderError> {
         let what = format!("certificate from {}/issue/{}", req.mount, req.role);
         let Some(cn) = req.common_name.as_deref() else {
-            return Err(config_error(&self.api.name, "engine pki needs common_name"));
+            return Err(ProviderError::config(
+                KIND,
+                &self.api.name,
+                "engine pki needs common_name",
+            ));
         };
         let mut body = serde_json::json!({ "common_name": cn });
         if let Some(ttl) = req.ttl {
@@ -982,8 +925,8 @@ impl VaultProvider {
         if !req.ip_sans.is_empty() {
             body["ip_sans"] = req.ip_sans.join(",").into();
         }
-        let body =
-            serde_json::to_vec(&body).map_err(|e| config_error(&self.api.name, e.to_string()))?;
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| ProviderError::config(KIND, &self.api.name, e.to_string()))?;
         let resp = self.send(
             Request::post(self.engine_url(req, "issue")?),
             Some(Zeroizing::new(body)),
@@ -1106,7 +1049,8 @@ fn check_mount(name: &str, key: &str, mount: &str) -> Result<(), ProviderError> 
     if mount_segments(mount).next().is_none()
         || mount_segments(mount).any(|s| s == "." || s == "..")
     {
-        return Err(config_error(
+        return Err(ProviderError::config(
+            KIND,
             name,
             format!("{key}: {mount:?} is not a mount path"),
         ));
@@ -1269,12 +1213,11 @@ mod tests {
 
     #[test]
     fn settings_defaults_and_auth_method_default() {
-        let cfg: ProviderConfig = serde_json::from_value(serde_json::json!({
-            "type": "vault", "address": "https://vault:8200",
+        let s: VaultSettings = serde_json::from_value(serde_json::json!({
+            "address": "https://vault:8200",
             "auth": { "token_file": "/etc/dso/vault.token" }
         }))
         .unwrap();
-        let s = VaultSettings::from_config("v", &cfg).unwrap();
         assert_eq!(s.mount, "secret");
         assert_eq!(s.kv_version, 2);
         assert_eq!(
@@ -1283,12 +1226,12 @@ mod tests {
                 token_file: Some("/etc/dso/vault.token".into())
             }
         );
-        let cfg: ProviderConfig = serde_json::from_value(serde_json::json!({
-            "type": "vault", "address": "https://vault:8200",
+        let s: VaultSettings = serde_json::from_value(serde_json::json!({
+            "address": "https://vault:8200",
             "auth": { "method": "approle", "role_id_file": "/r" }
         }))
         .unwrap();
-        match VaultSettings::from_config("v", &cfg).unwrap().auth {
+        match s.auth {
             VaultAuthSettings::Approle { mount, .. } => assert_eq!(mount, "approle"),
             other => panic!("{other:?}"),
         }

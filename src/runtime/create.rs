@@ -409,7 +409,7 @@ fn fetch_all<'a>(
     // their own start-up cost. Anything with a network round trip runs concurrently.
     let all_local = pending
         .iter()
-        .all(|&i| cfg.providers[&planned[i].provider].kind == ProviderKind::Local);
+        .all(|&i| cfg.providers[&planned[i].provider].kind() == ProviderKind::Local);
     let threads = if all_local {
         0
     } else {

@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use super::http::{self, ClientOptions, HttpClient, Request, TlsOptions, Url, UrlPolicy};
 use super::{FetchRequest, Fetched, Provider, ProviderError};
-use crate::config::{Config, ProviderConfig};
+pub use crate::config::AwsSettings;
 use crate::secrets::SecretValue;
 pub use credentials::{
     ChainSettings, CredentialSource, Credentials, CredentialsError, CredentialsProvider, Env,
@@ -33,36 +33,6 @@ const JSON_1_1: &str = "application/x-amz-json-1.1";
 /// Largest response accepted from Secrets Manager (secrets are at most 64 KiB, base64 and JSON
 /// around them included this leaves ample room).
 const MAX_RESPONSE: usize = 1 << 20;
-
-/// The provider's settings in dso.yaml.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AwsSettings {
-    /// Region; default `AWS_REGION`, `AWS_DEFAULT_REGION`, the profile's, the instance's.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// Shared-file profile; default `AWS_PROFILE`, else `default`.
-    #[serde(default)]
-    pub profile: Option<String>,
-    /// Secrets Manager endpoint override (VPC endpoint, test server).
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// IMDS endpoint; default `http://169.254.169.254`.
-    #[serde(default)]
-    pub imds_endpoint: Option<String>,
-    /// Extra CA certificates (PEM) for the endpoint.
-    #[serde(default)]
-    pub ca_file: Option<std::path::PathBuf>,
-}
-
-impl AwsSettings {
-    pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Self, ProviderError> {
-        let mut map = cfg.settings.clone();
-        map.remove("type");
-        serde_json::from_value(serde_json::Value::Object(map))
-            .map_err(|e| config_error(name, format!("invalid settings: {e}")))
-    }
-}
 
 /// AWS Secrets Manager.
 pub struct AwsProvider {
@@ -88,29 +58,15 @@ impl std::fmt::Debug for AwsProvider {
     }
 }
 
-fn config_error(name: &str, detail: impl Into<String>) -> ProviderError {
-    ProviderError::Config {
-        kind: KIND,
-        provider: name.to_string(),
-        detail: detail.into(),
-    }
-}
-
 impl AwsProvider {
     /// The provider for a dso.yaml entry, reading the process environment for credentials,
     /// profile and region.
-    pub fn from_config(
+    pub fn from_settings(
         name: &str,
-        cfg: &ProviderConfig,
-        config: &Config,
+        settings: &AwsSettings,
+        timeout: Duration,
     ) -> Result<Self, ProviderError> {
-        let settings = AwsSettings::from_config(name, cfg)?;
-        Self::new(
-            name,
-            &settings,
-            Env::from_process(),
-            config.runtime.fetch_timeout,
-        )
+        Self::new(name, settings, Env::from_process(), timeout)
     }
 
     /// The provider from explicit settings and environment (nothing read from the process
@@ -163,7 +119,11 @@ impl AwsProvider {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return Err(config_error(name, format!("invalid region {region:?}")));
+            return Err(ProviderError::config(
+                KIND,
+                name,
+                format!("invalid region {region:?}"),
+            ));
         }
         let url = match endpoint {
             Some(e) => http::parse_url(KIND, name, "endpoint", e, UrlPolicy::HttpsOrLoopback)?,
@@ -177,8 +137,9 @@ impl AwsProvider {
                 http::parse_url(KIND, name, "endpoint", &default, UrlPolicy::HttpsOrLoopback)?
             }
         };
-        let host = signed_host(&url)
-            .ok_or_else(|| config_error(name, format!("endpoint {url} has no host")))?;
+        let host = signed_host(&url).ok_or_else(|| {
+            ProviderError::config(KIND, name, format!("endpoint {url} has no host"))
+        })?;
         Ok(Self {
             name: name.to_string(),
             region: region.to_string(),
@@ -225,7 +186,9 @@ impl AwsProvider {
             CredentialsError::Imds(_) => self.unavailable(e.to_string()),
             CredentialsError::PartialEnv { .. }
             | CredentialsError::Profile { .. }
-            | CredentialsError::File { .. } => config_error(&self.name, e.to_string()),
+            | CredentialsError::File { .. } => {
+                ProviderError::config(KIND, &self.name, e.to_string())
+            }
         }
     }
 
@@ -597,14 +560,15 @@ fn resolve_region(
     match credentials::profile_region(&chain.env, &profile) {
         Ok(Some(r)) => return Ok(r),
         Ok(None) => {}
-        Err(e) => return Err(config_error(name, e.to_string())),
+        Err(e) => return Err(ProviderError::config(KIND, name, e.to_string())),
     }
     if let Some(imds) = &chain.imds {
         if let Ok(r) = imds.region() {
             return Ok(r);
         }
     }
-    Err(config_error(
+    Err(ProviderError::config(
+        KIND,
         name,
         "no region: set `region` in dso.yaml, AWS_REGION, or `region` in the profile",
     ))
@@ -684,15 +648,13 @@ mod tests {
 
     #[test]
     fn settings_and_region() {
-        let cfg: ProviderConfig = serde_json::from_value(serde_json::json!({
-            "type": "aws", "region": "eu-west-1", "profile": "prod"
+        let s: AwsSettings = serde_json::from_value(serde_json::json!({
+            "region": "eu-west-1", "profile": "prod"
         }))
         .unwrap();
-        let s = AwsSettings::from_config("a", &cfg).unwrap();
         assert_eq!(s.region.as_deref(), Some("eu-west-1"));
-        let bad: ProviderConfig =
-            serde_json::from_value(serde_json::json!({"type": "aws", "regoin": "x"})).unwrap();
-        assert!(AwsSettings::from_config("a", &bad).is_err());
+        let bad = serde_json::from_value::<AwsSettings>(serde_json::json!({"regoin": "x"}));
+        assert!(bad.is_err());
 
         let chain = |env: Env| ChainSettings {
             env,

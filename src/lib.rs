@@ -2,6 +2,7 @@
 //! CLI (see [`cli`]), `dso-init` runs inside containers for env injection.
 
 pub mod agent;
+pub mod atomic_file;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::credentials::{CredentialSource, Credentials, parse_rfc3339};
+use super::credentials::{CredentialSource, Credentials};
+use crate::audit::parse_rfc3339;
 use crate::providers::ProviderError;
 use crate::providers::http::{self, ClientOptions, HttpClient, Request, RetryPolicy, Url};
 

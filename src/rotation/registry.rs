@@ -3,7 +3,7 @@
 //! gone (init dead, or the delegate says stopped or unknown) are dropped.
 
 use std::fs;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -508,7 +508,9 @@ fn read_entry(path: &Path) -> Option<Entry> {
 /// agent's RSS would stay at its peak).
 pub(crate) fn trim_heap() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap memory; no pointer is involved.
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim only releases free heap memory; no pointer is involved. No safe
+    // wrapper exists (glibc-only).
     unsafe {
         libc::malloc_trim(0);
     }
@@ -542,12 +544,8 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     if pid <= 0 {
         return None;
     }
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; nothing is
-    // borrowed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: a descriptor the kernel just returned, owned by nobody else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    let pid = rustix::process::Pid::from_raw(pid)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -59,29 +58,13 @@ pub struct Peer {
 
 /// `SO_PEERCRED` of a connected unix socket.
 pub fn peer_of(stream: &UnixStream) -> std::io::Result<Peer> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: a valid fd, and `cred`/`len` describe a writable ucred of the right size.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // nix, not rustix: the kernel reports pid 0 for a peer outside our pid namespace, which
+    // rustix's non-zero Pid cannot hold.
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
     Ok(Peer {
-        pid: cred.pid,
-        uid: cred.uid,
-        gid: cred.gid,
+        pid: cred.pid(),
+        uid: cred.uid(),
+        gid: cred.gid(),
     })
 }
 
@@ -294,14 +277,11 @@ fn handle(stream: UnixStream, deadline: Instant, server: &Server) -> std::io::Re
 /// worth finishing. A client that only shut down its writing half (`nc -U` at the end of its
 /// input) still waits for the answer: that is POLLRDHUP alone, not POLLHUP.
 fn peer_gone(stream: &UnixStream) -> bool {
-    let mut fds = libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for a descriptor we own, zero timeout.
-    let rc = unsafe { libc::poll(&mut fds, 1, 0) };
-    rc > 0 && fds.revents & (libc::POLLHUP | libc::POLLERR) != 0
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(stream, PollFlags::RDHUP)];
+    let zero = Timespec::default();
+    rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
+        && fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR)
 }
 
 fn plain(v: serde_json::Value) -> Zeroizing<Vec<u8>> {

@@ -302,35 +302,25 @@ impl Audit {
     }
 }
 
-/// UTC time as RFC 3339 with milliseconds, without pulling in a date crate.
+/// UTC time as RFC 3339 with milliseconds.
 pub fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format_rfc3339(now.as_secs() as i64, now.subsec_millis())
+    format!("{:.3}", jiff::Timestamp::now())
 }
 
-/// Unix time as RFC 3339 UTC with milliseconds.
+/// Unix time as RFC 3339 UTC with milliseconds (`2023-11-14T22:13:20.005Z`): the one formatter.
 pub fn format_rfc3339(secs: i64, millis: u32) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let nanos = i32::try_from(millis.min(999) * 1_000_000).unwrap_or(0);
+    let t = jiff::Timestamp::new(secs, nanos).unwrap_or(jiff::Timestamp::MAX);
+    format!("{t:.3}")
+}
+
+/// Parses an RFC 3339 timestamp in UTC or with an offset (`2024-05-01T12:00:00Z`,
+/// `2024-05-01T12:00:00.123+02:00`) as STS, IMDS and Vault give them, to the whole second;
+/// `None` before 1970.
+pub fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
+    let t: jiff::Timestamp = s.trim().parse().ok()?;
+    let secs = u64::try_from(t.as_second()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -342,6 +332,20 @@ mod tests {
         assert_eq!(format_rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_rfc3339(1_700_000_000, 5), "2023-11-14T22:13:20.005Z");
         assert_eq!(format_rfc3339(951_782_400, 0), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn rfc3339() {
+        const T0: u64 = 1_700_000_000;
+        let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(at(0)));
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z"), Some(at(T0)));
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20.123Z"), Some(at(T0)));
+        assert_eq!(parse_rfc3339("2023-11-15T00:13:20+02:00"), Some(at(T0)));
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(at(951_782_400)));
+        assert_eq!(parse_rfc3339("2023-13-14T22:13:20Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20"), None);
     }
 
     #[test]

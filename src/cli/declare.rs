@@ -5,9 +5,8 @@
 //! the one entry, else nothing is written. The file is replaced atomically with its mode and
 //! owner.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
@@ -158,37 +157,12 @@ impl Declaration {
         let path = &self.path;
         let fail = |e: std::io::Error| anyhow!("cannot write {}: {e}", path.display());
         let meta = fs::metadata(path).map_err(fail)?;
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut rnd = [0u8; 6];
-        getrandom::getrandom(&mut rnd).map_err(|e| anyhow!("random: {e}"))?;
-        let suffix = hex::encode(rnd);
-        let tmp = dir.join(format!(".{file_name}.{suffix}.dso-tmp"));
-        let result = (|| -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            nix::unistd::fchown(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                Some(nix::unistd::Uid::from_raw(meta.uid())),
-                Some(nix::unistd::Gid::from_raw(meta.gid())),
-            )?;
-            f.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)?;
-            File::open(dir)?.sync_all()
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(fail(e));
-        }
+        let opts = crate::atomic_file::Options {
+            owner: Some((meta.uid(), meta.gid())),
+            durable: true,
+            ..crate::atomic_file::Options::new(meta.mode() & 0o7777)
+        };
+        crate::atomic_file::write(path, text.as_bytes(), opts).map_err(fail)?;
         Ok(Declared::Added)
     }
 }

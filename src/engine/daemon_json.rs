@@ -2,9 +2,8 @@
 //! daemon.json, edited in place — every other key kept, in order — and written atomically with
 //! the file's own mode and owner, after a backup of what was there.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -332,38 +331,15 @@ fn write_atomic(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<(), DaemonJsonError> {
-    let err = |source| DaemonJsonError::Write {
+    let opts = crate::atomic_file::Options {
+        owner,
+        durable: true,
+        ..crate::atomic_file::Options::new(mode)
+    };
+    crate::atomic_file::write(path, data, opts).map_err(|source| DaemonJsonError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.dso-tmp-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp); // a leftover of a killed earlier run of this pid
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed the mode; set it exactly.
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
-        }
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Just enough of the Docker Engine API for `install` and `doctor`: one `GET` over the unix
-//! socket, as HTTP/1.0 so that the answer is never chunked (dockerd closes after the body).
+//! The one Docker Engine API client, over its unix socket: `GET /info` for `install` and
+//! `doctor`, `POST /containers/<id>/restart` for the `restart` rotation strategy. One request
+//! per connection; the server closes after the body, so no chunked decoding is needed.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -7,6 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+
+/// Where dockerd listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// Seconds Docker waits for a container to stop before killing it, on restart.
+pub const STOP_TIMEOUT_SECS: u32 = 10;
 
 /// Where the Engine API listens: `--docker-host` (`unix:///path` or a path), else `DOCKER_HOST`
 /// when it is a unix socket, else `/var/run/docker.sock`.
@@ -27,34 +34,67 @@ pub fn socket_path(flag: Option<&str>) -> Result<PathBuf, String> {
     }
     match std::env::var("DOCKER_HOST") {
         Ok(h) if !h.is_empty() => from(&h, "DOCKER_HOST"),
-        _ => Ok(PathBuf::from(crate::rotation::DEFAULT_DOCKER_SOCKET)),
+        _ => Ok(PathBuf::from(DEFAULT_SOCKET)),
     }
 }
 
-/// `GET path`; the status code and the body parsed as JSON.
-pub fn get_json(socket: &Path, path: &str, timeout: Duration) -> Result<(u16, Value), String> {
-    let what = |e: std::io::Error| format!("Docker API at {}: {e}", socket.display());
-    let mut s = UnixStream::connect(socket).map_err(what)?;
-    s.set_read_timeout(Some(timeout)).map_err(what)?;
-    s.set_write_timeout(Some(timeout)).map_err(what)?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: docker\r\nUser-Agent: dso\r\n\r\n");
-    s.write_all(req.as_bytes()).map_err(what)?;
+/// Sends `head` (a whole request without body) and reads the answer to the end (at most 16
+/// MiB): the status code and the body.
+fn call(socket: &Path, head: &str, read_timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(read_timeout))?;
+    s.set_write_timeout(Some(Duration::from_secs(10).min(read_timeout)))?;
+    // One write: a server may answer (and close) as soon as it has the head.
+    s.write_all(head.as_bytes())?;
     let mut resp = Vec::new();
-    s.take(16 << 20).read_to_end(&mut resp).map_err(what)?;
+    s.take(16 << 20).read_to_end(&mut resp)?;
+    let not_http = || std::io::Error::other("not an HTTP response");
     let split = resp
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("Docker API at {}: not an HTTP response", socket.display()))?;
-    let head = String::from_utf8_lossy(&resp[..split]);
-    let status = head
+        .ok_or_else(not_http)?;
+    let status = String::from_utf8_lossy(&resp[..split])
         .lines()
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("Docker API at {}: not an HTTP response", socket.display()))?;
-    let body = &resp[split + 4..];
-    let value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    Ok((status, value))
+        .ok_or_else(not_http)?;
+    Ok((status, resp.split_off(split + 4)))
+}
+
+/// `GET path`, as HTTP/1.0 so that the answer is never chunked; the status code and the body
+/// parsed as JSON.
+pub fn get_json(socket: &Path, path: &str, timeout: Duration) -> Result<(u16, Value), String> {
+    let head = format!("GET {path} HTTP/1.0\r\nHost: docker\r\nUser-Agent: dso\r\n\r\n");
+    let (status, body) = call(socket, &head, timeout)
+        .map_err(|e| format!("Docker API at {}: {e}", socket.display()))?;
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+/// Restarts container `id` (`POST /containers/<id>/restart`).
+pub fn restart(socket: &Path, id: &str) -> Result<(), String> {
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        return Err(format!(
+            "container id {id:?} cannot be used in a Docker API path"
+        ));
+    }
+    let head = format!(
+        "POST /containers/{id}/restart?t={STOP_TIMEOUT_SECS} HTTP/1.1\r\nHost: docker\r\nUser-Agent: dso\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let what = format!(
+        "restarting {id} through the Docker API at {}",
+        socket.display()
+    );
+    let wait = Duration::from_secs(u64::from(STOP_TIMEOUT_SECS) + 30);
+    let (status, body) = call(socket, &head, wait).map_err(|e| format!("{what}: {e}"))?;
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let body = String::from_utf8_lossy(&body);
+    Err(format!("{what}: HTTP {status}: {}", body.trim()))
 }
 
 /// `GET /info`, which lists the registered runtimes.
@@ -127,5 +167,47 @@ mod tests {
             PathBuf::from("/a.sock")
         );
         assert!(socket_path(Some("tcp://1.2.3.4:2375")).is_err());
+    }
+
+    #[test]
+    fn posts_restart_and_reads_the_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("docker.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for code in ["204 No Content", "404 Not Found"] {
+                let (mut c, _) = listener.accept().unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    let n = c.read(&mut buf).unwrap();
+                    assert!(n > 0);
+                    head.extend_from_slice(&buf[..n]);
+                }
+                seen.push(String::from_utf8_lossy(&head).into_owned());
+                let body = if code.starts_with("404") {
+                    "{\"message\":\"No such container\"}"
+                } else {
+                    ""
+                };
+                write!(
+                    c,
+                    "HTTP/1.1 {code}\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+            seen
+        });
+        restart(&sock, "abc123").unwrap();
+        let err = restart(&sock, "gone").unwrap_err();
+        assert!(
+            err.contains("HTTP 404") && err.contains("No such container"),
+            "{err}"
+        );
+        let seen = server.join().unwrap();
+        assert!(seen[0].starts_with("POST /containers/abc123/restart?t=10 HTTP/1.1\r\n"));
+        assert!(restart(&sock, "../x").is_err());
     }
 }

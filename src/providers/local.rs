@@ -17,7 +17,6 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -868,13 +867,10 @@ impl StoreLock {
             .open(&lock_path)
             .map_err(io_err("open lock file", &lock_path))?;
         loop {
-            // SAFETY: flock on a descriptor we own; no memory is passed.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(StoreLock { _file: file });
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(io_err("lock", &lock_path)(e));
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
+                Ok(()) => return Ok(StoreLock { _file: file }),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(io_err("lock", &lock_path)(e.into())),
             }
         }
     }
@@ -888,57 +884,28 @@ enum Placement {
     New,
 }
 
-/// Writes `bytes` to a temp file next to `path` (O_EXCL, 0600), fsyncs it, moves it into place
-/// and fsyncs the directory. On failure the old store is untouched and the temp file is gone.
+/// Writes `bytes` to a temp file next to `path` (0600), fsyncs it, moves it into place and
+/// fsyncs the directory ([`crate::atomic_file`]). On failure the old store is untouched and the
+/// temp file is gone.
 fn write_atomic(path: &Path, bytes: &[u8], placement: Placement) -> Result<(), StoreError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
+    let opts = crate::atomic_file::Options {
+        durable: true,
+        // No window to overwrite a store that appeared since we checked.
+        no_clobber: placement == Placement::New,
+        ..crate::atomic_file::Options::new(0o600)
     };
-    let Some(file_name) = path.file_name() else {
-        return Err(StoreError::BadFormat {
-            path: path.to_path_buf(),
-            why: "the store path has no file name",
-        });
-    };
-    let mut suffix = [0u8; 8];
-    random(path, &mut suffix)?;
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", hex::encode(suffix)));
-    let tmp = dir.join(tmp_name);
-
-    let written = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&tmp)?;
+    crate::atomic_file::write_with(path, opts, |f| {
         fail_point(FailPoint::TempCreated)?;
         f.write_all(bytes)?;
         fail_point(FailPoint::TempWritten)?;
-        f.sync_all()?;
-        fail_point(FailPoint::BeforeRename)?;
-        match placement {
-            Placement::Replace => fs::rename(&tmp, path),
-            // link(2) fails with EEXIST instead of replacing: no window to overwrite a store
-            // that appeared since we checked.
-            Placement::New => fs::hard_link(&tmp, path),
-        }
-    })();
-    if written.is_err() || placement == Placement::New {
-        let _ = fs::remove_file(&tmp);
-    }
-    written.map_err(|e| match e.kind() {
+        fail_point(FailPoint::BeforeRename)
+    })
+    .map_err(|e| match e.kind() {
         io::ErrorKind::AlreadyExists if placement == Placement::New => StoreError::StoreExists {
             path: path.to_path_buf(),
         },
         _ => io_err("write store", path)(e),
-    })?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync the directory of", path))
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

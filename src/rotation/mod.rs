@@ -6,8 +6,6 @@
 //! the secret's strategy: `none`, `signal` (to the container's init) or `restart` (Docker Engine
 //! API over its unix socket).
 
-pub mod docker;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -15,6 +13,7 @@ use std::time::Instant;
 
 use crate::audit::{Audit, Event};
 use crate::config::Config;
+use crate::engine::docker_api;
 use crate::policy::{self, Ask, Workload};
 use crate::providers::pool::Pool;
 use crate::providers::{self, FetchRequest, Provider, ProviderError};
@@ -22,9 +21,6 @@ use crate::runtime::inject::{SecretFile, SecretsDir};
 use crate::runtime::spec::Spec;
 use crate::secrets::SecretValue;
 use crate::state::{LiveRegistry, Record, StateRecord, StateSecret, leases, prune, registry};
-
-/// The default Docker Engine socket (restart strategy).
-pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// Which running secrets a rotation touches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +106,7 @@ impl Default for Options {
 pub fn docker_socket_from_env() -> PathBuf {
     match std::env::var("DOCKER_HOST") {
         Ok(h) if h.starts_with("unix://") => PathBuf::from(&h["unix://".len()..]),
-        _ => PathBuf::from(DEFAULT_DOCKER_SOCKET),
+        _ => PathBuf::from(docker_api::DEFAULT_SOCKET),
     }
 }
 
@@ -572,7 +568,7 @@ impl Rotator {
         // A restart creates the container again, and that create issues its own value (and
         // owes the old record's leases): issuing one here would only leak it.
         if strategy == Ok(Strategy::Restart) {
-            if let Err(e) = docker::restart(&self.opts.docker_socket, &container) {
+            if let Err(e) = docker_api::restart(&self.opts.docker_socket, &container) {
                 return fail(e);
             }
             bump(&self.counters.rotations_completed);
@@ -997,9 +993,9 @@ impl Rotator {
                     short_id(&rec.rec.id),
                     s.name,
                     self.opts.docker_socket.display(),
-                    docker::STOP_TIMEOUT_SECS
+                    docker_api::STOP_TIMEOUT_SECS
                 );
-                docker::restart(&self.opts.docker_socket, &rec.rec.id)?;
+                docker_api::restart(&self.opts.docker_socket, &rec.rec.id)?;
                 return Ok(OutcomeStatus::Rotated);
             }
         }

@@ -748,8 +748,7 @@ pub fn create_with_secrets(
     };
     if is_run && !inv.detach {
         // Foreground run: become the subreaper so the container's init is ours to wait for.
-        // SAFETY: prctl with constant arguments.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
     }
     let status = delegate::run(delegate, &create_args)?;
     if !status.success() {

@@ -7,7 +7,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use pathrs::Root;
@@ -97,10 +97,8 @@ impl SecretsDir {
             .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY | OpenFlags::O_CLOEXEC)
             .map_err(resolve_err)?;
         let fd = OwnedFd::from(file);
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: fd is a valid open descriptor and st a properly sized out-parameter.
-        let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) };
-        if rc != 0 || st.f_type as i64 != TMPFS_MAGIC {
+        #[allow(clippy::unnecessary_cast)] // f_type is narrower on 32-bit targets
+        if !rustix::fs::fstatfs(&fd).is_ok_and(|st| st.f_type as i64 == TMPFS_MAGIC) {
             return Err(InjectError::NotTmpfs {
                 dir: secrets_dir.to_string(),
             });
@@ -177,20 +175,15 @@ impl SecretsDir {
         tmp_c: &CString,
         name_c: &CString,
     ) -> std::io::Result<()> {
-        // SAFETY: valid dir fd, NUL-terminated name; the returned fd is owned below.
-        let raw = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                tmp_c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
-        };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: raw is a fresh fd we own.
-        let mut f = unsafe { File::from_raw_fd(raw) };
+        use rustix::fs::{AtFlags, Mode, OFlags};
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+        let fd = rustix::fs::openat(
+            &self.fd,
+            tmp_c.as_c_str(),
+            flags | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )?;
+        let mut f = File::from(fd);
         let result = (|| -> std::io::Result<()> {
             nix::unistd::fchown(f.as_raw_fd(), Some(file.uid.into()), Some(file.gid.into()))
                 .map_err(std::io::Error::from)?;
@@ -200,24 +193,12 @@ impl SecretsDir {
             )
             .map_err(std::io::Error::from)?;
             f.write_all(file.value.expose())?;
-            // SAFETY: both names are NUL-terminated and relative to our dir fd.
-            let rc = unsafe {
-                libc::renameat(
-                    self.fd.as_raw_fd(),
-                    tmp_c.as_ptr(),
-                    self.fd.as_raw_fd(),
-                    name_c.as_ptr(),
-                )
-            };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            rustix::fs::renameat(&self.fd, tmp_c.as_c_str(), &self.fd, name_c.as_c_str())?;
             Ok(())
         })();
         drop(f);
         if result.is_err() {
-            // SAFETY: as above.
-            unsafe { libc::unlinkat(self.fd.as_raw_fd(), tmp_c.as_ptr(), 0) };
+            let _ = rustix::fs::unlinkat(&self.fd, tmp_c.as_c_str(), AtFlags::empty());
         }
         result
     }
@@ -239,36 +220,9 @@ fn as_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> std::io::Result<T>) -> s
 
 /// Sets this thread's effective capabilities to its permitted ones (capget/capset, v3).
 fn raise_effective_caps() -> std::io::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: header and a two-element data array, as capget v3 expects.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    for d in &mut data {
-        d.effective = d.permitted;
-    }
-    // SAFETY: as above; only this thread's sets change.
-    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    let mut sets = rustix::thread::capabilities(None)?;
+    sets.effective = sets.permitted;
+    Ok(rustix::thread::set_capabilities(None, sets)?)
 }
 
 /// Temp files of `name` are `.<name>~<8 hex>`: `~` is never in a secret name (see
@@ -307,12 +261,9 @@ impl SecretsDir {
             }
         }
         for n in &stale {
-            // SAFETY: valid dir fd and NUL-terminated name relative to it.
-            if unsafe { libc::unlinkat(self.fd.as_raw_fd(), n.as_ptr(), 0) } != 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(werr(e));
-                }
+            match rustix::fs::unlinkat(&self.fd, n.as_c_str(), rustix::fs::AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(werr(e.into())),
             }
         }
         Ok(stale.len())

@@ -3,9 +3,8 @@
 //! written back atomically (temp file in the bundle, fsync, rename, same mode).
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxIdMapping, Spec as OciSpec};
@@ -238,28 +237,12 @@ impl Spec {
             path: self.path.clone(),
             source,
         };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
         let mode = fs::metadata(&self.path)
             .map(|m| m.permissions().mode() & 0o7777)
             .unwrap_or(0o644);
         let bytes = serde_json::to_vec(&self.doc).map_err(|e| werr(std::io::Error::other(e)))?;
-        let tmp = dir.join(format!(".config.json.dso-{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.set_permissions(fs::Permissions::from_mode(mode))?;
-            fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            werr(e)
-        })?;
-        Ok(())
+        crate::atomic_file::write(&self.path, &bytes, crate::atomic_file::Options::new(mode))
+            .map_err(werr)
     }
 }
 

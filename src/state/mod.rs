@@ -7,8 +7,7 @@ pub mod registry;
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -118,21 +117,7 @@ pub fn register(state_dir: &Path, rec: &StateRecord) -> Result<(), StateError> {
         registry::owe_leases(state_dir, &old).map_err(serr)?;
     }
     let bytes = serde_json::to_vec_pretty(rec).map_err(|e| serr(std::io::Error::other(e)))?;
-    let tmp = state_dir.join(format!(".{}.json.tmp-{}", rec.id, std::process::id()));
-    let res = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // No fsync: the record describes a running container, which does not outlive a reboot
-        // (the state dir is /run/dso, a tmpfs, by default); rename keeps it whole for readers.
-        f.write_all(&bytes)?;
-        fs::rename(&tmp, &path)
-    })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(serr(e));
-    }
-    Ok(())
+    // No fsync: the record describes a running container, which does not outlive a reboot
+    // (the state dir is /run/dso, a tmpfs, by default); rename keeps it whole for readers.
+    crate::atomic_file::write(&path, &bytes, crate::atomic_file::Options::new(0o600)).map_err(serr)
 }

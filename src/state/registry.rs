@@ -3,9 +3,7 @@
 //! gone (init dead, or the delegate says stopped or unknown) are dropped.
 
 use std::fs;
-use std::io::Write;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -245,34 +243,11 @@ fn write_record(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
 
 fn write_json(path: &Path, value: &serde_json::Value, sync: bool) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut rnd = [0u8; 4];
-    let _ = getrandom::getrandom(&mut rnd);
-    let tmp = dir.join(format!(
-        ".{file}.tmp-{}-{:08x}",
-        std::process::id(),
-        u32::from_ne_bytes(rnd)
-    ));
-    let res = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        if sync {
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
+    let opts = crate::atomic_file::Options {
+        durable: sync,
+        ..crate::atomic_file::Options::new(0o600)
+    };
+    crate::atomic_file::write(path, &bytes, opts)
 }
 
 /// The agent's registry, kept in memory instead of rescanned: the state dir is watched with
@@ -533,7 +508,9 @@ fn read_entry(path: &Path) -> Option<Entry> {
 /// agent's RSS would stay at its peak).
 pub(crate) fn trim_heap() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap memory; no pointer is involved.
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim only releases free heap memory; no pointer is involved. No safe
+    // wrapper exists (glibc-only).
     unsafe {
         libc::malloc_trim(0);
     }
@@ -567,12 +544,8 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     if pid <= 0 {
         return None;
     }
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; nothing is
-    // borrowed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: a descriptor the kernel just returned, owned by nobody else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    let pid = rustix::process::Pid::from_raw(pid)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 #[cfg(test)]

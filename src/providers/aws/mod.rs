@@ -250,7 +250,8 @@ impl AwsProvider {
                 service: SERVICE,
                 time: SystemTime::now(),
             },
-        );
+        )
+        .map_err(|e| AwsCallError::Local(format!("cannot sign the request: {e}")))?;
         let bad_header = |e: http::InvalidHeader| AwsCallError::Local(e.to_string());
         let mut req = Request::post(self.url.clone())
             .header("x-amz-target", &target)

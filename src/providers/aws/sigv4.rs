@@ -1,21 +1,20 @@
-//! AWS Signature Version 4 (header form, `AWS4-HMAC-SHA256`): canonical request, string to sign,
-//! derived signing key and `Authorization` header, checked against AWS's published test suite.
+//! AWS Signature Version 4 (header form, `AWS4-HMAC-SHA256`) through the `aws-sigv4` crate's
+//! synchronous signer, checked against AWS's published test suite.
 //!
-//! Only what dso needs: the caller names every header to sign (`host` included), the signer adds
-//! `x-amz-date` and, for temporary credentials, `x-amz-security-token` (signed, as STS expects).
+//! The caller names every header to sign (`host` included); the signer adds `x-amz-date`. A
+//! session token is signed as one of the request's headers (as STS expects), so dso keeps its
+//! only copy in a zeroizing string.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use aws_sigv4::http_request::{self as signer, PercentEncodingMode, SignableBody, SigningSettings};
 use zeroize::Zeroizing;
 
 use super::credentials::Credentials;
 
-pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
-
-type HmacSha256 = Hmac<Sha256>;
+/// Why a request could not be signed (a path or header that is not valid HTTP).
+pub type SignError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What is signed: method, unencoded path, query pairs (unencoded), headers and body.
 #[derive(Debug, Clone, Copy)]
@@ -61,171 +60,65 @@ impl fmt::Debug for SignedHeaders {
     }
 }
 
-impl SignedHeaders {
-    /// The headers as (name, value) pairs, in the order they should be sent.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        [
-            Some(("x-amz-date", self.amz_date.as_str())),
-            self.security_token
-                .as_ref()
-                .map(|t| ("x-amz-security-token", t.as_str())),
-            Some(("authorization", self.authorization.as_str())),
-        ]
-        .into_iter()
-        .flatten()
-    }
-}
-
 /// Signs `req` with `creds`: the headers to add to it.
 pub fn sign(
     req: &SignableRequest<'_>,
     creds: &Credentials,
     params: &SigningParams<'_>,
-) -> SignedHeaders {
-    let (date, amz_date) = amz_dates(params.time);
+) -> Result<SignedHeaders, SignError> {
     let token = creds.session_token().map(|t| Zeroizing::new(t.to_string()));
     let mut headers: Vec<(&str, &str)> = req.headers.to_vec();
-    headers.push(("x-amz-date", &amz_date));
     if let Some(t) = &token {
         headers.push(("x-amz-security-token", t.as_str()));
     }
-    let full = SignableRequest {
-        headers: &headers,
-        ..*req
+    let mut uri = match uri_encode(req.path, false) {
+        p if p.is_empty() => "/".to_string(),
+        p => p,
     };
-    let (creq, signed_names) = canonical_request(&full);
-    let scope = credential_scope(&date, params.region, params.service);
-    let sts = string_to_sign(&amz_date, &scope, &creq);
-    let key = signing_key(
+    for (i, (k, v)) in req.query.iter().enumerate() {
+        uri.push(if i == 0 { '?' } else { '&' });
+        uri.push_str(&format!("{}={}", uri_encode(k, true), uri_encode(v, true)));
+    }
+    // The token travels as a signed header above, not through the signer's identity.
+    let identity = aws_credential_types::Credentials::new(
+        creds.access_key_id(),
         creds.secret_access_key(),
-        &date,
-        params.region,
-        params.service,
-    );
-    let signature = hex::encode(hmac(&key[..], sts.as_bytes()));
-    let authorization = format!(
-        "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_names}, Signature={signature}",
-        creds.access_key_id()
-    );
-    SignedHeaders {
-        amz_date,
-        security_token: token,
-        authorization,
-    }
-}
-
-/// Task 1: the canonical request and the `SignedHeaders` list.
-pub fn canonical_request(req: &SignableRequest<'_>) -> (String, String) {
-    // Lower-cased names, values trimmed with inner runs of spaces collapsed; repeated names
-    // joined with ',' in the order given; sorted by name.
-    let mut headers: Vec<(String, String)> = Vec::with_capacity(req.headers.len());
-    for (name, value) in req.headers {
-        let name = name.trim().to_ascii_lowercase();
-        let value = collapse_spaces(value);
-        match headers.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, v)) => {
-                v.push(',');
-                v.push_str(&value);
-            }
-            None => headers.push((name, value)),
-        }
-    }
-    headers.sort_by(|a, b| a.0.cmp(&b.0));
-    let canonical_headers: String = headers.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
-    let signed = headers
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect::<Vec<_>>()
-        .join(";");
-
-    let mut query: Vec<(String, String)> = req
-        .query
-        .iter()
-        .map(|(k, v)| (uri_encode(k, true), uri_encode(v, true)))
-        .collect();
-    query.sort();
-    let canonical_query = query
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-
-    let creq = format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
-        req.method.to_ascii_uppercase(),
-        canonical_uri(req.path),
-        canonical_query,
-        canonical_headers,
-        signed,
-        hex::encode(Sha256::digest(req.payload)),
-    );
-    (creq, signed)
-}
-
-/// Task 2: the string to sign.
-pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> String {
-    format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical_request.as_bytes()))
+        None,
+        None,
+        "dso",
     )
-}
-
-/// `YYYYMMDD/<region>/<service>/aws4_request`.
-pub fn credential_scope(date: &str, region: &str, service: &str) -> String {
-    format!("{date}/{region}/{service}/aws4_request")
-}
-
-/// Task 3: the signing key, HMAC chain over date, region, service and `aws4_request`.
-pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Zeroizing<[u8; 32]> {
-    let k_secret = Zeroizing::new(format!("AWS4{secret}"));
-    let k_date = Zeroizing::new(hmac(k_secret.as_bytes(), date.as_bytes()));
-    let k_region = Zeroizing::new(hmac(&k_date[..], region.as_bytes()));
-    let k_service = Zeroizing::new(hmac(&k_region[..], service.as_bytes()));
-    Zeroizing::new(hmac(&k_service[..], b"aws4_request"))
-}
-
-/// The signature of a string to sign with a signing key, as lowercase hex.
-pub fn signature(key: &[u8; 32], string_to_sign: &str) -> String {
-    hex::encode(hmac(key, string_to_sign.as_bytes()))
-}
-
-/// `("YYYYMMDD", "YYYYMMDD'T'HHMMSS'Z'")` for `t` in UTC.
-pub fn amz_dates(t: SystemTime) -> (String, String) {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    // "2015-08-30T12:36:00.000Z" -> "20150830T123600Z"
-    let rfc = crate::audit::format_rfc3339(secs, 0);
-    let compact: String = rfc
-        .chars()
-        .take(19)
-        .filter(|c| c.is_ascii_digit() || *c == 'T')
-        .collect();
-    (compact[..8].to_string(), format!("{compact}Z"))
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    // new_from_slice accepts keys of any length for HMAC; it cannot fail.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(data);
-    mac.finalize().into_bytes().into()
-}
-
-fn collapse_spaces(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for word in value.split(' ').filter(|w| !w.is_empty()) {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word.trim());
-    }
-    out
+    .into();
+    let mut settings = SigningSettings::default();
+    // The path is encoded once, here, from the application's unencoded one.
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    let signing = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(params.region)
+        .name(params.service)
+        .time(params.time)
+        .settings(settings)
+        .build()?
+        .into();
+    let body = SignableBody::Bytes(req.payload);
+    let signable = signer::SignableRequest::new(req.method, uri, headers.into_iter(), body)?;
+    let (instructions, _) = signer::sign(signable, &signing)?.into_parts();
+    let header = |name: &str| {
+        instructions
+            .headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.to_string())
+            .ok_or_else(|| format!("the signer gave no {name} header"))
+    };
+    Ok(SignedHeaders {
+        amz_date: header("x-amz-date")?,
+        security_token: token,
+        authorization: header("authorization")?,
+    })
 }
 
 /// RFC 3986 percent-encoding as SigV4 wants it: everything but `A-Za-z0-9-_.~` (and `/` when
 /// `encode_slash` is false) as `%XX` with upper-case hex.
-pub fn uri_encode(s: &str, encode_slash: bool) -> String {
+fn uri_encode(s: &str, encode_slash: bool) -> String {
     use crate::providers::http::NOT_UNRESERVED;
     const KEEP_SLASH: &percent_encoding::AsciiSet = &NOT_UNRESERVED.remove(b'/');
     let set = if encode_slash {
@@ -236,34 +129,6 @@ pub fn uri_encode(s: &str, encode_slash: bool) -> String {
     percent_encoding::utf8_percent_encode(s, set).to_string()
 }
 
-/// The normalized, encoded path: `.` and `..` segments resolved, empty segments dropped, each
-/// segment percent-encoded (non-S3 services; the path given is unencoded).
-fn canonical_uri(path: &str) -> String {
-    let mut segments: Vec<&str> = Vec::new();
-    for seg in path.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    let trailing = path.ends_with('/') && !segments.is_empty();
-    let mut out = String::from("/");
-    out.push_str(
-        &segments
-            .iter()
-            .map(|s| uri_encode(s, true))
-            .collect::<Vec<_>>()
-            .join("/"),
-    );
-    if trailing {
-        out.push('/');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     //! Vectors from AWS's Signature Version 4 test suite (as kept in awslabs/aws-c-auth,
@@ -271,11 +136,10 @@ mod tests {
     //! credentials AKIDEXAMPLE / wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY, us-east-1, service
     //! `service`, 2015-08-30T12:36:00Z.
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     const AKID: &str = "AKIDEXAMPLE";
     const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
-    const DATE: &str = "20150830";
     const AMZ_DATE: &str = "20150830T123600Z";
     const SCOPE: &str = "20150830/us-east-1/service/aws4_request";
     const EMPTY_SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -308,33 +172,28 @@ mod tests {
     }
 
     fn check(v: &Vector) {
+        use aws_sigv4::sign::v4::{calculate_signature, generate_signing_key};
+        use sha2::{Digest, Sha256};
         let creds = Credentials::new(AKID, SECRET, v.token.map(str::to_string));
-        // Step by step: canonical request, string to sign, signature.
-        let mut headers: Vec<(&str, &str)> = v.headers.to_vec();
-        headers.push(("X-Amz-Date", AMZ_DATE));
-        if let Some(t) = v.token {
-            headers.push(("X-Amz-Security-Token", t));
-        }
+        // Step by step: the vector's string to sign is over its canonical request, and its
+        // signature is that string signed with the derived key.
+        let creq_sha = hex::encode(Sha256::digest(v.creq.as_bytes()));
+        let sts = format!("AWS4-HMAC-SHA256\n{AMZ_DATE}\n{SCOPE}\n{creq_sha}");
+        assert_eq!(sts, v.sts, "{}: string to sign", v.name);
+        let key = generate_signing_key(SECRET, time(), "us-east-1", "service");
+        let sig = calculate_signature(key, sts.as_bytes());
+        assert_eq!(sig, v.signature, "{}: signature", v.name);
+        let signed = v.creq.lines().rev().nth(1).unwrap_or_default();
+
+        // And through `sign`, which adds x-amz-date and the token itself.
         let req = SignableRequest {
             method: v.method,
             path: v.path,
             query: v.query,
-            headers: &headers,
+            headers: v.headers,
             payload: v.payload,
         };
-        let (creq, signed) = canonical_request(&req);
-        assert_eq!(creq, v.creq, "{}: canonical request", v.name);
-        let sts = string_to_sign(AMZ_DATE, SCOPE, &creq);
-        assert_eq!(sts, v.sts, "{}: string to sign", v.name);
-        let key = signing_key(SECRET, DATE, "us-east-1", "service");
-        assert_eq!(signature(&key, &sts), v.signature, "{}: signature", v.name);
-
-        // And through `sign`, which adds x-amz-date and the token itself.
-        let req = SignableRequest {
-            headers: v.headers,
-            ..req
-        };
-        let out = sign(&req, &creds, &params());
+        let out = sign(&req, &creds, &params()).unwrap();
         assert_eq!(out.amz_date, AMZ_DATE);
         assert_eq!(
             out.authorization,
@@ -547,7 +406,8 @@ mod tests {
             },
             &creds,
             &params(),
-        );
+        )
+        .unwrap();
         assert!(out.authorization.ends_with(
             "SignedHeaders=host;my-header1;x-amz-date, Signature=cdbc9802e29d2942e5e10b5bccfdd67c5f22c7c4e8ae67b53629efa58b974b7d"
         ));
@@ -653,24 +513,27 @@ mod tests {
                 },
                 &creds,
                 &params(),
-            );
+            )
+            .unwrap();
             assert!(
                 out.authorization.ends_with(&format!("Signature={sig}")),
                 "{path} {query:?}: {}",
                 out.authorization
             );
         }
-        assert_eq!(canonical_uri("/a/./b/../c//d/"), "/a/c/d/");
-        assert_eq!(canonical_uri("/"), "/");
-        assert_eq!(canonical_uri(""), "/");
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(
-            amz_dates(time()),
-            ("20150830".to_string(), "20150830T123600Z".to_string())
-        );
+        // `.` and `..` resolved, empty segments dropped, before signing.
+        let sig = |path| {
+            let req = SignableRequest {
+                method: "GET",
+                path,
+                query: &[],
+                headers: &[("Host", "example.amazonaws.com")],
+                payload: b"",
+            };
+            sign(&req, &creds, &params()).unwrap().authorization
+        };
+        assert_eq!(sig("/a/./b/../c//d/"), sig("/a/c/d/"));
+        assert_eq!(sig(""), sig("/"));
     }
 
     #[test]
@@ -686,7 +549,8 @@ mod tests {
             },
             &creds,
             &params(),
-        );
+        )
+        .unwrap();
         let dbg = format!("{out:?}");
         assert!(!dbg.contains("the-session-token"), "{dbg}");
         assert!(!dbg.contains(SECRET), "{dbg}");

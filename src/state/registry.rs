@@ -26,12 +26,7 @@ impl Record {
             return Ok(());
         }
         self.rec.secrets[si].version = version.map(str::to_string);
-        if let Some(slot) = self
-            .raw
-            .get_mut("secrets")
-            .and_then(|s| s.get_mut(si))
-            .and_then(|s| s.as_object_mut())
-        {
+        if let Some(slot) = self.raw_secret(si) {
             slot.insert(
                 "version".into(),
                 version.map_or(serde_json::Value::Null, |v| v.into()),
@@ -47,18 +42,21 @@ impl Record {
         lease: &super::leases::LeaseState,
     ) -> std::io::Result<()> {
         self.rec.secrets[si].lease = Some(lease.clone());
-        if let Some(slot) = self
-            .raw
-            .get_mut("secrets")
-            .and_then(|s| s.get_mut(si))
-            .and_then(|s| s.as_object_mut())
-        {
+        if let Some(slot) = self.raw_secret(si) {
             slot.insert(
                 "lease".into(),
                 serde_json::to_value(lease).map_err(std::io::Error::other)?,
             );
         }
         write_record(&self.path, &self.raw)
+    }
+
+    /// Secret `si` of the record as read (its unknown fields kept when it is written back).
+    fn raw_secret(&mut self, si: usize) -> Option<&mut serde_json::Map<String, serde_json::Value>> {
+        self.raw
+            .get_mut("secrets")
+            .and_then(|s| s.get_mut(si))
+            .and_then(|s| s.as_object_mut())
     }
 
     /// True while the container's init runs (and the delegate does not call it stopped).

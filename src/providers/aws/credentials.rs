@@ -433,21 +433,24 @@ struct RoleCredentials {
 
 // The instance role as a source of credentials: IMDS itself knows nothing of them.
 impl ImdsClient {
+    /// 200 goes on; 404 means no role is attached; anything else is an error naming `what`.
+    fn role_status(&self, status: u16, what: &'static str) -> Result<(), ImdsError> {
+        match status {
+            200 => Ok(()),
+            404 => Err(ImdsError::NoRole),
+            status => Err(ImdsError::Status {
+                endpoint: self.endpoint.clone(),
+                what,
+                status,
+            }),
+        }
+    }
+
     /// The instance role's temporary credentials.
     pub fn role_credentials(&self) -> Result<Credentials, ImdsError> {
         let token = self.token()?;
         let (status, body) = self.get(&token, CREDENTIALS_PATH, "role name")?;
-        match status {
-            200 => {}
-            404 => return Err(ImdsError::NoRole),
-            status => {
-                return Err(ImdsError::Status {
-                    endpoint: self.endpoint.clone(),
-                    what: "role name",
-                    status,
-                });
-            }
-        }
+        self.role_status(status, "role name")?;
         let text =
             std::str::from_utf8(&body).map_err(|_| self.invalid("role name", "not UTF-8"))?;
         let role = text
@@ -465,17 +468,7 @@ impl ImdsClient {
             &format!("{CREDENTIALS_PATH}{role}"),
             "role credentials",
         )?;
-        match status {
-            200 => {}
-            404 => return Err(ImdsError::NoRole),
-            status => {
-                return Err(ImdsError::Status {
-                    endpoint: self.endpoint.clone(),
-                    what: "role credentials",
-                    status,
-                });
-            }
-        }
+        self.role_status(status, "role credentials")?;
         // Deserialize errors from serde_json name the position, never the input.
         let rc: RoleCredentials = serde_json::from_slice(&body).map_err(|e| {
             self.invalid("role credentials", format!("not the expected JSON ({e})"))

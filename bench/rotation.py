@@ -28,17 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = b"bench-webhook-key-of-at-least-32-bytes"  # the agent refuses shorter keys
 NSECRETS = 10
 
-
-def state_dir(prefix):
-    """A dir for dso's state under /run, on a tmpfs as on any systemd host. Where /run is not
-    one (some VMs keep it on the root disk), a tmpfs is mounted there: every state record
-    rewrite would otherwise wait for the disk (ext4 writes back a file renamed over another)."""
-    d = tempfile.mkdtemp(prefix=prefix, dir="/run")
-    fs = subprocess.run(["stat", "-f", "-c", "%T", "/run"], capture_output=True, text=True).stdout
-    if fs.strip() != "tmpfs":
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700,size=64m", "tmpfs", d],
-                       check=True, capture_output=True)
-    return d
+# One definition of the state dir's tmpfs (this file's directory is on sys.path when run).
+from bench import state_dir  # noqa: E402
 
 
 def sh(*args, **kw):

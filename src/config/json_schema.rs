@@ -245,49 +245,53 @@ impl JsonSchema for ProviderSchema {
     }
 }
 
-/// Vault's `auth:`.
-pub(crate) struct VaultAuthSchema;
-impl JsonSchema for VaultAuthSchema {
-    fn schema_name() -> Cow<'static, str> {
-        "vault_auth".into()
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-    fn json_schema(g: &mut SchemaGenerator) -> Schema {
-        TaggedUnion {
-            tag: "method",
-            title: "Auth method",
-            description: "token (a token file, or VAULT_TOKEN in dso's environment) or approle (role id and secret id files). Default token.",
-            defs: &["vault_token_auth", "vault_approle_auth"],
-            default: Some("token"),
-            extra: Map::new(),
+/// An `auth:` entry whose `method` picks one of the settings of `$settings` (inline).
+macro_rules! auth_union {
+    ($(#[$doc:meta])* $name:ident, $schema_name:literal, $settings:ty, $description:literal,
+     $defs:expr, $default:literal) => {
+        $(#[$doc])*
+        pub(crate) struct $name;
+        impl JsonSchema for $name {
+            fn schema_name() -> Cow<'static, str> {
+                $schema_name.into()
+            }
+            fn inline_schema() -> bool {
+                true
+            }
+            fn json_schema(g: &mut SchemaGenerator) -> Schema {
+                TaggedUnion {
+                    tag: "method",
+                    title: "Auth method",
+                    description: $description,
+                    defs: $defs,
+                    default: Some($default),
+                    extra: Map::new(),
+                }
+                .build(g, <$settings>::json_schema)
+            }
         }
-        .build(g, super::VaultAuthSettings::json_schema)
-    }
+    };
 }
 
-/// Azure's `auth:`.
-pub(crate) struct AzureAuthSchema;
-impl JsonSchema for AzureAuthSchema {
-    fn schema_name() -> Cow<'static, str> {
-        "azure_auth".into()
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-    fn json_schema(g: &mut SchemaGenerator) -> Schema {
-        TaggedUnion {
-            tag: "method",
-            title: "Auth method",
-            description: "managed_identity or client_secret. Default managed_identity.",
-            defs: &["azure_managed_identity_auth", "azure_client_secret_auth"],
-            default: Some("managed_identity"),
-            extra: Map::new(),
-        }
-        .build(g, super::AzureAuthSettings::json_schema)
-    }
-}
+auth_union!(
+    /// Vault's `auth:`.
+    VaultAuthSchema,
+    "vault_auth",
+    super::VaultAuthSettings,
+    "token (a token file, or VAULT_TOKEN in dso's environment) or approle (role id and secret id files). Default token.",
+    &["vault_token_auth", "vault_approle_auth"],
+    "token"
+);
+
+auth_union!(
+    /// Azure's `auth:`.
+    AzureAuthSchema,
+    "azure_auth",
+    super::AzureAuthSettings,
+    "managed_identity or client_secret. Default managed_identity.",
+    &["azure_managed_identity_auth", "azure_client_secret_auth"],
+    "managed_identity"
+);
 
 fn properties(s: &Schema) -> Map<String, Value> {
     s.get("properties")

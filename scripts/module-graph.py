@@ -19,15 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 # Helpers for tests and fuzzing, not part of the layering.
 IGNORED = {"test_support", "fuzzing"}
-# Edges still closing a cycle that other parts of issue 12 remove: the config types (part 2:
-# policy evaluates a `config::Config` while config re-exports policy's rule types; config builds
-# a `providers::DynamicRequest`). They are left out of the cycle check, and printed while they
-# exist; delete each line when its edge is gone. Any other cycle fails.
-TOLERATED = {
-    ("policy", "config"),
-    ("config", "providers"),
-}
-
 TEST_MOD = re.compile(r"^#\[cfg\(test\)\]\s*\n(?:#\[[^\n]*\]\s*\n)*mod \w+ \{", re.M)
 CRATE_PATH = re.compile(r"\bcrate::(?:\{([^}]*)\}|([a-z_][a-z0-9_]*))")
 SUPER_PATH = re.compile(r"\bsuper::([a-z_][a-z0-9_]*)")
@@ -121,9 +112,7 @@ def cycles(nodes, edges):
 
 
 def report(title, nodes, edges):
-    for (a, b) in sorted(TOLERATED & set(edges)):
-        print(f"{title}: tolerated for now (issue 12): {a} -> {b}: {', '.join(edges[(a, b)][:3])}")
-    bad = cycles(nodes, {e: w for e, w in edges.items() if e not in TOLERATED})
+    bad = cycles(nodes, edges)
     for comp in bad:
         print(f"{title}: cycle between {', '.join(comp)}")
         for (a, b), where in sorted(edges.items()):

@@ -13,7 +13,8 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-pub use crate::policy::{AllowRule, PolicyConfig};
+pub mod policy;
+pub use policy::{AllowRule, PolicyConfig};
 pub use provider::*;
 
 pub use json_schema::generate as schema_json;
@@ -231,27 +232,6 @@ impl Engine {
     /// True for engines that issue a value per container.
     pub fn is_dynamic(self) -> bool {
         self != Engine::Kv
-    }
-}
-
-impl SecretConfig {
-    /// The dynamic-secret request this secret stands for (`None` for a kv secret).
-    pub fn dynamic_request(&self) -> Option<crate::providers::DynamicRequest> {
-        if !self.engine.is_dynamic() {
-            return None;
-        }
-        Some(crate::providers::DynamicRequest {
-            engine: self.engine,
-            mount: self
-                .mount
-                .clone()
-                .unwrap_or_else(|| self.engine.as_str().to_string()),
-            role: self.role.clone().unwrap_or_default(),
-            common_name: self.common_name.clone(),
-            ttl: self.ttl,
-            alt_names: self.alt_names.clone(),
-            ip_sans: self.ip_sans.clone(),
-        })
     }
 }
 

@@ -56,6 +56,25 @@ pub struct DynamicRequest {
 }
 
 impl DynamicRequest {
+    /// The request a dso.yaml secret stands for (`None` for a kv secret).
+    pub fn for_secret(sc: &crate::config::SecretConfig) -> Option<Self> {
+        if !sc.engine.is_dynamic() {
+            return None;
+        }
+        Some(DynamicRequest {
+            engine: sc.engine,
+            mount: sc
+                .mount
+                .clone()
+                .unwrap_or_else(|| sc.engine.as_str().to_string()),
+            role: sc.role.clone().unwrap_or_default(),
+            common_name: sc.common_name.clone(),
+            ttl: sc.ttl,
+            alt_names: sc.alt_names.clone(),
+            ip_sans: sc.ip_sans.clone(),
+        })
+    }
+
     /// Where the value is issued from: `<mount>/creds/<role>` or `<mount>/issue/<role>`.
     pub fn path(&self) -> String {
         let op = match self.engine {

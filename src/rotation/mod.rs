@@ -549,7 +549,11 @@ impl Rotator {
             };
         }
         let cfg = self.config();
-        let Some(dreq) = cfg.secrets.get(&s.name).and_then(|sc| sc.dynamic_request()) else {
+        let Some(dreq) = cfg
+            .secrets
+            .get(&s.name)
+            .and_then(crate::providers::DynamicRequest::for_secret)
+        else {
             return fail(format!(
                 "secret {:?} is no longer a dynamic secret in {}",
                 s.name,

@@ -172,7 +172,7 @@ fn plan(cfg: &Config, refs: &[SecretRef], user: (u32, u32)) -> Result<Vec<Planne
                         })?
                         .to_string(),
                 };
-                let dynamic = sc.dynamic_request();
+                let dynamic = crate::providers::DynamicRequest::for_secret(sc);
                 Planned {
                     file: r.file_name().to_string(),
                     label: name.clone(),
@@ -415,6 +415,7 @@ fn fetch_all<'a>(
     } else {
         pending.len().min(MAX_PARALLEL_FETCHES)
     };
+    let provs: Vec<Arc<dyn Provider>> = jobs.iter().map(|(p, _, _)| p.clone()).collect();
     let rx = pool::run(jobs.len(), threads, Arc::default(), move |j| {
         let (prov, req, dynamic) = &jobs[j];
         fetch_one(&**prov, req, dynamic.as_ref())
@@ -423,8 +424,8 @@ fn fetch_all<'a>(
     let mut fetched_in: Vec<(usize, std::time::Duration)> = Vec::new();
     for _ in 0..pending.len() {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let (i, res, took) = match rx.recv_timeout(remaining) {
-            Ok((j, res, took)) => (pending[j], res, took),
+        let (j, i, res, took) = match rx.recv_timeout(remaining) {
+            Ok((j, res, took)) => (j, pending[j], res, took),
             Err(_) => {
                 let pending = planned
                     .iter()
@@ -452,7 +453,8 @@ fn fetch_all<'a>(
         match res {
             Ok((f, lease)) => {
                 if let Some(lease) = lease {
-                    leases.add(i, &p.label, &p.provider, lease);
+                    // The provider that issued it revokes it if this create fails.
+                    leases.add(i, &p.label, provs[j].clone(), lease);
                 }
                 fetched_in.push((i, took));
                 results[i] = Some((f.value, f.version));

@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -232,6 +233,10 @@ pub fn settle(
     left
 }
 
+/// One plan entry's lease: the secret, the provider that issued it (and revokes it) and the
+/// lease.
+type Issuance = (String, Arc<dyn Provider>, LeaseState);
+
 /// The leases one create has issued, by plan index. Unless [`keep`](Self::keep) is called
 /// (the container is registered, its record carries them), dropping this revokes them; a
 /// revocation that fails is written down for the agent to retry.
@@ -239,7 +244,7 @@ pub struct IssuedLeases<'a> {
     cfg: &'a crate::config::Config,
     audit: &'a Audit,
     container: String,
-    items: Vec<Option<(String, String, LeaseState)>>,
+    items: Vec<Option<Issuance>>,
     kept: bool,
 }
 
@@ -259,17 +264,17 @@ impl<'a> IssuedLeases<'a> {
         }
     }
 
-    /// Records the lease of plan entry `i` and audits `lease_issued`.
-    pub fn add(&mut self, i: usize, secret: &str, provider: &str, lease: LeaseState) {
+    /// Records the lease of plan entry `i`, issued by `provider`, and audits `lease_issued`.
+    pub fn add(&mut self, i: usize, secret: &str, provider: Arc<dyn Provider>, lease: LeaseState) {
         self.audit.record(
             &Event::new("lease_issued", "success")
                 .secret(secret)
-                .provider(provider)
+                .provider(provider.name())
                 .container(&self.container)
                 .lease(&lease.hash(), &rfc3339(lease.expires())),
         );
         if let Some(slot) = self.items.get_mut(i) {
-            *slot = Some((secret.to_string(), provider.to_string(), lease));
+            *slot = Some((secret.to_string(), provider, lease));
         }
     }
 
@@ -296,17 +301,12 @@ impl Drop for IssuedLeases<'_> {
             let pending = Pending {
                 container: self.container.clone(),
                 secret: secret.clone(),
-                provider: provider.clone(),
+                provider: provider.name().to_string(),
                 lease: lease.clone(),
                 attempts: 1,
                 last_error: None,
             };
-            let prov = self
-                .cfg
-                .providers
-                .get(provider)
-                .and_then(|pc| crate::providers::build(provider, pc, self.cfg).ok());
-            if let Revoked::Failed(msg) = revoke(prov.as_deref(), &pending, self.audit, now) {
+            if let Revoked::Failed(msg) = revoke(Some(&**provider), &pending, self.audit, now) {
                 let _ = owe(
                     &self.cfg.runtime.state_dir,
                     &Pending {

@@ -569,7 +569,7 @@ impl Rotator {
         // owes the old record's leases): issuing one here would only leak it.
         if strategy == Ok(Strategy::Restart) {
             if let Err(e) = docker_api::restart(&self.opts.docker_socket, &container) {
-                return fail(e);
+                return fail(e.to_string());
             }
             bump(&self.counters.rotations_completed);
             self.audit.record(
@@ -995,7 +995,8 @@ impl Rotator {
                     self.opts.docker_socket.display(),
                     docker_api::STOP_TIMEOUT_SECS
                 );
-                docker_api::restart(&self.opts.docker_socket, &rec.rec.id)?;
+                docker_api::restart(&self.opts.docker_socket, &rec.rec.id)
+                    .map_err(|e| e.to_string())?;
                 return Ok(OutcomeStatus::Rotated);
             }
         }

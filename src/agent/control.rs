@@ -391,15 +391,15 @@ fn answer(
 
 /// An outcome as JSON (names, versions, status; never a value).
 pub fn outcome_json(o: &rotation::Outcome) -> serde_json::Value {
-    let (status, error) = match &o.status {
-        OutcomeStatus::Rotated => ("rotated", None),
-        OutcomeStatus::Unchanged => ("unchanged", None),
-        OutcomeStatus::EnvNeedsRestart => ("env_needs_restart", None),
-        OutcomeStatus::Failed(m) => ("failed", Some(m.clone())),
+    let (status, error, class) = match &o.status {
+        OutcomeStatus::Rotated => ("rotated", None, None),
+        OutcomeStatus::Unchanged => ("unchanged", None, None),
+        OutcomeStatus::EnvNeedsRestart => ("env_needs_restart", None, None),
+        OutcomeStatus::Failed(e) => ("failed", Some(e.to_string()), Some(e.class().label())),
     };
     serde_json::json!({
         "container": o.container, "secret": o.secret, "version": o.version,
-        "status": status, "error": error,
+        "status": status, "error": error, "class": class,
     })
 }
 

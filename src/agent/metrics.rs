@@ -194,13 +194,20 @@ impl Collector for AgentState {
         counter(
             &mut enc,
             "dso_rotations",
-            "Re-injections of a secret into a container, by result.",
+            "Re-injections of a secret into a container, by result (and of failures, by class: transient or config).",
             &[
                 (
                     vec![("result", "completed".into())],
                     n(&c.rotations_completed),
                 ),
-                (vec![("result", "failed".into())], n(&c.rotations_failed)),
+                (
+                    vec![("result", "failed".into()), ("class", "transient".into())],
+                    n(&c.rotations_failed).saturating_sub(n(&c.rotations_failed_config)),
+                ),
+                (
+                    vec![("result", "failed".into()), ("class", "config".into())],
+                    n(&c.rotations_failed_config),
+                ),
             ],
         )?;
         counter(

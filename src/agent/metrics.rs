@@ -309,8 +309,8 @@ impl Collector for AgentState {
 }
 
 /// Binds the listener (`host:port`).
-pub fn bind(listen: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(listen).map_err(|e| format!("metrics listener {listen}: {e}"))
+pub fn bind(listen: &str) -> Result<TcpListener, super::AgentError> {
+    TcpListener::bind(listen).map_err(|e| super::AgentError::Metrics(listen.into(), e))
 }
 
 /// Serves until the listener fails, one connection at a time (scrapes are rare and small).

@@ -62,15 +62,6 @@ fn call(socket: &Path, head: &str, read_timeout: Duration) -> std::io::Result<(u
     Ok((status, resp.split_off(split + 4)))
 }
 
-/// `GET path`, as HTTP/1.0 so that the answer is never chunked; the status code and the body
-/// parsed as JSON.
-pub fn get_json(socket: &Path, path: &str, timeout: Duration) -> Result<(u16, Value), EngineError> {
-    let head = format!("GET {path} HTTP/1.0\r\nHost: docker\r\nUser-Agent: dso\r\n\r\n");
-    let (status, body) =
-        call(socket, &head, timeout).map_err(|e| EngineError::Api(socket.into(), e))?;
-    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
-}
-
 /// Restarts container `id` (`POST /containers/<id>/restart`).
 pub fn restart(socket: &Path, id: &str) -> Result<(), EngineError> {
     if !id
@@ -97,15 +88,18 @@ pub fn restart(socket: &Path, id: &str) -> Result<(), EngineError> {
     ))
 }
 
-/// `GET /info`, which lists the registered runtimes.
+/// `GET /info`, which lists the registered runtimes; as HTTP/1.0, so that the answer is never
+/// chunked.
 pub fn info(socket: &Path, timeout: Duration) -> Result<Value, EngineError> {
-    match get_json(socket, "/info", timeout)? {
-        (200, v) => Ok(v),
-        (code, v) => {
-            let message = v.get("message").and_then(Value::as_str).unwrap_or("");
-            Err(EngineError::Info(socket.into(), code, message.into()))
-        }
+    let head = "GET /info HTTP/1.0\r\nHost: docker\r\nUser-Agent: dso\r\n\r\n";
+    let (status, body) =
+        call(socket, head, timeout).map_err(|e| EngineError::Api(socket.into(), e))?;
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if status == 200 {
+        return Ok(v);
     }
+    let message = v.get("message").and_then(Value::as_str).unwrap_or("");
+    Err(EngineError::Info(socket.into(), status, message.into()))
 }
 
 /// The path dockerd has for runtime `name`, if it has one registered.

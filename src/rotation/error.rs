@@ -109,104 +109,80 @@ impl Eq for RotationError {}
 
 #[cfg(test)]
 mod tests {
+    use super::FailureClass::{Config as C, Transient as T};
     use super::*;
     use crate::providers::http::status_error;
     use crate::providers::local::StoreError;
 
-    fn class(e: impl Into<RotationError>) -> &'static str {
-        e.into().class().label()
-    }
-
-    /// Issue 12: a failed rotation tells a provider that may answer next time from one that
-    /// refuses until someone fixes something.
+    /// Issue 12: a failed rotation tells a failure that may pass by itself from one that lasts
+    /// until someone fixes something.
     #[test]
-    fn provider_failures_are_transient_or_config() {
-        for (status, want) in [
-            (500, "transient"),
-            (503, "transient"),
-            (429, "transient"),
-            (404, "config"),
-            (403, "config"),
-            (401, "config"),
-        ] {
-            assert_eq!(
-                class(status_error("vault", "v", status, "db", "")),
-                want,
-                "{status}"
-            );
-        }
-        let (kind, provider) = ("aws", "a".to_string());
+    fn failures_are_transient_or_config() {
+        let http = |status| RotationError::from(status_error("vault", "v", status, "db", ""));
+        let io = || std::io::Error::other("EIO");
+        let (kind, provider, path) = ("local", String::from("l"), PathBuf::from("/s"));
         let timeout = ProviderError::Timeout {
             kind,
             provider: provider.clone(),
-            seconds: 10,
+            seconds: 1,
         };
-        assert_eq!(class(timeout), "transient");
-        let refused = ProviderError::Unavailable {
-            kind,
-            provider: provider.clone(),
-            detail: "cannot connect".into(),
+        let local = |source| {
+            RotationError::from(ProviderError::Local {
+                kind,
+                provider: provider.clone(),
+                source,
+            })
         };
-        assert_eq!(class(refused), "transient");
-        assert_eq!(
-            class(ProviderError::config(kind, &provider, "no region")),
-            "config"
-        );
-        let tls = ProviderError::Tls {
-            kind,
-            provider,
-            detail: "untrusted certificate".into(),
-        };
-        assert_eq!(class(tls), "config");
-        let local = |source| ProviderError::Local {
-            kind: "local",
-            provider: "l".into(),
-            source,
-        };
-        let io = std::io::Error::other("EIO");
-        let read = StoreError::Io {
-            op: "read",
-            path: "/s".into(),
-            source: io,
-        };
-        assert_eq!(class(local(read)), "transient");
-        assert_eq!(
-            class(local(StoreError::Decrypt { path: "/s".into() })),
-            "config"
-        );
-        let issue = RotationError::Issue("db".into(), status_error("vault", "v", 502, "db", ""));
-        assert_eq!(class(issue), "transient");
-    }
-
-    #[test]
-    fn other_failures_are_transient_or_config() {
-        assert_eq!(class(RotationError::InitGone("c1".into(), 7)), "transient");
-        assert_eq!(
-            class(RotationError::Record(std::io::Error::other("ENOSPC"))),
-            "transient"
-        );
-        let api = EngineError::Api("/d.sock".into(), std::io::Error::other("refused"));
-        assert_eq!(class(api), "transient");
-        assert_eq!(class(EngineError::BadId("../x".into())), "config");
-        assert_eq!(class(StrategyError::Unknown("bounce".into())), "config");
-        assert_eq!(class(RotationError::OldRecord("c1".into())), "config");
-        assert_eq!(
-            class(RotationError::TooLarge("db".into(), 9, 8, "/d.yaml".into())),
-            "config"
-        );
+        let (dir, name) = (String::from("/run/secrets"), String::from("db"));
         let moved = InjectError::Moved {
-            dir: "/run/secrets".into(),
+            dir: dir.clone(),
             dev: 1,
             ino: 2,
             found_dev: 3,
             found_ino: 4,
         };
-        assert_eq!(class(moved), "config");
-        let write = InjectError::Write {
-            dir: "/run/secrets".into(),
-            name: "db".into(),
-            source: std::io::Error::other("EIO"),
-        };
-        assert_eq!(class(write), "transient");
+        let cases: Vec<(RotationError, FailureClass)> = vec![
+            (http(500), T),
+            (http(503), T),
+            (http(429), T),
+            (http(404), C),
+            (http(403), C),
+            (http(401), C),
+            (timeout.into(), T),
+            (ProviderError::config(kind, "l", "no region").into(), C),
+            (
+                local(StoreError::Io {
+                    op: "read",
+                    path: path.clone(),
+                    source: io(),
+                }),
+                T,
+            ),
+            (local(StoreError::Decrypt { path: path.clone() }), C),
+            (
+                RotationError::Issue(name.clone(), status_error("vault", "v", 502, "db", "")),
+                T,
+            ),
+            (RotationError::InitGone("c1".into(), 7), T),
+            (RotationError::Record(io()), T),
+            (EngineError::Api(path.clone(), io()).into(), T),
+            (
+                InjectError::Write {
+                    dir,
+                    name: name.clone(),
+                    source: io(),
+                }
+                .into(),
+                T,
+            ),
+            (EngineError::BadId("../x".into()).into(), C),
+            (StrategyError::Unknown("bounce".into()).into(), C),
+            (RotationError::OldRecord("c1".into()), C),
+            (RotationError::TooLarge(name, 9, 8, path), C),
+            (moved.into(), C),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.class(), want, "{e}");
+        }
     }
 }

@@ -618,27 +618,32 @@ impl Rotator {
                 .container(&container)
                 .lease(&hash, &expires),
         );
-        // From here on the new lease must not be forgotten: revoked if it cannot be used.
-        let drop_new = |why: RotationError| -> Outcome {
+        // A lease revoked now, or written down as owed when that fails.
+        let revoke = |lease: &leases::LeaseState| {
             let pending = leases::Pending {
                 container: container.clone(),
                 secret: s.name.clone(),
                 provider: s.provider.clone(),
-                lease: new.clone(),
+                lease: lease.clone(),
                 attempts: 1,
                 last_error: None,
             };
             if let leases::Revoked::Failed(m) =
                 leases::revoke(Some(&*prov), &pending, &self.audit, leases::unix_now())
             {
+                let last_error = Some(m);
                 let _ = leases::owe(
                     &self.state_dir(),
                     &leases::Pending {
-                        last_error: Some(m),
+                        last_error,
                         ..pending
                     },
                 );
             }
+        };
+        // From here on the new lease must not be forgotten: revoked if it cannot be used.
+        let drop_new = |why: RotationError| -> Outcome {
+            revoke(&new);
             fail(why)
         };
         let value = match providers::select_issued(dreq.engine, &issued.value, s.key.as_deref()) {
@@ -655,25 +660,7 @@ impl Rotator {
         if let Some(old) = old
             && old.id.is_some()
         {
-            let pending = leases::Pending {
-                container: container.clone(),
-                secret: s.name.clone(),
-                provider: s.provider.clone(),
-                lease: old.clone(),
-                attempts: 1,
-                last_error: None,
-            };
-            if let leases::Revoked::Failed(m) =
-                leases::revoke(Some(&*prov), &pending, &self.audit, leases::unix_now())
-            {
-                let _ = leases::owe(
-                    &self.state_dir(),
-                    &leases::Pending {
-                        last_error: Some(m),
-                        ..pending
-                    },
-                );
-            }
+            revoke(old);
         }
         bump(&self.counters.rotations_completed);
         self.last_rotation

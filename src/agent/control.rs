@@ -32,11 +32,12 @@ use base64::Engine;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use super::AgentError;
 use super::listen::{self, Deadlined, Limits, ListenerStats, bump};
 use crate::audit::Event;
 use crate::control::WireRequest;
 use crate::policy::{self, Ask, Workload};
-use crate::providers::{FetchRequest, Fetched, pool};
+use crate::providers::{FetchRequest, Fetched, ProviderError, pool};
 use crate::rotation::{self, Mode, OutcomeStatus, Rotator, Selector, Strategy};
 
 /// The largest request accepted (a fetch of many secrets is still far below).
@@ -109,22 +110,22 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
 }
 
 /// Resolves `agent.group` (a name from /etc/group, or a number).
-pub fn resolve_group(name: &str) -> Result<u32, String> {
+pub fn resolve_group(name: &str) -> Result<u32, AgentError> {
     if let Ok(n) = name.parse::<u32>() {
         return Ok(n);
     }
     nix::unistd::Group::from_name(name)
-        .map_err(|e| format!("agent.group {name:?}: {e}"))?
+        .map_err(|e| AgentError::Group(name.into(), e))?
         .map(|g| g.gid.as_raw())
-        .ok_or_else(|| format!("agent.group {name:?}: no such group in /etc/group"))
+        .ok_or_else(|| AgentError::NoGroup(name.into()))
 }
 
 /// Binds the socket: replaces a stale socket file (never anything else), mode 0660, group
 /// `group`. Its directory, when dso creates it or it is dso's own `state_dir`, gets 0700, or
 /// 0711 when a group needs to reach the socket; any other existing directory (`/run` for
 /// `agent.socket: /run/dso.sock`) is left as it is.
-pub fn bind(path: &Path, group: Option<u32>, state_dir: &Path) -> Result<UnixListener, String> {
-    let what = |e: std::io::Error| format!("control socket {}: {e}", path.display());
+pub fn bind(path: &Path, group: Option<u32>, state_dir: &Path) -> Result<UnixListener, AgentError> {
+    let what = |e: std::io::Error| AgentError::Socket(path.into(), e);
     if let Some(dir) = path.parent() {
         let ours = !dir.exists() || dir == state_dir;
         std::fs::create_dir_all(dir).map_err(what)?;
@@ -137,18 +138,14 @@ pub fn bind(path: &Path, group: Option<u32>, state_dir: &Path) -> Result<UnixLis
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
-                return Err(format!(
-                    "control socket {}: another agent is listening there",
-                    path.display()
-                ));
+                let why = "another agent is listening there";
+                return Err(AgentError::SocketInUse(path.into(), why));
             }
             std::fs::remove_file(path).map_err(what)?;
         }
         Ok(_) => {
-            return Err(format!(
-                "control socket {}: something that is not a socket is in the way",
-                path.display()
-            ));
+            let why = "something that is not a socket is in the way";
+            return Err(AgentError::SocketInUse(path.into(), why));
         }
         Err(_) => {}
     }
@@ -391,15 +388,15 @@ fn answer(
 
 /// An outcome as JSON (names, versions, status; never a value).
 pub fn outcome_json(o: &rotation::Outcome) -> serde_json::Value {
-    let (status, error) = match &o.status {
-        OutcomeStatus::Rotated => ("rotated", None),
-        OutcomeStatus::Unchanged => ("unchanged", None),
-        OutcomeStatus::EnvNeedsRestart => ("env_needs_restart", None),
-        OutcomeStatus::Failed(m) => ("failed", Some(m.clone())),
+    let (status, error, class) = match &o.status {
+        OutcomeStatus::Rotated => ("rotated", None, None),
+        OutcomeStatus::Unchanged => ("unchanged", None, None),
+        OutcomeStatus::EnvNeedsRestart => ("env_needs_restart", None, None),
+        OutcomeStatus::Failed(e) => ("failed", Some(e.to_string()), Some(e.class().label())),
     };
     serde_json::json!({
         "container": o.container, "secret": o.secret, "version": o.version,
-        "status": status, "error": error,
+        "status": status, "error": error, "class": class,
     })
 }
 
@@ -478,17 +475,17 @@ fn lease_json(l: &crate::state::leases::LeaseState) -> serde_json::Value {
 
 /// The agent applies the same policy as the shim: a request is served only if the workload is
 /// granted it, and a named request only for what that name means in the agent's dso.yaml.
-fn authorize(r: &WireRequest, workload: &Workload, rotator: &Rotator) -> Result<(), String> {
+fn authorize(r: &WireRequest, workload: &Workload, rotator: &Rotator) -> Result<(), AgentError> {
     let cfg = rotator.config();
     let ask = match &r.secret {
         Some(name) => {
-            let sc = cfg.secrets.get(name).ok_or_else(|| {
-                format!("secret {name:?} is not defined in {}", cfg.source.display())
-            })?;
+            let sc = (cfg.secrets.get(name))
+                .ok_or_else(|| AgentError::Undefined(name.clone(), cfg.source.clone()))?;
             let provider = cfg.provider_of(sc).unwrap_or_default();
             let path = sc.path.as_deref().unwrap_or(name);
             if provider != r.provider || path != r.path {
-                return Err(format!("secret {name:?} is not {}/{}", r.provider, r.path));
+                let (p, pp) = (r.provider.clone(), r.path.clone());
+                return Err(AgentError::NotThat(name.clone(), p, pp));
             }
             Ask::Named {
                 name,
@@ -503,16 +500,15 @@ fn authorize(r: &WireRequest, workload: &Workload, rotator: &Rotator) -> Result<
     policy::check(&cfg, ask, workload)
         .map(|_| ())
         .map_err(|refusal| {
-            let msg = refusal.to_string();
             rotator.audit().record(
                 &Event::new("access_denied", "failure")
                     .secret(refusal.subject())
                     .container(&workload.id)
                     .workload(workload)
                     .via("agent")
-                    .error(&msg),
+                    .error(&refusal.to_string()),
             );
-            msg
+            refusal.into()
         })
 }
 
@@ -550,7 +546,7 @@ fn fetch_answer(
 
     // Each request: why it is refused, or its distinct fetch (requests that agree on provider,
     // path, key and version share one).
-    let authorized: Vec<Result<(), String>> = reqs
+    let authorized: Vec<Result<(), AgentError>> = reqs
         .iter()
         .map(|r| authorize(r, workload, rotator))
         .collect();
@@ -565,7 +561,7 @@ fn fetch_answer(
             .map(|r| Some((&r.provider, &r.path, &r.key, &r.version))),
     );
     let mut of = of.into_iter();
-    let plan: Vec<Result<usize, String>> = authorized
+    let plan: Vec<Result<usize, AgentError>> = authorized
         .into_iter()
         .map(|a| a.map(|()| of.next().unwrap_or_default()))
         .collect();
@@ -611,10 +607,10 @@ fn fetch_answer(
             if let Ok(f) = &res {
                 bytes.fetch_add(f.value.len(), Ordering::SeqCst);
             }
-            Some(res.map_err(|e| e.to_string()))
+            Some(res)
         })
     };
-    let mut fetched: Vec<Option<Result<Fetched, String>>> = (0..n).map(|_| None).collect();
+    let mut fetched: Vec<Option<Result<Fetched, ProviderError>>> = (0..n).map(|_| None).collect();
     for (i, res, _) in rx {
         if res.is_some() {
             bump(&rotator.counters.agent_fetches_served);
@@ -633,14 +629,16 @@ fn fetch_answer(
         Value(&'a Fetched, String),
         Error(String),
     }
-    let error = |e: &str| Piece::Error(serde_json::json!({ "error": e }).to_string());
+    let error = |e: &dyn std::fmt::Display| {
+        Piece::Error(serde_json::json!({ "error": e.to_string() }).to_string())
+    };
     let pieces: Vec<Piece<'_>> = plan
         .iter()
         .map(|p| match p {
             Ok(i) => match &fetched[*i] {
                 Some(Ok(f)) => Piece::Value(f, serde_json::json!(f.version).to_string()),
                 Some(Err(e)) => error(e),
-                None => error("not fetched"),
+                None => error(&"not fetched"),
             },
             Err(e) => error(e),
         })

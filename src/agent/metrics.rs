@@ -194,13 +194,20 @@ impl Collector for AgentState {
         counter(
             &mut enc,
             "dso_rotations",
-            "Re-injections of a secret into a container, by result.",
+            "Re-injections of a secret into a container, by result (and of failures, by class: transient or config).",
             &[
                 (
                     vec![("result", "completed".into())],
                     n(&c.rotations_completed),
                 ),
-                (vec![("result", "failed".into())], n(&c.rotations_failed)),
+                (
+                    vec![("result", "failed".into()), ("class", "transient".into())],
+                    n(&c.rotations_failed).saturating_sub(n(&c.rotations_failed_config)),
+                ),
+                (
+                    vec![("result", "failed".into()), ("class", "config".into())],
+                    n(&c.rotations_failed_config),
+                ),
             ],
         )?;
         counter(
@@ -302,8 +309,8 @@ impl Collector for AgentState {
 }
 
 /// Binds the listener (`host:port`).
-pub fn bind(listen: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(listen).map_err(|e| format!("metrics listener {listen}: {e}"))
+pub fn bind(listen: &str) -> Result<TcpListener, super::AgentError> {
+    TcpListener::bind(listen).map_err(|e| super::AgentError::Metrics(listen.into(), e))
 }
 
 /// Serves until the listener fails, one connection at a time (scrapes are rare and small).

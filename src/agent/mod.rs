@@ -13,7 +13,7 @@ pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -22,6 +22,39 @@ use std::time::{Duration, Instant};
 use crate::audit::Event;
 use crate::config::Config;
 use crate::rotation::{Mode, OutcomeStatus, Rotator, Selector};
+
+/// Why the agent could not start a listener, read a key, or serve one request of a fetch.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent.group {0:?}: {1}")]
+    Group(String, #[source] nix::Error),
+    #[error("agent.group {0:?}: no such group in /etc/group")]
+    NoGroup(String),
+    #[error("control socket {p}: {1}", p = .0.display())]
+    Socket(PathBuf, #[source] std::io::Error),
+    #[error("control socket {p}: {1}", p = .0.display())]
+    SocketInUse(PathBuf, &'static str),
+    #[error("metrics listener {0}: {1}")]
+    Metrics(String, #[source] std::io::Error),
+    #[error("notifications[{0}].url: {1}")]
+    NotifyUrl(usize, String),
+    #[error("{0} {p}: {2}", p = .1.display())]
+    Key(&'static str, PathBuf, #[source] std::io::Error),
+    #[error("{0} {p} is {2}", p = .1.display())]
+    BadKey(&'static str, PathBuf, &'static str),
+    #[error("webhook key {p} is {1} bytes; at least {MIN_KEY_LEN} bytes are needed (e.g. `openssl rand -hex 32 > {p}`)", p = .0.display(), MIN_KEY_LEN = webhook::MIN_KEY_LEN)]
+    ShortKey(PathBuf, usize),
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::Untrusted),
+    #[error("secret {0:?} is not defined in {p}", p = .1.display())]
+    Undefined(String, PathBuf),
+    #[error("secret {0:?} is not {1}/{2}")]
+    NotThat(String, String, String),
+    #[error(transparent)]
+    Denied(#[from] crate::policy::Refusal),
+    #[error(transparent)]
+    Provider(#[from] crate::providers::ProviderError),
+}
 
 /// No secret is checked more often than this.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
+use super::AgentError;
 use crate::audit::follow::Follower;
 use crate::audit::{Audit, Event};
 use crate::config::NotificationConfig;
@@ -41,23 +42,23 @@ pub const DEFAULT_EVENTS: &[&str] = &[
 
 /// Starts one sender thread per target and the thread that follows the audit file. Fails (a
 /// config error) on a URL that is not https (or http to loopback) or an unreadable key.
-pub fn start(targets: &[NotificationConfig], audit: Arc<Audit>) -> Result<(), String> {
+pub fn start(targets: &[NotificationConfig], audit: Arc<Audit>) -> Result<(), AgentError> {
     if targets.is_empty() {
         return Ok(());
     }
     let mut live = Vec::new();
     for (i, t) in targets.iter().enumerate() {
-        let url = Url::parse(&t.url).map_err(|e| format!("notifications[{i}].url: {e}"))?;
+        let bad_url = |e: String| AgentError::NotifyUrl(i, e);
+        let url = Url::parse(&t.url).map_err(|e| bad_url(e.to_string()))?;
         crate::providers::http::check_url(&url, crate::providers::http::UrlPolicy::HttpsOrLoopback)
-            .map_err(|e| format!("notifications[{i}].url: {e}"))?;
+            .map_err(bad_url)?;
         let key = super::webhook::read_key_file(&t.secret_file, "notification key")?;
         let opts = ClientOptions::new(t.timeout).retry(RetryPolicy {
             max_attempts: t.max_attempts.max(1),
             base_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(5),
         });
-        let client = HttpClient::new("notify", &format!("notifications[{i}]"), &opts)
-            .map_err(|e| e.to_string())?;
+        let client = HttpClient::new("notify", &format!("notifications[{i}]"), &opts)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let events = if t.events.is_empty() {
             DEFAULT_EVENTS.iter().map(|s| s.to_string()).collect()

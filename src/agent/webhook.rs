@@ -24,6 +24,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use super::AgentError;
 use super::Trigger;
 use super::listen::{self, Deadlined, Limits, ListenerStats, bump};
 use crate::audit::{Audit, Event};
@@ -50,14 +51,10 @@ pub use crate::config::WebhookConfig as WebhookSettings;
 
 /// Reads the webhook's HMAC key ([`read_key_file`]), which must hold at least [`MIN_KEY_LEN`]
 /// bytes.
-pub fn read_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+pub fn read_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, AgentError> {
     let bytes = read_key_file(path, "webhook key")?;
     if bytes.len() < MIN_KEY_LEN {
-        let shown = path.display();
-        return Err(format!(
-            "webhook key {shown} is {} bytes; at least {MIN_KEY_LEN} bytes are needed (e.g. `openssl rand -hex 32 > {shown}`)",
-            bytes.len()
-        ));
+        return Err(AgentError::ShortKey(path.into(), bytes.len()));
     }
     Ok(bytes)
 }
@@ -66,9 +63,8 @@ pub fn read_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
 /// non-empty file owned by root (or this user) that group and others can neither read nor
 /// write ([`crate::trust`]). Checked on the open descriptor, so the file checked is the file
 /// read; O_NONBLOCK, so that a FIFO planted at the path cannot hang the agent.
-pub fn read_key_file(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, String> {
-    let shown = path.display();
-    let fail = |e: std::io::Error| format!("{what} {shown}: {e}");
+pub fn read_key_file(path: &Path, what: &'static str) -> Result<Zeroizing<Vec<u8>>, AgentError> {
+    let fail = |e: std::io::Error| AgentError::Key(what, path.into(), e);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -76,16 +72,16 @@ pub fn read_key_file(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, Stri
         .map_err(fail)?;
     let meta = file.metadata().map_err(fail)?;
     if !meta.file_type().is_file() {
-        return Err(format!("{what} {shown} is not a regular file"));
+        return Err(AgentError::BadKey(what, path.into(), "not a regular file"));
     }
-    crate::trust::check(&meta, path, what, crate::trust::Use::Secret).map_err(|e| e.to_string())?;
+    crate::trust::check(&meta, path, what, crate::trust::Use::Secret)?;
     let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
     file.read_to_end(&mut bytes).map_err(fail)?;
     while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
         bytes.pop();
     }
     if bytes.is_empty() {
-        return Err(format!("{what} {shown} is empty"));
+        return Err(AgentError::BadKey(what, path.into(), "empty"));
     }
     Ok(bytes)
 }
@@ -723,12 +719,12 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         };
         write("k\n", 0o600);
-        let err = read_key(&path).unwrap_err();
+        let err = read_key(&path).unwrap_err().to_string();
         assert!(err.contains("at least 32 bytes"), "{err}");
         write(&"k".repeat(31), 0o600);
         assert!(read_key(&path).is_err());
         write(&"k".repeat(32), 0o644);
-        let err = read_key(&path).unwrap_err();
+        let err = read_key(&path).unwrap_err().to_string();
         assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");
         write(&"k".repeat(32), 0o640);
         assert!(read_key(&path).is_err());

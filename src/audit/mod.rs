@@ -38,6 +38,9 @@ pub struct Event<'a> {
     pub status: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    /// Of a failed rotation: `transient` or `config` ([`crate::rotation::FailureClass`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<&'a str>,
     /// Who did the work when it was not this process (`"agent"`: served over its socket).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<&'a str>,
@@ -83,6 +86,10 @@ impl<'a> Event<'a> {
     }
     pub fn error(mut self, e: &'a str) -> Self {
         self.error = Some(e);
+        self
+    }
+    pub fn class(mut self, c: &'a str) -> Self {
+        self.class = Some(c);
         self
     }
     pub fn via(mut self, v: &'a str) -> Self {

@@ -36,7 +36,7 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
     let webhook_cfg = cfg.agent.webhook.clone();
     let metrics_listen = cfg.agent.metrics.as_ref().map(|m| m.listen.clone());
     let group = match &cfg.agent.group {
-        Some(g) => Some(control::resolve_group(g).map_err(|e| anyhow!(e))?),
+        Some(g) => Some(control::resolve_group(g)?),
         None => None,
     };
     let socket = crate::control::socket_path(&cfg);
@@ -59,7 +59,7 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
         .map_err(|e| anyhow!("cannot block SIGHUP: {e}"))?;
     crate::agent::raise_fd_limit();
     let started = Instant::now();
-    let listener = control::bind(&socket, group, &state_dir).map_err(|e| anyhow!(e))?;
+    let listener = control::bind(&socket, group, &state_dir)?;
     eprintln!("dso agent: control socket {}", socket.display());
     // Counters of the control socket and the webhook, shown by the metrics.
     let listener_stats = Arc::new(agent::listen::ListenerStats::default());
@@ -68,7 +68,7 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
         std::thread::spawn(move || control::serve(listener, server));
     }
     if let Some(listen) = metrics_listen {
-        let listener = metrics::bind(&listen).map_err(|e| anyhow!(e))?;
+        let listener = metrics::bind(&listen)?;
         eprintln!(
             "dso agent: metrics on http://{}/metrics",
             listener.local_addr()?
@@ -81,7 +81,7 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
         metrics.follow(audit.path());
         std::thread::spawn(move || metrics::serve(listener, metrics));
     }
-    agent::notify::start(&rotator.config().notifications, audit.clone()).map_err(|e| anyhow!(e))?;
+    agent::notify::start(&rotator.config().notifications, audit.clone())?;
     let (tx, rx) = mpsc::channel();
     {
         let tx = tx.clone();
@@ -94,7 +94,7 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
         });
     }
     if let Some(settings) = webhook_cfg {
-        let key = webhook::read_key(&settings.secret_file).map_err(|e| anyhow!(e))?;
+        let key = webhook::read_key(&settings.secret_file)?;
         let hook = webhook::Webhook::bind(&settings.listen, key, audit, tx.clone())
             .map_err(|e| anyhow!("webhook listener {}: {e}", settings.listen))?
             .with_stats(listener_stats.clone());

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::anyhow;
 use clap::Args;
 
 use crate::engine::daemon_json::{DEFAULT_DAEMON_JSON, DEFAULT_RUNTIME_NAME};
@@ -39,7 +38,7 @@ pub(super) fn run(config_path: &Path, args: &DoctorArgs) -> anyhow::Result<i32> 
     let docker_socket = if skip_docker {
         None
     } else {
-        Some(docker_api::socket_path(args.docker_host.as_deref()).map_err(|e| anyhow!(e))?)
+        Some(docker_api::socket_path(args.docker_host.as_deref())?)
     };
     let mut skip = args.skip.clone();
     // `provider` is accepted for the whole family (checks are named provider:NAME).

@@ -155,15 +155,15 @@ fn reload(args: &DockerdArgs, changed: bool, present: bool) -> anyhow::Result<i3
         }
         return Ok(0);
     }
-    let Some(pid) = engine::dockerd_pid(&args.dockerd_pidfile).map_err(|e| anyhow!(e))? else {
+    let Some(pid) = engine::dockerd_pid(&args.dockerd_pidfile)? else {
         println!(
             "dockerd is not running ({} does not exist); it reads the change when it starts",
             args.dockerd_pidfile.display()
         );
         return Ok(0);
     };
-    engine::reload_dockerd(pid).map_err(|e| anyhow!(e))?;
-    let socket = docker_api::socket_path(args.docker_host.as_deref()).map_err(|e| anyhow!(e))?;
+    engine::reload_dockerd(pid)?;
+    let socket = docker_api::socket_path(args.docker_host.as_deref())?;
     if engine::wait_for_runtime(&socket, &args.name, present, RELOAD_DEADLINE) {
         println!(
             "dockerd (pid {pid}) reloaded: runtime {:?} {}",

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::EngineError;
+
 /// Where dockerd listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
@@ -17,16 +19,14 @@ pub const STOP_TIMEOUT_SECS: u32 = 10;
 
 /// Where the Engine API listens: `--docker-host` (`unix:///path` or a path), else `DOCKER_HOST`
 /// when it is a unix socket, else `/var/run/docker.sock`.
-pub fn socket_path(flag: Option<&str>) -> Result<PathBuf, String> {
-    let from = |h: &str, source: &str| -> Result<PathBuf, String> {
+pub fn socket_path(flag: Option<&str>) -> Result<PathBuf, EngineError> {
+    let from = |h: &str, source: &'static str| -> Result<PathBuf, EngineError> {
         if let Some(p) = h.strip_prefix("unix://") {
             Ok(PathBuf::from(p))
         } else if h.starts_with('/') {
             Ok(PathBuf::from(h))
         } else {
-            Err(format!(
-                "{source} {h:?} is not a unix socket; dso talks to dockerd over unix:///path only"
-            ))
+            Err(EngineError::NotUnix(source, h.to_string()))
         }
     };
     if let Some(h) = flag {
@@ -62,51 +62,44 @@ fn call(socket: &Path, head: &str, read_timeout: Duration) -> std::io::Result<(u
     Ok((status, resp.split_off(split + 4)))
 }
 
-/// `GET path`, as HTTP/1.0 so that the answer is never chunked; the status code and the body
-/// parsed as JSON.
-pub fn get_json(socket: &Path, path: &str, timeout: Duration) -> Result<(u16, Value), String> {
-    let head = format!("GET {path} HTTP/1.0\r\nHost: docker\r\nUser-Agent: dso\r\n\r\n");
-    let (status, body) = call(socket, &head, timeout)
-        .map_err(|e| format!("Docker API at {}: {e}", socket.display()))?;
-    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
-}
-
 /// Restarts container `id` (`POST /containers/<id>/restart`).
-pub fn restart(socket: &Path, id: &str) -> Result<(), String> {
+pub fn restart(socket: &Path, id: &str) -> Result<(), EngineError> {
     if !id
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
     {
-        return Err(format!(
-            "container id {id:?} cannot be used in a Docker API path"
-        ));
+        return Err(EngineError::BadId(id.to_string()));
     }
     let head = format!(
         "POST /containers/{id}/restart?t={STOP_TIMEOUT_SECS} HTTP/1.1\r\nHost: docker\r\nUser-Agent: dso\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    let what = format!(
-        "restarting {id} through the Docker API at {}",
-        socket.display()
-    );
     let wait = Duration::from_secs(u64::from(STOP_TIMEOUT_SECS) + 30);
-    let (status, body) = call(socket, &head, wait).map_err(|e| format!("{what}: {e}"))?;
+    let (status, body) =
+        call(socket, &head, wait).map_err(|e| EngineError::Restart(id.into(), socket.into(), e))?;
     if (200..300).contains(&status) {
         return Ok(());
     }
-    let body = String::from_utf8_lossy(&body);
-    Err(format!("{what}: HTTP {status}: {}", body.trim()))
+    let body = String::from_utf8_lossy(&body).trim().to_string();
+    Err(EngineError::RestartStatus(
+        id.into(),
+        socket.into(),
+        status,
+        body,
+    ))
 }
 
-/// `GET /info`, which lists the registered runtimes.
-pub fn info(socket: &Path, timeout: Duration) -> Result<Value, String> {
-    match get_json(socket, "/info", timeout)? {
-        (200, v) => Ok(v),
-        (code, v) => Err(format!(
-            "Docker API at {}: GET /info: HTTP {code}: {}",
-            socket.display(),
-            v.get("message").and_then(Value::as_str).unwrap_or("")
-        )),
+/// `GET /info`, which lists the registered runtimes; as HTTP/1.0, so that the answer is never
+/// chunked.
+pub fn info(socket: &Path, timeout: Duration) -> Result<Value, EngineError> {
+    let head = "GET /info HTTP/1.0\r\nHost: docker\r\nUser-Agent: dso\r\n\r\n";
+    let (status, body) =
+        call(socket, head, timeout).map_err(|e| EngineError::Api(socket.into(), e))?;
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if status == 200 {
+        return Ok(v);
     }
+    let message = v.get("message").and_then(Value::as_str).unwrap_or("");
+    Err(EngineError::Info(socket.into(), status, message.into()))
 }
 
 /// The path dockerd has for runtime `name`, if it has one registered.
@@ -153,7 +146,7 @@ mod tests {
     }
 
     fn info_err(p: &Path) -> String {
-        info(p, Duration::from_secs(1)).unwrap_err()
+        info(p, Duration::from_secs(1)).unwrap_err().to_string()
     }
 
     #[test]
@@ -201,7 +194,7 @@ mod tests {
             seen
         });
         restart(&sock, "abc123").unwrap();
-        let err = restart(&sock, "gone").unwrap_err();
+        let err = restart(&sock, "gone").unwrap_err().to_string();
         assert!(
             err.contains("HTTP 404") && err.contains("No such container"),
             "{err}"

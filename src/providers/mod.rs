@@ -268,3 +268,19 @@ pub fn build(
         ProviderSettings::Azure(s) => Box::new(azure::AzureProvider::new(name, s, timeout)?),
     })
 }
+
+impl ProviderError {
+    /// True when a later try may succeed with nothing changed: the provider unreachable, a
+    /// timeout, a 5xx or throttled answer, an I/O error of the local store. Refused credentials,
+    /// a missing secret, a bad setting, certificate or value are not.
+    pub fn is_transient(&self) -> bool {
+        use local::StoreError as S;
+        match self {
+            ProviderError::Timeout { .. } | ProviderError::Unavailable { .. } => true,
+            ProviderError::Local { source, .. } => {
+                matches!(source, S::Io { .. } | S::Random { .. })
+            }
+            _ => false,
+        }
+    }
+}

@@ -6,6 +6,8 @@
 //! the secret's strategy: `none`, `signal` (to the container's init) or `restart` (Docker Engine
 //! API over its unix socket).
 
+mod error;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -21,6 +23,7 @@ use crate::runtime::inject::{SecretFile, SecretsDir};
 use crate::runtime::spec::Spec;
 use crate::secrets::SecretValue;
 use crate::state::{LiveRegistry, Record, StateRecord, StateSecret, leases, prune, registry};
+pub use error::{FailureClass, RotationError, StrategyError};
 
 /// Which running secrets a rotation touches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +55,7 @@ pub enum Strategy {
 
 impl Strategy {
     /// The strategy of secret `name` in dso.yaml (`secrets.<name>.rotation`); `none` by default.
-    pub fn of(cfg: &Config, name: &str) -> Result<Strategy, String> {
+    pub fn of(cfg: &Config, name: &str) -> Result<Strategy, StrategyError> {
         let Some(rot) = cfg.secrets.get(name).and_then(|s| s.rotation.as_ref()) else {
             return Ok(Strategy::None);
         };
@@ -62,7 +65,7 @@ impl Strategy {
             "signal" => {
                 parse_signal(rot.signal.as_deref().unwrap_or("SIGHUP")).map(Strategy::Signal)
             }
-            other => Err(format!("unknown rotation strategy {other:?}")),
+            other => Err(StrategyError::Unknown(other.to_string())),
         }
     }
 
@@ -76,7 +79,7 @@ impl Strategy {
 }
 
 /// `SIGHUP`, `HUP`, `sighup` → the signal.
-pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
+pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, StrategyError> {
     let up = s.trim().to_ascii_uppercase();
     let full = if up.starts_with("SIG") {
         up
@@ -84,7 +87,7 @@ pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
         format!("SIG{up}")
     };
     full.parse()
-        .map_err(|_| format!("{s:?} is not a signal name"))
+        .map_err(|_| StrategyError::Signal(s.to_string()))
 }
 
 /// Settings of a rotation run that do not come from dso.yaml.
@@ -127,7 +130,8 @@ pub enum OutcomeStatus {
     Unchanged,
     /// Env-only secret with a strategy other than restart: nothing could change.
     EnvNeedsRestart,
-    Failed(String),
+    /// Shared by every container of a fetch that failed.
+    Failed(Arc<RotationError>),
 }
 
 /// The key one fetch serves: same provider, path and JSON key.
@@ -181,11 +185,22 @@ pub struct RejectedConfig {
 pub struct Counters {
     pub rotations_completed: std::sync::atomic::AtomicU64,
     pub rotations_failed: std::sync::atomic::AtomicU64,
+    /// Of `rotations_failed`, those of [`FailureClass::Config`].
+    pub rotations_failed_config: std::sync::atomic::AtomicU64,
     pub agent_fetches_served: std::sync::atomic::AtomicU64,
 }
 
 fn bump(c: &std::sync::atomic::AtomicU64) {
     c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl Counters {
+    fn failed(&self, class: FailureClass) {
+        bump(&self.rotations_failed);
+        if class == FailureClass::Config {
+            bump(&self.rotations_failed_config);
+        }
+    }
 }
 
 impl Rotator {
@@ -401,7 +416,7 @@ impl Rotator {
                         secret: s.name.clone(),
                         container: r.rec.id.clone(),
                         version: s.version.clone(),
-                        status: OutcomeStatus::Failed(refusal),
+                        status: OutcomeStatus::Failed(Arc::new(refusal)),
                     });
                     continue;
                 }
@@ -517,16 +532,18 @@ impl Rotator {
         let started = Instant::now();
         let s = rec.rec.secrets[si].clone();
         let container = rec.rec.id.clone();
-        let fail = |msg: String| -> Outcome {
-            bump(&self.counters.rotations_failed);
+        let fail = |e: RotationError| -> Outcome {
+            self.counters.failed(e.class());
             let (hash, expires) = old
                 .map(|l| (l.hash(), leases::rfc3339(l.expires())))
                 .unwrap_or_default();
+            let msg = e.to_string();
             let mut ev = Event::new("lease_failed", "failure")
                 .secret(&s.name)
                 .provider(&s.provider)
                 .container(&container)
-                .error(&msg);
+                .error(&msg)
+                .class(e.class().label());
             if old.is_some() {
                 ev = ev.lease(&hash, &expires);
             }
@@ -535,17 +552,17 @@ impl Rotator {
                 secret: s.name.clone(),
                 container: container.clone(),
                 version: None,
-                status: OutcomeStatus::Failed(msg),
+                status: OutcomeStatus::Failed(Arc::new(e)),
             }
         };
         // Every new value is checked against the policy in force now (a refusal is audited).
         if let Err(refusal) = self.authorize(&rec.rec, &s) {
-            bump(&self.counters.rotations_failed);
+            self.counters.failed(refusal.class());
             return Outcome {
                 secret: s.name.clone(),
                 container,
                 version: None,
-                status: OutcomeStatus::Failed(refusal),
+                status: OutcomeStatus::Failed(Arc::new(refusal)),
             };
         }
         let cfg = self.config();
@@ -554,26 +571,22 @@ impl Rotator {
             .get(&s.name)
             .and_then(crate::providers::DynamicRequest::for_secret)
         else {
-            return fail(format!(
-                "secret {:?} is no longer a dynamic secret in {}",
-                s.name,
-                cfg.source.display()
+            return fail(RotationError::NotDynamic(
+                s.name.clone(),
+                cfg.source.clone(),
             ));
         };
         let strategy = Strategy::of(&cfg, &s.name);
         // Only a restart changes an environment variable: a new value could not reach the
         // container, and revoking the old one would cut it off.
         if s.file.is_none() && strategy != Ok(Strategy::Restart) {
-            return fail(format!(
-                "secret {:?} is env-injected: a new value reaches the container only with rotation strategy restart; the current one stays until its lease ends",
-                s.name
-            ));
+            return fail(RotationError::EnvLease(s.name.clone()));
         }
         // A restart creates the container again, and that create issues its own value (and
         // owes the old record's leases): issuing one here would only leak it.
         if strategy == Ok(Strategy::Restart) {
             if let Err(e) = docker_api::restart(&self.opts.docker_socket, &container) {
-                return fail(e);
+                return fail(e.into());
             }
             bump(&self.counters.rotations_completed);
             self.audit.record(
@@ -592,13 +605,13 @@ impl Rotator {
         }
         let prov = match self.provider(&s.provider) {
             Ok(p) => p,
-            Err(e) => return fail(e.to_string()),
+            Err(e) => return fail(e.into()),
         };
         let issued = prov.issue(&dreq);
         self.pool.note(&s.provider, issued.as_ref().err());
         let issued = match issued {
             Ok(i) => i,
-            Err(e) => return fail(format!("secret {:?}: {e}", s.name)),
+            Err(e) => return fail(RotationError::Issue(s.name.clone(), e)),
         };
         let new = leases::LeaseState::from_issued(dreq.engine, &issued, leases::unix_now());
         let (hash, expires) = (new.hash(), leases::rfc3339(new.expires()));
@@ -609,62 +622,49 @@ impl Rotator {
                 .container(&container)
                 .lease(&hash, &expires),
         );
-        // From here on the new lease must not be forgotten: revoked if it cannot be used.
-        let drop_new = |why: String| -> Outcome {
+        // A lease revoked now, or written down as owed when that fails.
+        let revoke = |lease: &leases::LeaseState| {
             let pending = leases::Pending {
                 container: container.clone(),
                 secret: s.name.clone(),
                 provider: s.provider.clone(),
-                lease: new.clone(),
+                lease: lease.clone(),
                 attempts: 1,
                 last_error: None,
             };
             if let leases::Revoked::Failed(m) =
                 leases::revoke(Some(&*prov), &pending, &self.audit, leases::unix_now())
             {
+                let last_error = Some(m);
                 let _ = leases::owe(
                     &self.state_dir(),
                     &leases::Pending {
-                        last_error: Some(m),
+                        last_error,
                         ..pending
                     },
                 );
             }
+        };
+        // From here on the new lease must not be forgotten: revoked if it cannot be used.
+        let drop_new = |why: RotationError| -> Outcome {
+            revoke(&new);
             fail(why)
         };
         let value = match providers::select_issued(dreq.engine, &issued.value, s.key.as_deref()) {
             Ok(v) => v,
-            Err(e) => return drop_new(format!("secret {:?}: {e}", s.name)),
+            Err(e) => return drop_new(RotationError::Key(s.name.clone(), e)),
         };
         let status = match self.apply(rec, si, &value, None, Mode::Force) {
             Ok(st) => st,
-            Err(msg) => return drop_new(msg),
+            Err(e) => return drop_new(e),
         };
         if let Err(e) = rec.set_lease(si, &new) {
-            return drop_new(format!("recording the new lease: {e}"));
+            return drop_new(RotationError::Lease(e));
         }
         if let Some(old) = old
             && old.id.is_some()
         {
-            let pending = leases::Pending {
-                container: container.clone(),
-                secret: s.name.clone(),
-                provider: s.provider.clone(),
-                lease: old.clone(),
-                attempts: 1,
-                last_error: None,
-            };
-            if let leases::Revoked::Failed(m) =
-                leases::revoke(Some(&*prov), &pending, &self.audit, leases::unix_now())
-            {
-                let _ = leases::owe(
-                    &self.state_dir(),
-                    &leases::Pending {
-                        last_error: Some(m),
-                        ..pending
-                    },
-                );
-            }
+            revoke(old);
         }
         bump(&self.counters.rotations_completed);
         self.last_rotation
@@ -692,22 +692,19 @@ impl Rotator {
     /// Is `s` still granted to the container of `rec`, under this agent's dso.yaml? A record
     /// made under another dso.yaml (`--dso-config`) is not this agent's to rotate: the same
     /// secret name may mean another provider there. Refusals are audited.
-    fn authorize(&self, rec: &StateRecord, s: &StateSecret) -> Result<(), String> {
+    fn authorize(&self, rec: &StateRecord, s: &StateSecret) -> Result<(), RotationError> {
         let cfg = self.config();
         if !same_file(&rec.config, &cfg.source) {
-            let msg = format!(
-                "created under {}, not this agent's {}; rotate it with an agent on that dso.yaml",
-                rec.config.display(),
-                cfg.source.display()
-            );
+            let e = RotationError::OtherConfig(rec.config.clone(), cfg.source.clone());
             self.audit.record(
                 &Event::new("rotation_failed", "skipped")
                     .secret(&s.name)
                     .provider(&s.provider)
                     .container(&rec.id)
-                    .error(&msg),
+                    .error(&e.to_string())
+                    .class(e.class().label()),
             );
-            return Err(msg);
+            return Err(e);
         }
         let unknown;
         let workload = match &rec.workload {
@@ -732,17 +729,17 @@ impl Rotator {
         policy::check(&cfg, ask, workload)
             .map(|_| ())
             .map_err(|refusal| {
-                let msg = refusal.to_string();
-                bump(&self.counters.rotations_failed);
+                let e = RotationError::from(refusal);
+                self.counters.failed(e.class());
                 self.audit.record(
                     &Event::new("access_denied", "failure")
                         .secret(&s.name)
                         .provider(&s.provider)
                         .container(&rec.id)
                         .workload(workload)
-                        .error(&msg),
+                        .error(&e.to_string()),
                 );
-                msg
+                e
             })
     }
 
@@ -771,14 +768,16 @@ impl Rotator {
             version: None,
             workload: Some(labels.join(",")),
         };
-        let fail_all = |records: &[Record], msg: &str| -> Vec<Outcome> {
-            bump(&self.counters.rotations_failed);
+        let fail_all = |records: &[Record], e: RotationError| -> Vec<Outcome> {
+            let e = Arc::new(e);
+            self.counters.failed(e.class());
             self.audit.record(
                 &Event::new("rotation_failed", "failure")
                     .secret(&name)
                     .provider(&fk.provider)
                     .duration(started.elapsed())
-                    .error(msg),
+                    .error(&e.to_string())
+                    .class(e.class().label()),
             );
             users
                 .iter()
@@ -786,13 +785,13 @@ impl Rotator {
                     secret: records[ri].rec.secrets[si].name.clone(),
                     container: records[ri].rec.id.clone(),
                     version: records[ri].rec.secrets[si].version.clone(),
-                    status: OutcomeStatus::Failed(msg.to_string()),
+                    status: OutcomeStatus::Failed(e.clone()),
                 })
                 .collect()
         };
         let provider = match self.provider(&fk.provider) {
             Ok(p) => p,
-            Err(e) => return fail_all(records, &e.to_string()),
+            Err(e) => return fail_all(records, e.into()),
         };
         let audit_provider_error = |e: &ProviderError| {
             if e.is_auth_failure() {
@@ -828,7 +827,7 @@ impl Rotator {
                 Ok(None) => {}
                 Err(e) => {
                     audit_provider_error(&e);
-                    return fail_all(records, &e.to_string());
+                    return fail_all(records, e.into());
                 }
             }
         }
@@ -838,7 +837,7 @@ impl Rotator {
                 .secret(&name)
                 .provider(&fk.provider),
         ) {
-            return fail_all(records, &format!("{e} (audit.required: not rotated)"));
+            return fail_all(records, RotationError::Audit(e));
         }
         let fetched = providers::fetch_for(&*provider, &req);
         self.pool.note(&fk.provider, fetched.as_ref().err());
@@ -846,7 +845,7 @@ impl Rotator {
             Ok(f) => f,
             Err(e) => {
                 audit_provider_error(&e);
-                return fail_all(records, &e.to_string());
+                return fail_all(records, e.into());
             }
         };
         if let Err(e) = self.audit.must_record(
@@ -856,18 +855,17 @@ impl Rotator {
                 .version(fetched.version.as_deref())
                 .duration(started.elapsed()),
         ) {
-            return fail_all(records, &format!("{e} (audit.required: not rotated)"));
+            return fail_all(records, RotationError::Audit(e));
         }
         let cfg = self.config();
         let limit = cfg.runtime.max_secret_size;
         if fetched.value.len() as u64 > limit {
             // Refused before any container is touched: every file keeps its current value.
-            let msg = format!(
-                "secret {name:?} is {} bytes, more than runtime.max_secret_size ({limit} bytes) in {}",
-                fetched.value.len(),
-                cfg.source.display()
+            let (size, source) = (fetched.value.len(), cfg.source.clone());
+            return fail_all(
+                records,
+                RotationError::TooLarge(name.clone(), size, limit, source),
             );
-            return fail_all(records, &msg);
         }
         let mut out = Vec::new();
         // Audited together after the group: one lock and one append for 100 containers.
@@ -896,6 +894,7 @@ impl Rotator {
                             &container,
                             t0,
                             None,
+                            None,
                         ));
                     } else if status == OutcomeStatus::EnvNeedsRestart {
                         let msg = "env-injected secret: the new value reaches the container only with rotation strategy restart";
@@ -907,21 +906,23 @@ impl Rotator {
                             &container,
                             t0,
                             Some(msg),
+                            None,
                         ));
                     }
                     status
                 }
-                Err(msg) => {
-                    bump(&self.counters.rotations_failed);
+                Err(e) => {
+                    self.counters.failed(e.class());
                     done.push(Done::new(
                         "rotation_failed",
                         "failure",
                         &secret,
                         &container,
                         t0,
-                        Some(&msg),
+                        Some(&e.to_string()),
+                        Some(e.class()),
                     ));
-                    OutcomeStatus::Failed(msg)
+                    OutcomeStatus::Failed(Arc::new(e))
                 }
             };
             out.push(Outcome {
@@ -940,6 +941,7 @@ impl Rotator {
                     .container(&d.container)
                     .duration(d.took);
                 ev.timestamp = d.at.clone();
+                ev.class = d.class.map(FailureClass::label);
                 match &d.error {
                     // A failed write has no new version in the container.
                     Some(e) if d.status == "failure" => ev.error(e),
@@ -960,7 +962,7 @@ impl Rotator {
         value: &SecretValue,
         version: Option<&str>,
         mode: Mode,
-    ) -> Result<OutcomeStatus, String> {
+    ) -> Result<OutcomeStatus, RotationError> {
         let s = rec.rec.secrets[si].clone();
         if mode == Mode::IfChanged && version.is_some() && s.version.as_deref() == version {
             return Ok(OutcomeStatus::Unchanged);
@@ -971,23 +973,22 @@ impl Rotator {
                 .host_ids
                 .unwrap_or_else(|| host_ids(&rec.rec.bundle, s.uid, s.gid));
             let dir = open_for_write(&rec.rec)?;
-            dir.sweep_stale_temps(Some(file))
-                .map_err(|e| e.to_string())?;
+            dir.sweep_stale_temps(Some(file))?;
             dir.write(&SecretFile {
                 name: file,
                 value,
                 uid,
                 gid,
                 mode: s.mode,
-            })
-            .map_err(|e| e.to_string())?;
+            })?;
         }
-        rec.set_version(si, version).map_err(|e| e.to_string())?;
+        rec.set_version(si, version)
+            .map_err(RotationError::Record)?;
         match strategy {
             Strategy::None => {}
             Strategy::Signal(sig) => {
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.rec.pid), sig)
-                    .map_err(|e| format!("sending {sig} to pid {}: {e}", rec.rec.pid))?;
+                    .map_err(|e| RotationError::Signal(sig, rec.rec.pid, e))?;
             }
             Strategy::Restart => {
                 // Docker stops the container first and waits for it: say so, a silent pause of
@@ -1014,23 +1015,21 @@ impl Rotator {
 /// init (its start time is the one recorded at create, checked through a pidfd that pins the
 /// process while its root is opened) and the dir is still the tmpfs seen at create (issue 14
 /// point 5: a root PID 1 that moved to another mount must not receive the write there).
-fn open_for_write(rec: &StateRecord) -> Result<SecretsDir, String> {
+fn open_for_write(rec: &StateRecord) -> Result<SecretsDir, RotationError> {
     use rustix::event::{PollFd, PollFlags, poll};
     let id = short_id(&rec.id);
     let (Some(start), Some(mount)) = (rec.pid_start, rec.secrets_mount) else {
-        return Err(format!(
-            "{id}: its record has no init start time or secrets-mount identity (written by an older dso); not written to, restart the container"
-        ));
+        return Err(RotationError::OldRecord(id.to_string()));
     };
-    let gone = || format!("{id}: pid {} is no longer the container's init", rec.pid);
+    let gone = || RotationError::InitGone(id.to_string(), rec.pid);
     let pid = rustix::process::Pid::from_raw(rec.pid).ok_or_else(gone)?;
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
         .map_err(|_| gone())?;
     if crate::state::process_start_time(rec.pid) != Some(start) {
         return Err(gone());
     }
-    let dir = SecretsDir::open(rec.pid, &rec.secrets_dir).map_err(|e| e.to_string())?;
-    dir.require(&mount).map_err(|e| e.to_string())?;
+    let dir = SecretsDir::open(rec.pid, &rec.secrets_dir)?;
+    dir.require(&mount)?;
     // A pidfd turns readable when its process exits: still not readable now, the pid named
     // the same process when /proc/<pid>/root was opened above.
     let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
@@ -1054,6 +1053,7 @@ struct Done {
     took: std::time::Duration,
     at: String,
     error: Option<String>,
+    class: Option<FailureClass>,
 }
 
 impl Done {
@@ -1064,6 +1064,7 @@ impl Done {
         container: &str,
         started: Instant,
         error: Option<&str>,
+        class: Option<FailureClass>,
     ) -> Done {
         Done {
             event,
@@ -1073,6 +1074,7 @@ impl Done {
             took: started.elapsed(),
             at: crate::audit::now_rfc3339(),
             error: error.map(str::to_string),
+            class,
         }
     }
 }
@@ -1133,7 +1135,7 @@ mod tests {
             pid_start: Some(start + 1),
             secrets_mount: Some(crate::runtime::inject::MountIdentity { dev: 1, ino: 2 }),
         };
-        let err = open_for_write(&rec).err().unwrap();
+        let err = open_for_write(&rec).err().unwrap().to_string();
         assert!(
             err.contains(&format!("pid {me} is no longer the container's init")),
             "{err}"
@@ -1143,10 +1145,11 @@ mod tests {
             open_for_write(&rec)
                 .err()
                 .unwrap()
+                .to_string()
                 .contains("no longer the container's init")
         );
         rec.pid_start = None;
-        let err = open_for_write(&rec).err().unwrap();
+        let err = open_for_write(&rec).err().unwrap().to_string();
         assert!(err.contains("written by an older dso"), "{err}");
     }
 
@@ -1210,7 +1213,7 @@ mod tests {
         );
         assert_eq!(out.len(), 1);
         match &out[0].status {
-            OutcomeStatus::Failed(m) => assert!(m.contains("not this agent's"), "{m}"),
+            OutcomeStatus::Failed(m) => assert!(m.to_string().contains("not this agent's"), "{m}"),
             other => panic!("rotated a record of another dso.yaml: {other:?}"),
         }
         let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();

@@ -17,7 +17,9 @@ use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use super::http::{self, ClientOptions, HttpClient, Request, Response, TlsOptions, Url, UrlPolicy};
-use super::{DynamicRequest, FetchRequest, Fetched, Issued, LeaseGrant, Provider, ProviderError};
+use super::{
+    DynamicRequest, FetchRequest, Fetched, Issued, LeaseGrant, Provider, ProviderError, Reason,
+};
 use crate::config::Engine;
 pub use crate::config::{VaultAuthSettings, VaultSettings};
 use crate::secrets::{KeyError, SecretValue};
@@ -183,7 +185,14 @@ impl VaultSession {
                     }
                 }
                 // Refused (revoked, expired, not renewable after all): log in again below.
-                Err(ProviderError::Denied { .. }) | Err(ProviderError::NotFound { .. }) => {}
+                Err(ProviderError {
+                    reason: Reason::Denied(_),
+                    ..
+                })
+                | Err(ProviderError {
+                    reason: Reason::NotFound(_),
+                    ..
+                }) => {}
                 // Transport trouble: a login would fail the same way; keep the token and let
                 // the caller try again later.
                 Err(e) => return Err(e),
@@ -390,15 +399,12 @@ impl VaultAuthApi for VaultApi {
                         let detail = vault_errors(&resp)
                             .map(|e| http::sanitize_detail(&e, &creds))
                             .unwrap_or_default();
-                        Err(ProviderError::Denied {
-                            kind: KIND,
-                            provider: self.name.clone(),
-                            detail: if detail.is_empty() {
-                                format!("AppRole login refused (HTTP {})", resp.status)
-                            } else {
-                                format!("AppRole login refused (HTTP {}): {detail}", resp.status)
-                            },
-                        })
+                        let detail = if detail.is_empty() {
+                            format!("AppRole login refused (HTTP {})", resp.status)
+                        } else {
+                            format!("AppRole login refused (HTTP {}): {detail}", resp.status)
+                        };
+                        Err(ProviderError::denied(KIND, &self.name, detail))
                     }
                     _ => Err(self.error_for(&resp, "AppRole login", &creds)),
                 }
@@ -416,11 +422,11 @@ impl VaultAuthApi for VaultApi {
         let resp = self.client.send_with_retries(&req, deadline)?;
         if resp.status == 400 {
             // "token not renewable" and friends: a refusal, so the session logs in again.
-            return Err(ProviderError::Denied {
-                kind: KIND,
-                provider: self.name.clone(),
-                detail: "token renewal refused (HTTP 400)".into(),
-            });
+            return Err(ProviderError::denied(
+                KIND,
+                &self.name,
+                "token renewal refused (HTTP 400)",
+            ));
         }
         if !resp.is_success() {
             return Err(self.error_for(&resp, "token renewal", &[token]));
@@ -692,11 +698,7 @@ impl Provider for VaultProvider {
         let data = match inner.data {
             Some(raw) if raw.get() != "null" => raw,
             _ => {
-                return Err(ProviderError::NotFound {
-                    kind: KIND,
-                    provider: self.api.name.clone(),
-                    path: path.to_string(),
-                });
+                return Err(ProviderError::not_found(KIND, &self.api.name, path));
             }
         };
         let value = select(data, req.key.as_deref())
@@ -725,7 +727,10 @@ impl Provider for VaultProvider {
         let path = req.path.as_str();
         let resp = match self.get(self.kv_url("metadata", path)?, path, deadline) {
             Ok((resp, _token)) => resp,
-            Err(ProviderError::Denied { .. }) => {
+            Err(ProviderError {
+                reason: Reason::Denied(_),
+                ..
+            }) => {
                 self.metadata_allowed.store(false, Ordering::Relaxed);
                 return self.fetch(req).map(|f| f.version);
             }
@@ -1031,12 +1036,7 @@ pub fn pem_part(value: &SecretValue, key: &str) -> Result<SecretValue, KeyError>
 
 impl VaultProvider {
     fn key_error(&self, path: &str, source: KeyError) -> ProviderError {
-        ProviderError::Key {
-            kind: KIND,
-            provider: self.api.name.clone(),
-            path: path.to_string(),
-            source,
-        }
+        ProviderError::key(KIND, &self.api.name, path, source)
     }
 }
 
@@ -1312,11 +1312,7 @@ mod tests {
                     renewable: true,
                 })
             } else {
-                Err(ProviderError::Denied {
-                    kind: KIND,
-                    provider: "v".into(),
-                    detail: "permission denied".into(),
-                })
+                Err(ProviderError::denied(KIND, "v", "permission denied"))
             }
         }
     }

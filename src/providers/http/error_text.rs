@@ -21,39 +21,20 @@ pub fn status_error(
             format!("{what}: {detail}")
         }
     };
+    let unavailable = |detail| ProviderError::unavailable(kind, provider, detail);
     match status {
-        401 | 403 => ProviderError::Denied {
-            kind,
-            provider: provider.to_string(),
-            detail: with(&format!("HTTP {status} for {path:?}")),
-        },
-        404 => ProviderError::NotFound {
-            kind,
-            provider: provider.to_string(),
-            path: path.to_string(),
-        },
-        429 => ProviderError::Unavailable {
-            kind,
-            provider: provider.to_string(),
-            detail: with("throttled (HTTP 429), retries exhausted"),
-        },
-        500..=599 => ProviderError::Unavailable {
-            kind,
-            provider: provider.to_string(),
-            detail: with(&format!("server error (HTTP {status}), retries exhausted")),
-        },
-        300..=399 => ProviderError::Unavailable {
-            kind,
-            provider: provider.to_string(),
-            detail: format!(
-                "redirect (HTTP {status}) not followed: dso sends credentials with every request and follows no redirect; set the provider's address to the server that answers (for Vault HA, the active node or a load balancer)"
-            ),
-        },
-        _ => ProviderError::Unavailable {
-            kind,
-            provider: provider.to_string(),
-            detail: with(&format!("unexpected HTTP {status} for {path:?}")),
-        },
+        401 | 403 => {
+            ProviderError::denied(kind, provider, with(&format!("HTTP {status} for {path:?}")))
+        }
+        404 => ProviderError::not_found(kind, provider, path),
+        429 => unavailable(with("throttled (HTTP 429), retries exhausted")),
+        500..=599 => unavailable(with(&format!(
+            "server error (HTTP {status}), retries exhausted"
+        ))),
+        300..=399 => unavailable(format!(
+            "redirect (HTTP {status}) not followed: dso sends credentials with every request and follows no redirect; set the provider's address to the server that answers (for Vault HA, the active node or a load balancer)"
+        )),
+        _ => unavailable(with(&format!("unexpected HTTP {status} for {path:?}"))),
     }
 }
 
@@ -135,28 +116,29 @@ pub(super) fn io_error_detail(e: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::Reason;
 
     #[test]
     fn status_mapping() {
         assert!(matches!(
-            status_error("vault", "v", 403, "a/b", "permission denied"),
-            ProviderError::Denied { .. }
+            status_error("vault", "v", 403, "a/b", "permission denied").reason,
+            Reason::Denied(_)
         ));
         assert!(matches!(
-            status_error("vault", "v", 401, "a/b", ""),
-            ProviderError::Denied { .. }
+            status_error("vault", "v", 401, "a/b", "").reason,
+            Reason::Denied(_)
         ));
         assert!(matches!(
-            status_error("vault", "v", 404, "a/b", ""),
-            ProviderError::NotFound { .. }
+            status_error("vault", "v", 404, "a/b", "").reason,
+            Reason::NotFound(_)
         ));
         assert!(matches!(
-            status_error("vault", "v", 503, "a/b", ""),
-            ProviderError::Unavailable { .. }
+            status_error("vault", "v", 503, "a/b", "").reason,
+            Reason::Unavailable(_)
         ));
         assert!(matches!(
-            status_error("vault", "v", 400, "a/b", ""),
-            ProviderError::Unavailable { .. }
+            status_error("vault", "v", 400, "a/b", "").reason,
+            Reason::Unavailable(_)
         ));
     }
 

@@ -41,7 +41,7 @@ pub use tls::TlsOptions;
 use tls::tls_failure;
 pub use url_policy::{UrlPolicy, check_url, is_loopback_host, is_metadata_host, parse_url};
 
-use super::ProviderError;
+use super::{ProviderError, Reason};
 
 /// Largest response body accepted (secrets are small; this bounds memory against a hostile or
 /// broken server).
@@ -666,11 +666,7 @@ impl HttpClient {
     fn classify(&self, e: &reqwest::Error, deadline: Instant) -> Failure {
         let chain = error_chain(e);
         if let Some(tls) = tls_failure(e) {
-            return Failure::fatal(ProviderError::Tls {
-                kind: self.kind,
-                provider: self.provider.to_string(),
-                detail: tls,
-            });
+            return Failure::fatal(self.error(Reason::Tls(tls)));
         }
         if e.is_timeout() || Instant::now() >= deadline {
             return Failure::fatal(self.timeout_error());
@@ -695,20 +691,17 @@ impl HttpClient {
         status_error(self.kind, &self.provider, status, path, detail)
     }
 
+    /// An error of this client's provider.
+    pub fn error(&self, reason: Reason) -> ProviderError {
+        ProviderError::new(self.kind, &self.provider, reason)
+    }
+
     pub fn timeout_error(&self) -> ProviderError {
-        ProviderError::Timeout {
-            kind: self.kind,
-            provider: self.provider.to_string(),
-            seconds: self.timeout.as_secs().max(1),
-        }
+        self.error(Reason::Timeout(self.timeout.as_secs().max(1)))
     }
 
     pub fn unavailable(&self, detail: impl Into<String>) -> ProviderError {
-        ProviderError::Unavailable {
-            kind: self.kind,
-            provider: self.provider.to_string(),
-            detail: detail.into(),
-        }
+        self.error(Reason::Unavailable(detail.into()))
     }
 
     pub fn config_error(&self, detail: impl Into<String>) -> ProviderError {
@@ -828,11 +821,11 @@ mod tests {
             .expect("client");
         let req = Request::get(Url::parse("http://vault.example:8200/v1/x").unwrap());
         let err = client.send(&req, client.deadline()).unwrap_err();
-        assert!(matches!(err, ProviderError::Config { .. }), "{err}");
+        assert!(matches!(err.reason, Reason::Config(_)), "{err}");
         // IMDS over http only when the request says it is one.
         let req = Request::get(Url::parse("http://169.254.169.254/metadata").unwrap());
         let err = client.send(&req, client.deadline()).unwrap_err();
-        assert!(matches!(err, ProviderError::Config { .. }), "{err}");
+        assert!(matches!(err.reason, Reason::Config(_)), "{err}");
     }
 
     #[test]
@@ -844,7 +837,10 @@ mod tests {
         });
         assert!(matches!(
             HttpClient::new("vault", "v", &opts),
-            Err(ProviderError::Config { .. })
+            Err(ProviderError {
+                reason: Reason::Config(_),
+                ..
+            })
         ));
     }
 }

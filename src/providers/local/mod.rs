@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use super::{FetchRequest, Fetched, Provider, ProviderError};
+use super::{FetchRequest, Fetched, Provider, ProviderError, Reason};
 pub use crate::config::{DEFAULT_KEY_FILE, DEFAULT_STORE_PATH, LocalSettings};
 use crate::secrets::RefError;
 #[cfg(feature = "fuzzing")]
@@ -167,11 +167,7 @@ impl LocalProvider {
     }
 
     fn store_error(&self, source: StoreError) -> ProviderError {
-        ProviderError::Local {
-            kind: "local",
-            provider: self.name.clone(),
-            source,
-        }
+        ProviderError::new("local", &self.name, Reason::Local(source))
     }
 }
 
@@ -204,32 +200,22 @@ impl Provider for LocalProvider {
         };
         let (value, version) = store
             .get(&req.path)
-            .ok_or_else(|| ProviderError::NotFound {
-                kind: "local",
-                provider: self.name.clone(),
-                path: req.path.clone(),
-            })?;
+            .ok_or_else(|| ProviderError::not_found("local", &self.name, &req.path))?;
         let version = version.to_string();
         if let Some(want) = req.version.as_deref()
             && want != version
         {
-            return Err(ProviderError::Unavailable {
-                kind: "local",
-                provider: self.name.clone(),
-                detail: format!(
-                    "{:?}: version {want} is not available; the local store keeps only the current version ({version})",
-                    req.path
-                ),
-            });
+            let detail = format!(
+                "{:?}: version {want} is not available; the local store keeps only the current version ({version})",
+                req.path
+            );
+            return Err(ProviderError::unavailable("local", &self.name, detail));
         }
         let value = match req.key.as_deref() {
             None => value,
-            Some(key) => value.select_key(key).map_err(|source| ProviderError::Key {
-                kind: "local",
-                provider: self.name.clone(),
-                path: req.path.clone(),
-                source,
-            })?,
+            Some(key) => value
+                .select_key(key)
+                .map_err(|source| ProviderError::key("local", &self.name, &req.path, source))?,
         };
         Ok(Fetched {
             value,
@@ -342,11 +328,11 @@ pub(super) mod tests {
         );
 
         let err = p.fetch(&req("nope", None, None)).unwrap_err();
-        assert!(matches!(err, ProviderError::NotFound { .. }), "{err}");
+        assert!(matches!(err.reason, Reason::NotFound(_)), "{err}");
         let err = p.fetch(&req("db", None, Some("1"))).unwrap_err();
         assert!(!err.to_string().contains("pw"), "{err}");
         let err = p.fetch(&req("db", Some("user"), None)).unwrap_err();
-        assert!(matches!(err, ProviderError::Key { .. }), "{err}");
+        assert!(matches!(err.reason, Reason::Key { .. }), "{err}");
         assert!(!err.to_string().contains("pw"), "{err}");
 
         fs::set_permissions(&fx.key, fs::Permissions::from_mode(0o644)).unwrap();

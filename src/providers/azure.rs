@@ -377,9 +377,9 @@ impl AzureProvider {
         url.set_query(None);
         url.set_fragment(None);
         {
-            let mut segs = url.path_segments_mut().map_err(|_| {
-                ProviderError::config(KIND, &self.name, "vault_url: not a base URL")
-            })?;
+            let mut segs = url
+                .path_segments_mut()
+                .map_err(|_| self.client.config_error("vault_url: not a base URL"))?;
             segs.pop_if_empty().push("secrets").push(name);
             if let Some(v) = version {
                 segs.push(v);
@@ -439,21 +439,17 @@ impl Provider for AzureProvider {
         let deadline = self.client.deadline();
         let name = req.path.as_str();
         if !valid_secret_name(name) {
-            return Err(ProviderError::config(
-                KIND,
-                &self.name,
-                format!("{name:?} is not a Key Vault secret name (1-127 of 0-9, a-z, A-Z, -)"),
-            ));
+            return Err(self.client.config_error(format!(
+                "{name:?} is not a Key Vault secret name (1-127 of 0-9, a-z, A-Z, -)"
+            )));
         }
         let version = req.version.as_deref();
         if let Some(v) = version
             && (v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric()))
         {
-            return Err(ProviderError::config(
-                KIND,
-                &self.name,
-                format!("{name:?}: {v:?} is not a Key Vault secret version"),
-            ));
+            return Err(self
+                .client
+                .config_error(format!("{name:?}: {v:?} is not a Key Vault secret version")));
         }
         let label = match version {
             Some(v) => format!("{name}/{v}"),

@@ -178,9 +178,7 @@ impl AwsProvider {
             CredentialsError::Imds(_) => self.unavailable(e.to_string()),
             CredentialsError::PartialEnv { .. }
             | CredentialsError::Profile { .. }
-            | CredentialsError::File { .. } => {
-                ProviderError::config(KIND, &self.name, e.to_string())
-            }
+            | CredentialsError::File { .. } => self.http.config_error(e.to_string()),
         }
     }
 

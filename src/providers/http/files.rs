@@ -16,20 +16,17 @@ pub fn read_credential_file(
     path: &Path,
 ) -> Result<Zeroizing<String>, ProviderError> {
     let bytes = read_file(kind, provider, setting, path)?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| {
+    let bad = |what: &str| {
         ProviderError::config(
             kind,
             provider,
-            format!("{setting} {}: not UTF-8 text", path.display()),
+            format!("{setting} {}: {what}", path.display()),
         )
-    })?;
+    };
+    let text = std::str::from_utf8(&bytes).map_err(|_| bad("not UTF-8 text"))?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        return Err(ProviderError::config(
-            kind,
-            provider,
-            format!("{setting} {}: the file is empty", path.display()),
-        ));
+        return Err(bad("the file is empty"));
     }
     Ok(Zeroizing::new(trimmed.to_string()))
 }
@@ -40,19 +37,16 @@ pub(super) fn read_file(
     setting: &str,
     path: &Path,
 ) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
-    let mut f = std::fs::File::open(path).map_err(|e| {
+    let bad = |e: std::io::Error| {
         ProviderError::config(kind, provider, format!("{setting} {}: {e}", path.display()))
-    })?;
+    };
+    let mut f = std::fs::File::open(path).map_err(bad)?;
     // Whoever can write a CA bundle, a client key or a token file can make dso trust their
     // server or act as them: owner root (or this user), not writable by group or others.
-    let meta = f.metadata().map_err(|e| {
-        ProviderError::config(kind, provider, format!("{setting} {}: {e}", path.display()))
-    })?;
+    let meta = f.metadata().map_err(bad)?;
     crate::trust::check(&meta, path, setting, crate::trust::Use::Trusted)
         .map_err(|e| ProviderError::config(kind, provider, e.to_string()))?;
-    read_zeroizing(&mut f, 4096, 1 << 20).map_err(|e| {
-        ProviderError::config(kind, provider, format!("{setting} {}: {e}", path.display()))
-    })
+    read_zeroizing(&mut f, 4096, 1 << 20).map_err(bad)
 }
 
 #[cfg(test)]

@@ -264,12 +264,6 @@ impl Request {
         Ok(me)
     }
 
-    /// A JSON body (`application/json`).
-    pub fn json_body(self, value: &serde_json::Value) -> Result<Self, InvalidHeader> {
-        let bytes = Zeroizing::new(serde_json::to_vec(value).unwrap_or_default());
-        self.body("application/json", bytes)
-    }
-
     /// An `application/x-www-form-urlencoded` body.
     pub fn form_body(self, pairs: &[(&str, &str)]) -> Result<Self, InvalidHeader> {
         let form = form_urlencode(pairs);

@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use super::ProviderError;
-
 /// TLS settings of one provider: extra trusted CAs and an optional client certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsOptions {
@@ -14,32 +12,6 @@ pub struct TlsOptions {
     pub client_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `client_cert`.
     pub client_key: Option<PathBuf>,
-}
-
-impl TlsOptions {
-    /// Reads `ca_file`, `client_cert` and `client_key` from a provider's dso.yaml settings.
-    pub fn from_settings(
-        kind: &'static str,
-        provider: &str,
-        settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Self, ProviderError> {
-        let path = |key: &str| -> Result<Option<PathBuf>, ProviderError> {
-            match settings.get(key) {
-                None | Some(serde_json::Value::Null) => Ok(None),
-                Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(PathBuf::from(s))),
-                Some(_) => Err(ProviderError::config(
-                    kind,
-                    provider,
-                    format!("{key}: expected a file path"),
-                )),
-            }
-        };
-        Ok(Self {
-            ca_file: path("ca_file")?,
-            client_cert: path("client_cert")?,
-            client_key: path("client_key")?,
-        })
-    }
 }
 
 /// If a rustls error (certificate or handshake) is anywhere in the chain, its description.

@@ -6,7 +6,7 @@ use super::{ProviderError, Url};
 /// Longest server-supplied text put into an error message.
 const MAX_DETAIL_CHARS: usize = 200;
 
-/// See [`HttpClient::status_error`].
+/// See [`super::HttpClient::status_error`].
 pub fn status_error(
     kind: &'static str,
     provider: &str,

@@ -1,6 +1,6 @@
-//! The local provider: an AES-256-GCM encrypted store file ([`format`], [`crypto`]), key derived
-//! with PBKDF2-HMAC-SHA256 from a key file ([`keyfile`]); the derived key cached in the kernel
-//! keyring ([`keycache`]), never on disk; writes under a lock, atomically ([`lock`]).
+//! The local provider: an AES-256-GCM encrypted store file (`format`, `crypto`), key derived
+//! with PBKDF2-HMAC-SHA256 from a key file (`keyfile`); the derived key cached in the kernel
+//! keyring (`keycache`), never on disk; writes under a lock, atomically (`lock`).
 
 mod crypto;
 mod format;

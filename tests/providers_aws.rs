@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aws_support::{Imds, Key, Moto, REGION, http_get, http_request, require_moto, rfc3339};
 use dso::providers::aws::{AwsProvider, AwsSettings, Env};
-use dso::providers::{FetchRequest, Provider, ProviderError};
+use dso::providers::{FetchRequest, Provider, ProviderError, Reason};
 
 /// The moto server of this test binary, seeded with these SecretStrings (plus `bin/key`, a
 /// SecretBinary, and `rotating`, with two versions).
@@ -135,12 +135,12 @@ fn json_key_selection() {
         "5432"
     );
     let e = fetch_str(&p, &req("app/db", Some("nope"), None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Key { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Key { .. }), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains("nope") && !msg.contains("pw-1"), "{msg}");
     // A plain string has no keys.
     let e = fetch_str(&p, &req("plain/token", Some("x"), None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Key { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Key { .. }), "{e:?}");
 }
 
 #[test]
@@ -191,10 +191,7 @@ fn version_ids_pin_and_report() {
         ))
         .unwrap_err();
     assert!(
-        matches!(
-            e,
-            ProviderError::NotFound { .. } | ProviderError::Unavailable { .. }
-        ),
+        matches!(e.reason, Reason::NotFound(_) | Reason::Unavailable(_)),
         "{e:?}"
     );
 }
@@ -209,7 +206,7 @@ fn version_falls_back_to_get_secret_value_without_describe_permission() {
     let p = provider_with_key(m, &m.key("getonly"));
     // DescribeSecret is refused for this user...
     let e = p.describe_current_version("rotating").unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e:?}");
     // ...so version() uses GetSecretValue.
     assert_eq!(
         p.version(&req("rotating", None, None)).unwrap().as_deref(),
@@ -229,7 +226,7 @@ fn missing_secret_is_not_found() {
     let m = moto();
     let p = provider_with_key(m, &m.key("reader"));
     let e = p.fetch(&req("does/not/exist", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::NotFound { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::NotFound(_)), "{e:?}");
     assert!(e.to_string().contains("does/not/exist"), "{e}");
 }
 
@@ -244,7 +241,7 @@ fn wrong_secret_key_is_denied() {
     key.secret = format!("{}x", &right[..right.len() - 1]);
     let p = provider_with_key(m, &key);
     let e = p.fetch(&req("plain/token", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains("Signature"), "{msg}");
     assert!(!msg.contains(&key.secret) && !msg.contains(&right), "{msg}");
@@ -258,7 +255,7 @@ fn wrong_secret_key_is_denied() {
         },
     );
     let e = p.fetch(&req("plain/token", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e:?}");
 }
 
 #[test]
@@ -270,7 +267,7 @@ fn user_without_get_secret_value_is_denied() {
     let key = m.key("nopriv");
     let p = provider_with_key(m, &key);
     let e = p.fetch(&req("plain/token", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains("AccessDenied"), "{msg}");
     assert!(msg.contains("secretsmanager:GetSecretValue"), "{msg}");
@@ -320,7 +317,7 @@ fn profile_file_credentials() {
     let e = make(None, &[("AWS_PROFILE", "weak")])
         .fetch(&req("plain/token", None, None))
         .unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e:?}");
     assert_eq!(
         fetch_str(
             &make(Some("default"), &[("AWS_PROFILE", "weak")]),
@@ -334,7 +331,7 @@ fn profile_file_credentials() {
     let e = make(Some("nope"), &[])
         .fetch(&req("plain/token", None, None))
         .unwrap_err();
-    assert!(matches!(e, ProviderError::Config { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Config(_)), "{e:?}");
 }
 
 #[test]
@@ -411,7 +408,7 @@ fn instance_role_credentials_from_imds() {
     imds.rewrite(&bad);
     p.credentials().invalidate();
     let e = p.fetch(&req("plain/token", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e:?}");
     assert!(!e.to_string().contains("tampered"), "{e}");
 }
 
@@ -468,7 +465,7 @@ fn no_credentials_anywhere_fails_fast() {
     )
     .unwrap();
     let e = p.fetch(&req("plain/token", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e:?}");
     assert!(e.to_string().contains("no AWS credentials found"), "{e}");
     // ... and an instance without a role.
     let mut cfg = role_imds_config(m, "2099-01-01T00:00:00Z");
@@ -775,14 +772,14 @@ fn client_errors_are_not_retried_and_name_the_code() {
     ]);
     let p = canned_provider(&endpoint);
     let e = p.fetch(&req("n", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Unavailable(_)), "{e:?}");
     assert!(e.to_string().contains("InvalidRequestException"), "{e}");
     assert_eq!(count.load(Ordering::SeqCst), 1);
     let e = p.fetch(&req("n", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e:?}");
     assert!(e.to_string().contains("DecryptionFailure"), "{e}");
     let e = p.fetch(&req("n", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e:?}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e:?}");
     assert_eq!(count.load(Ordering::SeqCst), 3);
 }
 

@@ -12,7 +12,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dso::providers::{Provider, ProviderError};
+use dso::providers::{Provider, Reason};
 use serde_json::json;
 use support::{Fake, Pki, assert_clean, build, config, req};
 
@@ -202,7 +202,7 @@ fn managed_identity_system_and_user_assigned() {
     );
     let p = env.managed_identity(Some("99999999-0000-0000-0000-000000000000"));
     let e = p.fetch(&req("db-password", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e}");
     assert!(e.to_string().contains("managed identity"), "{e}");
 }
 
@@ -229,12 +229,12 @@ fn json_key_selection() {
     let e = p
         .fetch(&req("app-config", Some("missing"), None))
         .unwrap_err();
-    assert!(matches!(e, ProviderError::Key { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Key { .. }), "{e}");
     assert_clean(&format!("{e} {e:?}"), &leaks());
     let e = p
         .fetch(&req("db-password", Some("password"), None))
         .unwrap_err();
-    assert!(matches!(e, ProviderError::Key { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Key { .. }), "{e}");
     assert_clean(&format!("{e} {e:?}"), &leaks());
 }
 
@@ -243,7 +243,7 @@ fn missing_secret_and_version() {
     let Some(env) = start(&[]) else { return };
     let p = env.client_secret("5s");
     let e = p.fetch(&req("no-such-secret", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::NotFound { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::NotFound(_)), "{e}");
     assert!(e.to_string().contains("no-such-secret"), "{e}");
     let e = p
         .fetch(&req(
@@ -252,12 +252,12 @@ fn missing_secret_and_version() {
             Some("00000000000000000000000000000000"),
         ))
         .unwrap_err();
-    assert!(matches!(e, ProviderError::NotFound { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::NotFound(_)), "{e}");
     // Not a Key Vault name: refused before any request.
     let e = p
         .fetch(&req("../deletedsecrets/x", None, None))
         .unwrap_err();
-    assert!(matches!(e, ProviderError::Config { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Config(_)), "{e}");
 }
 
 #[test]
@@ -265,14 +265,14 @@ fn denied_secret_and_wrong_client_secret() {
     let Some(env) = start(&[]) else { return };
     let p = env.client_secret("5s");
     let e = p.fetch(&req("denied-secret", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e}");
     assert!(e.to_string().contains("Forbidden"), "{e}");
     assert_clean(&format!("{e} {e:?}"), &leaks());
 
     std::fs::write(&env.secret_file, "a-wrong-client-secret").unwrap();
     let p = env.client_secret("5s");
     let e = p.fetch(&req("db-password", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e}");
     assert!(e.to_string().contains("AADSTS7000215"), "{e}");
     assert_clean(&format!("{e} {e:?}"), &["a-wrong-client-secret"]);
     assert_clean(&format!("{e} {e:?}"), &leaks());
@@ -291,7 +291,7 @@ fn provider_down_is_unavailable_fast() {
     let p = build(&config(&[("azure", entry)], "10s"), "azure");
     let started = Instant::now();
     let e = p.fetch(&req("db-password", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Unavailable(_)), "{e}");
     assert!(started.elapsed() < Duration::from_secs(10), "not fast");
 }
 
@@ -302,7 +302,7 @@ fn slower_than_the_timeout_is_a_timeout() {
         .admin_post("/_fake/faults", json!({"slow": 5, "only": "/secrets/"}));
     let p = env.client_secret("1s");
     let e = p.fetch(&req("db-password", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Timeout { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Timeout(_)), "{e}");
 }
 
 #[test]
@@ -318,7 +318,7 @@ fn slow_identity_endpoint_is_a_timeout_too() {
     );
     let p = build(&config(&[("azure", entry)], "1s"), "azure");
     let e = p.fetch(&req("db-password", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Timeout { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Timeout(_)), "{e}");
 }
 
 #[test]
@@ -340,7 +340,7 @@ fn server_errors_are_retried_then_fail() {
         .as_u64()
         .unwrap();
     let e = p.fetch(&req("db-password", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Unavailable(_)), "{e}");
     assert!(e.to_string().contains("500"), "{e}");
     let after = env.fake.stats()["by_path"]["/secrets/db-password"]
         .as_u64()
@@ -356,7 +356,7 @@ fn connection_resets_fail_closed() {
     env.fake
         .admin_post("/_fake/faults", json!({"reset": 1000, "only": "/secrets/"}));
     let e = p.fetch(&req("db-password", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Unavailable(_)), "{e}");
     assert_clean(&format!("{e} {e:?}"), &leaks());
 }
 
@@ -370,6 +370,6 @@ fn untrusted_server_certificate_is_a_tls_error() {
     );
     let p = build(&config(&[("azure", entry)], "5s"), "azure");
     let e = p.fetch(&req("db-password", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Tls { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Tls(_)), "{e}");
     assert!(e.to_string().contains("certificate"), "{e}");
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bao::Bao;
-use dso::providers::{Provider, ProviderError};
+use dso::providers::{Provider, ProviderError, Reason};
 use serde_json::json;
 use support::{assert_clean, build, config, req};
 
@@ -222,7 +222,10 @@ fn kv1_mount() {
     );
     assert!(matches!(
         p.fetch(&req("nothing", None, None)),
-        Err(ProviderError::NotFound { .. })
+        Err(ProviderError {
+            reason: Reason::NotFound(_),
+            ..
+        })
     ));
 }
 
@@ -231,17 +234,17 @@ fn missing_secret_version_and_key() {
     let Some(env) = start() else { return };
     let p = env.provider("");
     let e = p.fetch(&req("app/missing", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::NotFound { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::NotFound(_)), "{e}");
     assert!(e.to_string().contains("app/missing"), "{e}");
     let e = p.fetch(&req("app/db", None, Some("9"))).unwrap_err();
-    assert!(matches!(e, ProviderError::NotFound { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::NotFound(_)), "{e}");
     let e = p.fetch(&req("app/db", Some("nokey"), None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Key { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Key { .. }), "{e}");
     assert!(e.to_string().contains("nokey"), "{e}");
     clean(&e, &env.secrets_in_errors());
     // A path that would climb out of the mount is refused before any request.
     let e = p.fetch(&req("app/../../sys/raw", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Config { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Config(_)), "{e}");
 }
 
 #[test]
@@ -250,14 +253,14 @@ fn denied_paths_and_bad_tokens() {
     let p = env.provider("");
     // Outside the policy: the server's own 403.
     let e = p.fetch(&req("other/x", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e}");
     assert!(e.to_string().contains("permission denied"), "{e}");
     clean(&e, &env.secrets_in_errors());
 
     std::fs::write(&env.token_file, "s.wrong-token-value\n").unwrap();
     let p = env.provider("");
     let e = p.fetch(&req("app/db", Some("password"), None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e}");
     clean(&e, &["s.wrong-token-value".to_string()]);
 
     // A revoked token is refused the same way.
@@ -268,7 +271,7 @@ fn denied_paths_and_bad_tokens() {
         .provider("")
         .fetch(&req("app/db", None, None))
         .unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e}");
     clean(&e, &[revoked]);
 }
 
@@ -290,7 +293,7 @@ fn approle_logs_in_once_for_concurrent_fetches() {
 
     let bad = env.approle_provider(&role_id, "not-the-secret-id");
     let e = bad.fetch(&req("app/db", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Denied { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Denied(_)), "{e}");
     assert!(e.to_string().contains("invalid"), "{e}");
     clean(&e, &["not-the-secret-id".to_string(), role_id, secret_id]);
 }
@@ -367,7 +370,7 @@ fn untrusted_server_certificate_is_a_tls_error() {
     );
     let p = build(&config(&[("vault", entry)], "5s"), "vault");
     let e = p.fetch(&req("app/db", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Tls { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Tls(_)), "{e}");
     assert!(e.to_string().contains("certificate"), "{e}");
 }
 

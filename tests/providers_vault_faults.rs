@@ -13,7 +13,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use dso::providers::{Provider, ProviderError};
+use dso::providers::{Provider, Reason};
 use serde_json::json;
 use support::{Fake, Pki, assert_clean, build, config, req};
 
@@ -203,10 +203,7 @@ fn mutual_tls_client_certificate() {
     );
     let e = without.fetch(&req("app/db", None, None)).unwrap_err();
     assert!(
-        matches!(
-            e,
-            ProviderError::Tls { .. } | ProviderError::Unavailable { .. }
-        ),
+        matches!(e.reason, Reason::Tls(_) | Reason::Unavailable(_)),
         "{e}"
     );
 }
@@ -224,7 +221,7 @@ fn provider_down_is_unavailable_fast() {
     let p = build(&config(&[("vault", entry)], "10s"), "vault");
     let started = Instant::now();
     let e = p.fetch(&req("app/db", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Unavailable(_)), "{e}");
     assert!(e.to_string().contains("connect"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(10), "not fast");
 }
@@ -236,7 +233,7 @@ fn slower_than_the_timeout_is_a_timeout() {
     };
     let p = env.provider("", "1s");
     let e = p.fetch(&req("app/db", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Timeout { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Timeout(_)), "{e}");
 }
 
 #[test]
@@ -260,7 +257,7 @@ fn server_errors_are_retried_then_fail() {
         .as_u64()
         .unwrap();
     let e = p.fetch(&req("app/db", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Unavailable(_)), "{e}");
     assert!(e.to_string().contains("500"), "{e}");
     let after = env.fake.stats()["by_path"]["/v1/secret/data/app/db"]
         .as_u64()
@@ -274,7 +271,7 @@ fn connection_resets_fail_closed() {
     let p = env.provider("", "10s");
     env.fake.admin_post("/_fake/faults", json!({"reset": 1000}));
     let e = p.fetch(&req("app/db", None, None)).unwrap_err();
-    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Unavailable(_)), "{e}");
     assert_clean(&format!("{e} {e:?}"), &secrets_in_errors());
     // One reset, then the retry gets through.
     env.fake.admin_post("/_fake/faults", json!({"reset": 1}));
@@ -300,7 +297,7 @@ fn connection_reset_mid_body_fails_closed() {
     );
     let e = p.fetch(&req("app/db", Some("password"), None)).unwrap_err();
     // Cut while the body was being read, not before the answer.
-    assert!(matches!(e, ProviderError::Unavailable { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Unavailable(_)), "{e}");
     assert!(e.to_string().contains("reading the response"), "{e}");
     assert_clean(&format!("{e} {e:?}"), &secrets_in_errors());
     env.fake.admin_post(

@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dso::providers::ProviderError;
 use dso::providers::http::{ClientOptions, HttpClient, Request, TlsOptions, Url};
+use dso::providers::{ProviderError, Reason};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::{Pki, Validity};
@@ -90,7 +90,12 @@ fn get(client: &HttpClient, url: &str) -> Result<dso::providers::http::Response,
 
 fn expect_tls_error(res: Result<dso::providers::http::Response, ProviderError>, words: &str) {
     match res {
-        Err(e @ ProviderError::Tls { .. }) => {
+        Err(
+            e @ ProviderError {
+                reason: Reason::Tls(_),
+                ..
+            },
+        ) => {
             let msg = e.to_string();
             assert!(msg.contains("TLS"), "{msg}");
             assert!(msg.contains(words), "{msg:?} should mention {words:?}");
@@ -317,7 +322,7 @@ fn plain_http_is_refused_off_loopback() {
     // And the client re-checks every request.
     let c = client(None);
     let e = get(&c, "http://vault.example:8200/v1/secret/data/x").unwrap_err();
-    assert!(matches!(e, ProviderError::Config { .. }), "{e}");
+    assert!(matches!(e.reason, Reason::Config(_)), "{e}");
 }
 
 /// A redirect is never followed: the credential header would go to the redirect's target

@@ -338,14 +338,14 @@ impl AzureProvider {
             })
             .unwrap_or_default();
         match resp.status {
-            400 | 401 | 403 => ProviderError::Denied {
-                kind: KIND,
-                provider: self.name.clone(),
-                detail: format!(
+            400 | 401 | 403 => ProviderError::denied(
+                KIND,
+                &self.name,
+                format!(
                     "{what} token request refused (HTTP {}): {detail}",
                     resp.status
                 ),
-            },
+            ),
             s => self
                 .client
                 .status_error(s, &format!("{what} token"), &detail),
@@ -377,9 +377,9 @@ impl AzureProvider {
         url.set_query(None);
         url.set_fragment(None);
         {
-            let mut segs = url.path_segments_mut().map_err(|_| {
-                ProviderError::config(KIND, &self.name, "vault_url: not a base URL")
-            })?;
+            let mut segs = url
+                .path_segments_mut()
+                .map_err(|_| self.client.config_error("vault_url: not a base URL"))?;
             segs.pop_if_empty().push("secrets").push(name);
             if let Some(v) = version {
                 segs.push(v);
@@ -439,21 +439,17 @@ impl Provider for AzureProvider {
         let deadline = self.client.deadline();
         let name = req.path.as_str();
         if !valid_secret_name(name) {
-            return Err(ProviderError::config(
-                KIND,
-                &self.name,
-                format!("{name:?} is not a Key Vault secret name (1-127 of 0-9, a-z, A-Z, -)"),
-            ));
+            return Err(self.client.config_error(format!(
+                "{name:?} is not a Key Vault secret name (1-127 of 0-9, a-z, A-Z, -)"
+            )));
         }
         let version = req.version.as_deref();
         if let Some(v) = version
             && (v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric()))
         {
-            return Err(ProviderError::config(
-                KIND,
-                &self.name,
-                format!("{name:?}: {v:?} is not a Key Vault secret version"),
-            ));
+            return Err(self
+                .client
+                .config_error(format!("{name:?}: {v:?} is not a Key Vault secret version")));
         }
         let label = match version {
             Some(v) => format!("{name}/{v}"),
@@ -475,10 +471,9 @@ impl Provider for AzureProvider {
             // (a fresh one if ours was for that audience and got refused), retry once.
             let resource = match self.challenge_resource(&resp)? {
                 Some(r) => r,
-                None => known.clone().ok_or_else(|| ProviderError::Denied {
-                    kind: KIND,
-                    provider: self.name.clone(),
-                    detail: "Key Vault answered 401 without a Bearer challenge".into(),
+                None => known.clone().ok_or_else(|| {
+                    let detail = "Key Vault answered 401 without a Bearer challenge";
+                    ProviderError::denied(KIND, &self.name, detail)
                 })?,
             };
             let refresh = token.is_some() && known.as_deref() == Some(resource.as_str());
@@ -487,11 +482,8 @@ impl Provider for AzureProvider {
             resp =
                 self.send_secret_request(&url, token.as_deref().map(|t| t.as_str()), deadline)?;
             if resp.status == 401 {
-                return Err(ProviderError::Denied {
-                    kind: KIND,
-                    provider: self.name.clone(),
-                    detail: format!("Key Vault refused the access token for {label:?} (HTTP 401)"),
-                });
+                let detail = format!("Key Vault refused the access token for {label:?} (HTTP 401)");
+                return Err(ProviderError::denied(KIND, &self.name, detail));
             }
         }
         if !resp.is_success() {
@@ -517,12 +509,9 @@ impl Provider for AzureProvider {
         bytes.extend_from_slice(text.as_bytes());
         let value = crate::secrets::SecretValue::from_zeroizing(bytes);
         let value = match req.key.as_deref() {
-            Some(k) => value.select_key(k).map_err(|source| ProviderError::Key {
-                kind: KIND,
-                provider: self.name.clone(),
-                path: name.to_string(),
-                source,
-            })?,
+            Some(k) => value
+                .select_key(k)
+                .map_err(|source| ProviderError::key(KIND, &self.name, name, source))?,
             None => value,
         };
         let version = bundle

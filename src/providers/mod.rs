@@ -133,11 +133,11 @@ pub trait Provider: Send + Sync {
     }
     /// Issues a new value for one container (dynamic secrets). Default: not supported.
     fn issue(&self, req: &DynamicRequest) -> Result<Issued, ProviderError> {
-        Err(ProviderError::Config {
-            kind: "provider",
-            provider: self.name().to_string(),
-            detail: format!("engine {} is not supported here", req.engine.as_str()),
-        })
+        Err(ProviderError::config(
+            "provider",
+            self.name(),
+            format!("engine {} is not supported here", req.engine.as_str()),
+        ))
     }
     /// Renews a lease by `increment`.
     fn renew_lease(
@@ -146,109 +146,143 @@ pub trait Provider: Send + Sync {
         increment: std::time::Duration,
     ) -> Result<LeaseGrant, ProviderError> {
         let _ = (lease_id, increment);
-        Err(ProviderError::Config {
-            kind: "provider",
-            provider: self.name().to_string(),
-            detail: "leases are not supported here".into(),
-        })
+        Err(ProviderError::config(
+            "provider",
+            self.name(),
+            "leases are not supported here",
+        ))
     }
     /// Revokes a lease (the value stops working).
     fn revoke_lease(&self, lease_id: &str) -> Result<(), ProviderError> {
         let _ = lease_id;
-        Err(ProviderError::Config {
-            kind: "provider",
-            provider: self.name().to_string(),
-            detail: "leases are not supported here".into(),
-        })
+        Err(ProviderError::config(
+            "provider",
+            self.name(),
+            "leases are not supported here",
+        ))
     }
 }
 
-/// Why a fetch failed. `Display` names the provider and the kind of failure, never a value.
+/// Why a provider call failed: which provider (`kind` and dso.yaml name) and the [`Reason`].
+/// `Display` is `<kind> "<provider>": <reason>`, never a value.
+#[derive(Debug)]
+pub struct ProviderError {
+    pub kind: &'static str,
+    pub provider: String,
+    pub reason: Reason,
+}
+
+/// What went wrong, without the provider (see [`ProviderError`]).
 #[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    #[error("{kind} {provider:?}: {path:?} not found")]
-    NotFound {
-        kind: &'static str,
-        provider: String,
-        path: String,
-    },
-    #[error("{kind} {provider:?}: permission denied: {detail}")]
-    Denied {
-        kind: &'static str,
-        provider: String,
-        detail: String,
-    },
-    #[error("{kind} {provider:?}: timed out after {seconds}s")]
-    Timeout {
-        kind: &'static str,
-        provider: String,
-        seconds: u64,
-    },
-    #[error("{kind} {provider:?}: {detail}")]
-    Unavailable {
-        kind: &'static str,
-        provider: String,
-        detail: String,
-    },
+pub enum Reason {
+    /// Nothing at this path (the path is kept).
+    #[error("{0:?} not found")]
+    NotFound(String),
+    #[error("permission denied: {0}")]
+    Denied(String),
+    /// Timed out after this many seconds.
+    #[error("timed out after {0}s")]
+    Timeout(u64),
+    /// Unreachable, throttled, a server error, or an answer dso cannot use.
+    #[error("{0}")]
+    Unavailable(String),
     /// The TLS handshake failed: untrusted, expired or misnamed certificate, no common
     /// protocol version (TLS 1.2+ only), refused client certificate.
-    #[error("{kind} {provider:?}: {detail}")]
-    Tls {
-        kind: &'static str,
-        provider: String,
-        detail: String,
-    },
-    #[error("{kind} {provider:?}: {detail}")]
-    Config {
-        kind: &'static str,
-        provider: String,
-        detail: String,
-    },
-    #[error("{kind} {provider:?}: {path:?}: {source}")]
+    #[error("{0}")]
+    Tls(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("{path:?}: {source}")]
     Key {
-        kind: &'static str,
-        provider: String,
         path: String,
         #[source]
         source: crate::secrets::KeyError,
     },
-    #[error("{kind} {provider:?}: {source}")]
-    Local {
-        kind: &'static str,
-        provider: String,
-        #[source]
-        source: local::StoreError,
-    },
+    #[error("{0}")]
+    Local(#[source] local::StoreError),
+}
+
+impl std::fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?}: {}", self.kind, self.provider, self.reason)
+    }
+}
+
+impl std::error::Error for ProviderError {
+    /// The reason's own source (a key or store error), so a chain never repeats the reason.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.reason)
+    }
 }
 
 impl ProviderError {
+    pub fn new(kind: &'static str, provider: &str, reason: Reason) -> Self {
+        let provider = provider.to_string();
+        Self {
+            kind,
+            provider,
+            reason,
+        }
+    }
+
     /// A bad setting of provider `provider` (of kind `kind`).
     pub fn config(kind: &'static str, provider: &str, detail: impl Into<String>) -> Self {
-        ProviderError::Config {
-            kind,
-            provider: provider.to_string(),
-            detail: detail.into(),
-        }
+        Self::new(kind, provider, Reason::Config(detail.into()))
+    }
+
+    pub fn denied(kind: &'static str, provider: &str, detail: impl Into<String>) -> Self {
+        Self::new(kind, provider, Reason::Denied(detail.into()))
+    }
+
+    pub fn not_found(kind: &'static str, provider: &str, path: impl Into<String>) -> Self {
+        Self::new(kind, provider, Reason::NotFound(path.into()))
+    }
+
+    pub fn unavailable(kind: &'static str, provider: &str, detail: impl Into<String>) -> Self {
+        Self::new(kind, provider, Reason::Unavailable(detail.into()))
+    }
+
+    pub fn key(
+        kind: &'static str,
+        provider: &str,
+        path: impl Into<String>,
+        source: crate::secrets::KeyError,
+    ) -> Self {
+        let path = path.into();
+        Self::new(kind, provider, Reason::Key { path, source })
     }
 
     /// A short, stable name for the kind of failure (audit events, metrics).
     pub fn kind_label(&self) -> &'static str {
-        match self {
-            ProviderError::NotFound { .. } => "not_found",
-            ProviderError::Denied { .. } => "denied",
-            ProviderError::Timeout { .. } => "timeout",
-            ProviderError::Unavailable { .. } => "unavailable",
-            ProviderError::Tls { .. } => "tls",
-            ProviderError::Config { .. } => "config",
-            ProviderError::Key { .. } => "key",
-            ProviderError::Local { .. } => "local",
+        match self.reason {
+            Reason::NotFound(_) => "not_found",
+            Reason::Denied(_) => "denied",
+            Reason::Timeout(_) => "timeout",
+            Reason::Unavailable(_) => "unavailable",
+            Reason::Tls(_) => "tls",
+            Reason::Config(_) => "config",
+            Reason::Key { .. } => "key",
+            Reason::Local(_) => "local",
         }
     }
 
     /// True when the provider refused our credentials or their permissions (an `auth_failed`
     /// audit event), as opposed to the secret or the network being the problem.
     pub fn is_auth_failure(&self) -> bool {
-        matches!(self, ProviderError::Denied { .. })
+        matches!(self.reason, Reason::Denied(_))
+    }
+
+    /// True when trying again later may succeed: a timeout, the provider unreachable,
+    /// throttling or failing (HTTP 429, 5xx; every `Unavailable`, so an unexpected answer too),
+    /// an I/O error of the local store. Refused credentials, a missing secret or key, a bad
+    /// setting, a TLS failure or any other local store error stay until someone fixes them.
+    pub fn is_transient(&self) -> bool {
+        use local::StoreError as S;
+        match &self.reason {
+            Reason::Timeout(_) | Reason::Unavailable(_) => true,
+            Reason::Local(source) => matches!(source, S::Io { .. } | S::Random { .. }),
+            _ => false,
+        }
     }
 }
 
@@ -269,18 +303,52 @@ pub fn build(
     })
 }
 
-impl ProviderError {
-    /// True when a later try may succeed with nothing changed: the provider unreachable, a
-    /// timeout, a 5xx or throttled answer, an I/O error of the local store. Refused credentials,
-    /// a missing secret, a bad setting, certificate or value are not.
-    pub fn is_transient(&self) -> bool {
-        use local::StoreError as S;
-        match self {
-            ProviderError::Timeout { .. } | ProviderError::Unavailable { .. } => true,
-            ProviderError::Local { source, .. } => {
-                matches!(source, S::Io { .. } | S::Random { .. })
-            }
-            _ => false,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The texts users and tests rely on, byte for byte, and which failures are transient.
+    #[test]
+    fn error_texts_and_transience() {
+        let key = crate::secrets::SecretValue::new(b"x".to_vec()).select_key("k");
+        let cases = [
+            (
+                Reason::NotFound("a/b".into()),
+                r#"vault "v": "a/b" not found"#,
+                false,
+            ),
+            (
+                Reason::Denied("HTTP 403".into()),
+                r#"vault "v": permission denied: HTTP 403"#,
+                false,
+            ),
+            (Reason::Timeout(3), r#"vault "v": timed out after 3s"#, true),
+            (
+                Reason::Unavailable("HTTP 503".into()),
+                r#"vault "v": HTTP 503"#,
+                true,
+            ),
+            (
+                Reason::Tls("bad cert".into()),
+                r#"vault "v": bad cert"#,
+                false,
+            ),
+            (
+                Reason::Config("no token".into()),
+                r#"vault "v": no token"#,
+                false,
+            ),
+        ];
+        for (reason, text, transient) in cases {
+            let e = ProviderError::new("vault", "v", reason);
+            assert_eq!(
+                (e.to_string().as_str(), e.is_transient()),
+                (text, transient)
+            );
+            assert!(std::error::Error::source(&e).is_none());
         }
+        let e = ProviderError::key("vault", "v", "a/b", key.unwrap_err());
+        assert!(e.to_string().starts_with(r#"vault "v": "a/b": "#), "{e}");
+        assert!(std::error::Error::source(&e).is_some() && !e.is_transient());
     }
 }

@@ -45,13 +45,12 @@ impl Pool {
         let pc = cfg
             .providers
             .get(name)
-            .ok_or_else(|| ProviderError::Config {
-                kind: "config",
-                provider: name.to_string(),
-                detail: format!(
+            .ok_or_else(|| {
+                let detail = format!(
                     "provider is not defined in {}; add it under providers: there (a running agent reads the file again when it changes, or on SIGHUP)",
                     cfg.source.display()
-                ),
+                );
+                ProviderError::config("config", name, detail)
             })?;
         let p: Arc<dyn Provider> = Arc::from(super::build(name, pc, cfg)?);
         map.insert(name.to_string(), p.clone());

@@ -17,7 +17,9 @@ use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use super::http::{self, ClientOptions, HttpClient, Request, Response, TlsOptions, Url, UrlPolicy};
-use super::{DynamicRequest, FetchRequest, Fetched, Issued, LeaseGrant, Provider, ProviderError};
+use super::{
+    DynamicRequest, FetchRequest, Fetched, Issued, LeaseGrant, Provider, ProviderError, Reason,
+};
 use crate::config::Engine;
 pub use crate::config::{VaultAuthSettings, VaultSettings};
 use crate::secrets::{KeyError, SecretValue};
@@ -183,7 +185,14 @@ impl VaultSession {
                     }
                 }
                 // Refused (revoked, expired, not renewable after all): log in again below.
-                Err(ProviderError::Denied { .. }) | Err(ProviderError::NotFound { .. }) => {}
+                Err(ProviderError {
+                    reason: Reason::Denied(_),
+                    ..
+                })
+                | Err(ProviderError {
+                    reason: Reason::NotFound(_),
+                    ..
+                }) => {}
                 // Transport trouble: a login would fail the same way; keep the token and let
                 // the caller try again later.
                 Err(e) => return Err(e),
@@ -222,9 +231,9 @@ impl VaultApi {
         url.set_query(None);
         url.set_fragment(None);
         {
-            let mut path = url.path_segments_mut().map_err(|_| {
-                ProviderError::config(KIND, &self.name, "address: cannot be a base URL")
-            })?;
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|_| self.client.config_error("address: cannot be a base URL"))?;
             path.pop_if_empty().push("v1").extend(segments);
         }
         Ok(url)
@@ -233,19 +242,17 @@ impl VaultApi {
     fn request(&self, req: Request, token: Option<&str>) -> Result<Request, ProviderError> {
         let mut req = req
             .header("x-vault-request", "true")
-            .map_err(|e| ProviderError::config(KIND, &self.name, e.to_string()))?;
+            .map_err(|e| self.client.config_error(e.to_string()))?;
         if let Some(ns) = &self.namespace {
             req = req.header("x-vault-namespace", ns).map_err(|_| {
-                ProviderError::config(KIND, &self.name, "namespace: not a valid header value")
+                self.client
+                    .config_error("namespace: not a valid header value")
             })?;
         }
         if let Some(token) = token {
             req = req.secret_header("x-vault-token", token).map_err(|_| {
-                ProviderError::config(
-                    KIND,
-                    &self.name,
-                    "the Vault token has characters HTTP cannot carry",
-                )
+                self.client
+                    .config_error("the Vault token has characters HTTP cannot carry")
             })?;
         }
         Ok(req)
@@ -308,11 +315,9 @@ impl VaultAuthApi for VaultApi {
                     }
                     (None, Some(t)) => t.clone(),
                     (None, None) => {
-                        return Err(ProviderError::config(
-                            KIND,
-                            &self.name,
-                            "no token: set auth.token_file or VAULT_TOKEN",
-                        ));
+                        return Err(self
+                            .client
+                            .config_error("no token: set auth.token_file or VAULT_TOKEN"));
                     }
                 };
                 Ok(TokenGrant {
@@ -355,9 +360,8 @@ impl VaultAuthApi for VaultApi {
                 // leaves an unzeroized copy behind).
                 let cap = 64 + 6 * (role_id.len() + secret_id.as_ref().map_or(0, |s| s.len()));
                 let mut body = Zeroizing::new(Vec::with_capacity(cap));
-                serde_json::to_writer(&mut *body, &login).map_err(|e| {
-                    ProviderError::config(KIND, &self.name, format!("login body: {e}"))
-                })?;
+                serde_json::to_writer(&mut *body, &login)
+                    .map_err(|e| self.client.config_error(format!("login body: {e}")))?;
 
                 let mut segments: Vec<&str> = vec!["auth"];
                 segments.extend(mount_segments(mount));
@@ -365,7 +369,7 @@ impl VaultAuthApi for VaultApi {
                 let req = self.request(
                     Request::post(self.url(&segments)?)
                         .body("application/json", body)
-                        .map_err(|e| ProviderError::config(KIND, &self.name, e.to_string()))?,
+                        .map_err(|e| self.client.config_error(e.to_string()))?,
                     None,
                 )?;
                 let resp = self.client.send_with_retries(&req, deadline)?;
@@ -390,15 +394,12 @@ impl VaultAuthApi for VaultApi {
                         let detail = vault_errors(&resp)
                             .map(|e| http::sanitize_detail(&e, &creds))
                             .unwrap_or_default();
-                        Err(ProviderError::Denied {
-                            kind: KIND,
-                            provider: self.name.clone(),
-                            detail: if detail.is_empty() {
-                                format!("AppRole login refused (HTTP {})", resp.status)
-                            } else {
-                                format!("AppRole login refused (HTTP {}): {detail}", resp.status)
-                            },
-                        })
+                        let detail = if detail.is_empty() {
+                            format!("AppRole login refused (HTTP {})", resp.status)
+                        } else {
+                            format!("AppRole login refused (HTTP {}): {detail}", resp.status)
+                        };
+                        Err(ProviderError::denied(KIND, &self.name, detail))
                     }
                     _ => Err(self.error_for(&resp, "AppRole login", &creds)),
                 }
@@ -410,17 +411,17 @@ impl VaultAuthApi for VaultApi {
         let req = self.request(
             Request::post(self.url(&["auth", "token", "renew-self"])?)
                 .body("application/json", Zeroizing::new(b"{}".to_vec()))
-                .map_err(|e| ProviderError::config(KIND, &self.name, e.to_string()))?,
+                .map_err(|e| self.client.config_error(e.to_string()))?,
             Some(token),
         )?;
         let resp = self.client.send_with_retries(&req, deadline)?;
         if resp.status == 400 {
             // "token not renewable" and friends: a refusal, so the session logs in again.
-            return Err(ProviderError::Denied {
-                kind: KIND,
-                provider: self.name.clone(),
-                detail: "token renewal refused (HTTP 400)".into(),
-            });
+            return Err(ProviderError::denied(
+                KIND,
+                &self.name,
+                "token renewal refused (HTTP 400)",
+            ));
         }
         if !resp.is_success() {
             return Err(self.error_for(&resp, "token renewal", &[token]));
@@ -561,15 +562,6 @@ impl VaultProvider {
             .unwrap_or_default())
     }
 
-    /// Drops the session, so that the next fetch logs in again (the agent calls this after a
-    /// refusal that a fresh token may cure).
-    pub fn reset_session(&self) {
-        *self
-            .session
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-    }
-
     /// Renews the session's token if it is due (for the agent's timer). `Ok(None)` when no
     /// session exists yet.
     pub fn renew_if_needed(&self) -> Result<Option<Renewal>, ProviderError> {
@@ -587,11 +579,9 @@ impl VaultProvider {
 
     fn kv_url(&self, kind: &str, path: &str) -> Result<Url, ProviderError> {
         let path_segs = secret_segments(path).ok_or_else(|| {
-            ProviderError::config(
-                KIND,
-                &self.api.name,
-                format!("secret path {path:?}: empty, or has an empty, \".\" or \"..\" segment"),
-            )
+            self.api.client.config_error(format!(
+                "secret path {path:?}: empty, or has an empty, \".\" or \"..\" segment"
+            ))
         })?;
         let mut segments: Vec<&str> = mount_segments(&self.mount).collect();
         if !kind.is_empty() {
@@ -634,11 +624,10 @@ impl Provider for VaultProvider {
         let path = req.path.as_str();
         if self.kv_version == 1 {
             if req.version.is_some() {
-                return Err(ProviderError::config(
-                    KIND,
-                    &self.api.name,
-                    format!("{path:?}: KV version 1 has no versions to pin"),
-                ));
+                return Err(self
+                    .api
+                    .client
+                    .config_error(format!("{path:?}: KV version 1 has no versions to pin")));
             }
             let (resp, _token) = self.get(self.kv_url("", path)?, path, deadline)?;
             #[derive(Deserialize)]
@@ -661,11 +650,9 @@ impl Provider for VaultProvider {
         let mut url = self.kv_url("data", path)?;
         if let Some(v) = &req.version {
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ProviderError::config(
-                    KIND,
-                    &self.api.name,
-                    format!("{path:?}: version {v:?} is not a KV v2 version number"),
-                ));
+                return Err(self.api.client.config_error(format!(
+                    "{path:?}: version {v:?} is not a KV v2 version number"
+                )));
             }
             url.query_pairs_mut().append_pair("version", v);
         }
@@ -692,11 +679,7 @@ impl Provider for VaultProvider {
         let data = match inner.data {
             Some(raw) if raw.get() != "null" => raw,
             _ => {
-                return Err(ProviderError::NotFound {
-                    kind: KIND,
-                    provider: self.api.name.clone(),
-                    path: path.to_string(),
-                });
+                return Err(ProviderError::not_found(KIND, &self.api.name, path));
             }
         };
         let value = select(data, req.key.as_deref())
@@ -725,7 +708,10 @@ impl Provider for VaultProvider {
         let path = req.path.as_str();
         let resp = match self.get(self.kv_url("metadata", path)?, path, deadline) {
             Ok((resp, _token)) => resp,
-            Err(ProviderError::Denied { .. }) => {
+            Err(ProviderError {
+                reason: Reason::Denied(_),
+                ..
+            }) => {
                 self.metadata_allowed.store(false, Ordering::Relaxed);
                 return self.fetch(req).map(|f| f.version);
             }
@@ -750,11 +736,10 @@ impl Provider for VaultProvider {
         match req.engine {
             Engine::Database => self.issue_database(req),
             Engine::Pki => self.issue_pki(req),
-            Engine::Kv => Err(ProviderError::config(
-                KIND,
-                &self.api.name,
-                "engine kv values are fetched, not issued",
-            )),
+            Engine::Kv => Err(self
+                .api
+                .client
+                .config_error("engine kv values are fetched, not issued")),
         }
     }
 
@@ -772,7 +757,7 @@ impl Provider for VaultProvider {
             lease_id,
             increment: increment.as_secs().max(1),
         })
-        .map_err(|e| ProviderError::config(KIND, &self.api.name, e.to_string()))?;
+        .map_err(|e| self.api.client.config_error(e.to_string()))?;
         let resp = self.send(
             Request::put(self.api.url(&["sys", "leases", "renew"])?),
             Some(Zeroizing::new(body)),
@@ -798,7 +783,7 @@ impl Provider for VaultProvider {
 
     fn revoke_lease(&self, lease_id: &str) -> Result<(), ProviderError> {
         let body = serde_json::to_vec(&serde_json::json!({ "lease_id": lease_id }))
-            .map_err(|e| ProviderError::config(KIND, &self.api.name, e.to_string()))?;
+            .map_err(|e| self.api.client.config_error(e.to_string()))?;
         self.send(
             Request::put(self.api.url(&["sys", "leases", "revoke"])?),
             Some(Zeroizing::new(body)),
@@ -822,7 +807,7 @@ impl VaultProvider {
         let req = match body {
             Some(b) => req
                 .body("application/json", b)
-                .map_err(|e| ProviderError::config(KIND, &self.api.name, e.to_string()))?,
+                .map_err(|e| self.api.client.config_error(e.to_string()))?,
             None => req,
         };
         let req = self.api.request(req, Some(&token))?;
@@ -837,11 +822,10 @@ impl VaultProvider {
     fn engine_url(&self, req: &DynamicRequest, op: &str) -> Result<Url, ProviderError> {
         check_mount(&self.api.name, "mount", &req.mount)?;
         if req.role.is_empty() || secret_segments(&req.role).is_none_or(|s| s.len() != 1) {
-            return Err(ProviderError::config(
-                KIND,
-                &self.api.name,
-                format!("role {:?} is not a role name", req.role),
-            ));
+            return Err(self
+                .api
+                .client
+                .config_error(format!("role {:?} is not a role name", req.role)));
         }
         let mut segments: Vec<&str> = mount_segments(&req.mount).collect();
         segments.push(op);
@@ -909,11 +893,7 @@ impl VaultProvider {
     fn issue_pki(&self, req: &DynamicRequest) -> Result<Issued, ProviderError> {
         let what = format!("certificate from {}/issue/{}", req.mount, req.role);
         let Some(cn) = req.common_name.as_deref() else {
-            return Err(ProviderError::config(
-                KIND,
-                &self.api.name,
-                "engine pki needs common_name",
-            ));
+            return Err(self.api.client.config_error("engine pki needs common_name"));
         };
         let mut body = serde_json::json!({ "common_name": cn });
         if let Some(ttl) = req.ttl {
@@ -925,8 +905,8 @@ impl VaultProvider {
         if !req.ip_sans.is_empty() {
             body["ip_sans"] = req.ip_sans.join(",").into();
         }
-        let body = serde_json::to_vec(&body)
-            .map_err(|e| ProviderError::config(KIND, &self.api.name, e.to_string()))?;
+        let body =
+            serde_json::to_vec(&body).map_err(|e| self.api.client.config_error(e.to_string()))?;
         let resp = self.send(
             Request::post(self.engine_url(req, "issue")?),
             Some(Zeroizing::new(body)),
@@ -1031,12 +1011,7 @@ pub fn pem_part(value: &SecretValue, key: &str) -> Result<SecretValue, KeyError>
 
 impl VaultProvider {
     fn key_error(&self, path: &str, source: KeyError) -> ProviderError {
-        ProviderError::Key {
-            kind: KIND,
-            provider: self.api.name.clone(),
-            path: path.to_string(),
-            source,
-        }
+        ProviderError::key(KIND, &self.api.name, path, source)
     }
 }
 
@@ -1312,11 +1287,7 @@ mod tests {
                     renewable: true,
                 })
             } else {
-                Err(ProviderError::Denied {
-                    kind: KIND,
-                    provider: "v".into(),
-                    detail: "permission denied".into(),
-                })
+                Err(ProviderError::denied(KIND, "v", "permission denied"))
             }
         }
     }

@@ -111,6 +111,7 @@ impl Eq for RotationError {}
 mod tests {
     use super::FailureClass::{Config as C, Transient as T};
     use super::*;
+    use crate::providers::Reason;
     use crate::providers::http::status_error;
     use crate::providers::local::StoreError;
 
@@ -121,17 +122,9 @@ mod tests {
         let http = |status| RotationError::from(status_error("vault", "v", status, "db", ""));
         let io = || std::io::Error::other("EIO");
         let (kind, provider, path) = ("local", String::from("l"), PathBuf::from("/s"));
-        let timeout = ProviderError::Timeout {
-            kind,
-            provider: provider.clone(),
-            seconds: 1,
-        };
+        let timeout = ProviderError::new(kind, &provider, Reason::Timeout(1));
         let local = |source| {
-            RotationError::from(ProviderError::Local {
-                kind,
-                provider: provider.clone(),
-                source,
-            })
+            RotationError::from(ProviderError::new(kind, &provider, Reason::Local(source)))
         };
         let (dir, name) = (String::from("/run/secrets"), String::from("db"));
         let moved = InjectError::Moved {

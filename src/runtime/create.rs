@@ -294,12 +294,7 @@ fn fetch_one(
             if let Some(id) = &issued.lease_id {
                 let _ = prov.revoke_lease(id);
             }
-            return Err(ProviderError::Key {
-                kind: "vault",
-                provider: prov.name().to_string(),
-                path: req.path.clone(),
-                source,
-            });
+            return Err(ProviderError::key("vault", prov.name(), &req.path, source));
         }
     };
     Ok((

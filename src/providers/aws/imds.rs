@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::providers::ProviderError;
 use crate::providers::http::{self, ClientOptions, HttpClient, Request, RetryPolicy, Url};
+use crate::providers::{ProviderError, Reason};
 
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 /// Connect and whole-request timeout of each IMDS call.
@@ -103,14 +103,12 @@ impl ImdsClient {
             .send(req, self.http.deadline())
             .map_err(|e| ImdsError::Unreachable {
                 endpoint: self.endpoint.clone(),
-                detail: match e {
-                    ProviderError::Timeout { seconds, .. } => {
-                        format!("no answer within {seconds}s")
+                detail: match e.reason {
+                    Reason::Timeout(seconds) => format!("no answer within {seconds}s"),
+                    Reason::Unavailable(detail) | Reason::Tls(detail) | Reason::Config(detail) => {
+                        detail
                     }
-                    ProviderError::Unavailable { detail, .. }
-                    | ProviderError::Tls { detail, .. }
-                    | ProviderError::Config { detail, .. } => detail,
-                    other => other.to_string(),
+                    _ => e.to_string(),
                 },
             })
     }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::http::{self, ClientOptions, HttpClient, Request, TlsOptions, Url, UrlPolicy};
-use super::{FetchRequest, Fetched, Provider, ProviderError};
+use super::{FetchRequest, Fetched, Provider, ProviderError, Reason};
 pub use crate::config::AwsSettings;
 use crate::secrets::SecretValue;
 pub use credentials::{
@@ -165,19 +165,11 @@ impl AwsProvider {
     }
 
     fn denied(&self, detail: impl Into<String>) -> ProviderError {
-        ProviderError::Denied {
-            kind: KIND,
-            provider: self.name.clone(),
-            detail: detail.into(),
-        }
+        ProviderError::denied(KIND, &self.name, detail)
     }
 
     fn unavailable(&self, detail: impl Into<String>) -> ProviderError {
-        ProviderError::Unavailable {
-            kind: KIND,
-            provider: self.name.clone(),
-            detail: detail.into(),
-        }
+        ProviderError::unavailable(KIND, &self.name, detail)
     }
 
     fn credentials_error(&self, e: CredentialsError) -> ProviderError {
@@ -186,9 +178,7 @@ impl AwsProvider {
             CredentialsError::Imds(_) => self.unavailable(e.to_string()),
             CredentialsError::PartialEnv { .. }
             | CredentialsError::Profile { .. }
-            | CredentialsError::File { .. } => {
-                ProviderError::config(KIND, &self.name, e.to_string())
-            }
+            | CredentialsError::File { .. } => self.http.config_error(e.to_string()),
         }
     }
 
@@ -314,11 +304,7 @@ impl AwsProvider {
                     None => shown,
                 };
                 if code == "ResourceNotFoundException" {
-                    ProviderError::NotFound {
-                        kind: KIND,
-                        provider: self.name.clone(),
-                        path: path.to_string(),
-                    }
+                    ProviderError::not_found(KIND, &self.name, path)
                 } else if is_denied_code(&code) || status == 401 || status == 403 {
                     self.denied(detail)
                 } else {
@@ -358,12 +344,9 @@ impl AwsProvider {
             }
         };
         let value = match &req.key {
-            Some(k) => value.select_key(k).map_err(|source| ProviderError::Key {
-                kind: KIND,
-                provider: self.name.clone(),
-                path: req.path.clone(),
-                source,
-            })?,
+            Some(k) => value
+                .select_key(k)
+                .map_err(|source| ProviderError::key(KIND, &self.name, &req.path, source))?,
             None => value,
         };
         Ok(Fetched {
@@ -407,7 +390,10 @@ impl Provider for AwsProvider {
         }
         if self.describe_allowed.load(Ordering::Relaxed) {
             match self.describe_current_version(&req.path) {
-                Err(ProviderError::Denied { detail, .. }) if detail.starts_with("AccessDenied") => {
+                Err(ProviderError {
+                    reason: Reason::Denied(detail),
+                    ..
+                }) if detail.starts_with("AccessDenied") => {
                     tracing::info!(
                         provider = %self.name,
                         "secretsmanager:DescribeSecret not granted; checking versions with GetSecretValue"

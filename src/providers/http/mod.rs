@@ -15,26 +15,39 @@
 //! Uses `reqwest::blocking`: call it from plain threads, not from inside an async runtime.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 pub use reqwest::{Method, Url};
-use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
-use super::ProviderError;
-use crate::secrets::SecretValue;
+mod error_text;
+mod files;
+mod form;
+mod json;
+mod tls;
+mod url_policy;
+
+use error_text::{error_chain, io_error_detail, redacted_url};
+pub use error_text::{sanitize_detail, status_error};
+pub use files::read_credential_file;
+use files::read_file;
+pub(crate) use form::NOT_UNRESERVED;
+pub use form::{encode_path_segment, form_urlencode};
+pub use json::{compact_json, json_string, raw_json_value};
+pub use tls::TlsOptions;
+use tls::tls_failure;
+pub use url_policy::{UrlPolicy, check_url, is_loopback_host, is_metadata_host, parse_url};
+
+use super::{ProviderError, Reason};
 
 /// Largest response body accepted (secrets are small; this bounds memory against a hostile or
 /// broken server).
 pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
 /// Connect timeout when the total timeout is longer than this.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest server-supplied text put into an error message.
-const MAX_DETAIL_CHARS: usize = 200;
 const USER_AGENT: &str = concat!("dso/", env!("CARGO_PKG_VERSION"));
 
 thread_local! {
@@ -68,43 +81,6 @@ pub fn user_agent(workload: &str) -> String {
         .take(128)
         .collect();
     format!("{USER_AGENT} ({clean})")
-}
-
-/// TLS settings of one provider: extra trusted CAs and an optional client certificate.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsOptions {
-    /// PEM file of CA certificates trusted in addition to the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate (chain) for mutual TLS; needs `client_key`.
-    pub client_cert: Option<PathBuf>,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `client_cert`.
-    pub client_key: Option<PathBuf>,
-}
-
-impl TlsOptions {
-    /// Reads `ca_file`, `client_cert` and `client_key` from a provider's dso.yaml settings.
-    pub fn from_settings(
-        kind: &'static str,
-        provider: &str,
-        settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Self, ProviderError> {
-        let path = |key: &str| -> Result<Option<PathBuf>, ProviderError> {
-            match settings.get(key) {
-                None | Some(serde_json::Value::Null) => Ok(None),
-                Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(PathBuf::from(s))),
-                Some(_) => Err(ProviderError::config(
-                    kind,
-                    provider,
-                    format!("{key}: expected a file path"),
-                )),
-            }
-        };
-        Ok(Self {
-            ca_file: path("ca_file")?,
-            client_cert: path("client_cert")?,
-            client_key: path("client_key")?,
-        })
-    }
 }
 
 /// Retries on throttling (429), server errors (5xx) and connection failures; never on other
@@ -193,79 +169,6 @@ impl ClientOptions {
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = Some(d);
         self
-    }
-}
-
-/// Which plain-http URLs a setting may hold. https is always fine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UrlPolicy {
-    /// http only for loopback hosts (development, tests).
-    HttpsOrLoopback,
-    /// Also http to a cloud metadata address (IMDS is plain http by design: link-local,
-    /// unroutable, hop-limited).
-    AllowMetadataHttp,
-}
-
-/// True for `localhost`, `127.0.0.0/8` and `::1` (`host` as in a URL: IPv6 in brackets or not).
-pub fn is_loopback_host(host: &str) -> bool {
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    host.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// True for the well-known instance metadata addresses (`169.254.169.254`, `fd00:ec2::254`).
-pub fn is_metadata_host(host: &str) -> bool {
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(v4)) => v4 == std::net::Ipv4Addr::new(169, 254, 169, 254),
-        Ok(std::net::IpAddr::V6(v6)) => {
-            v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
-        }
-        Err(_) => false,
-    }
-}
-
-/// Parses a URL from a provider setting and enforces the transport rules: `https`, or `http`
-/// to a host `policy` allows; no `user:password@`; a host present.
-pub fn parse_url(
-    kind: &'static str,
-    provider: &str,
-    setting: &str,
-    url: &str,
-    policy: UrlPolicy,
-) -> Result<Url, ProviderError> {
-    let parsed = Url::parse(url)
-        .map_err(|e| ProviderError::config(kind, provider, format!("{setting}: not a URL: {e}")))?;
-    check_url(&parsed, policy)
-        .map_err(|why| ProviderError::config(kind, provider, format!("{setting}: {why}")))?;
-    Ok(parsed)
-}
-
-/// The transport rules of [`parse_url`], on a parsed URL; `Err` says why not.
-pub fn check_url(url: &Url, policy: UrlPolicy) -> Result<(), String> {
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("credentials in the URL are not accepted".into());
-    }
-    let Some(host) = url.host_str() else {
-        return Err("the URL has no host".into());
-    };
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if is_loopback_host(host) => Ok(()),
-        "http" if policy == UrlPolicy::AllowMetadataHttp && is_metadata_host(host) => Ok(()),
-        "http" => Err(format!(
-            "https is required (http only for a loopback host), got http://{host}"
-        )),
-        other => Err(format!("unsupported URL scheme {other:?}")),
     }
 }
 
@@ -361,12 +264,6 @@ impl Request {
         Ok(me)
     }
 
-    /// A JSON body (`application/json`).
-    pub fn json_body(self, value: &serde_json::Value) -> Result<Self, InvalidHeader> {
-        let bytes = Zeroizing::new(serde_json::to_vec(value).unwrap_or_default());
-        self.body("application/json", bytes)
-    }
-
     /// An `application/x-www-form-urlencoded` body.
     pub fn form_body(self, pairs: &[(&str, &str)]) -> Result<Self, InvalidHeader> {
         let form = form_urlencode(pairs);
@@ -387,41 +284,6 @@ impl Request {
 #[error("header {name:?}: invalid name or value")]
 pub struct InvalidHeader {
     pub name: String,
-}
-
-/// `application/x-www-form-urlencoded` of `pairs`, built in zeroizing memory sized up front (so
-/// it never reallocates and leaves a copy of a credential behind).
-pub fn form_urlencode(pairs: &[(&str, &str)]) -> Zeroizing<String> {
-    let cap: usize = pairs.iter().map(|(k, v)| 3 * (k.len() + v.len()) + 2).sum();
-    let mut out = Zeroizing::new(String::with_capacity(cap));
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        percent_encode_form(k, &mut out);
-        out.push('=');
-        percent_encode_form(v, &mut out);
-    }
-    out
-}
-
-/// Appends the form encoding of `s` (the pieces go straight into `out`, which never grows).
-fn percent_encode_form(s: &str, out: &mut String) {
-    for piece in form_urlencoded::byte_serialize(s.as_bytes()) {
-        out.push_str(piece);
-    }
-}
-
-/// RFC 3986's unreserved characters are kept; everything else is `%XX`.
-pub(crate) const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// Percent-encodes one URL path segment (everything but unreserved characters).
-pub fn encode_path_segment(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, NOT_UNRESERVED).to_string()
 }
 
 /// A response: status, headers and the whole body in a zeroizing buffer.
@@ -467,6 +329,39 @@ impl Response {
     /// (e.g. hold them in `Zeroizing`) when the body carries a value or a token.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.body)
+    }
+}
+
+/// Reads all of `r` into a zeroizing buffer, at most `limit` bytes (`InvalidData` beyond).
+/// Grows by allocating a new zeroizing buffer and copying, so no freed allocation keeps a copy.
+pub fn read_zeroizing(
+    r: &mut impl Read,
+    size_hint: usize,
+    limit: usize,
+) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(size_hint.clamp(256, limit.max(256))));
+    let mut chunk = Zeroizing::new([0u8; 8192]);
+    loop {
+        let n = match r.read(&mut chunk[..]) {
+            Ok(0) => return Ok(buf),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.len() + n > limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("response larger than {limit} bytes"),
+            ));
+        }
+        if buf.len() + n > buf.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(
+                (buf.capacity() * 2).max(buf.len() + n).min(limit),
+            ));
+            bigger.extend_from_slice(&buf);
+            buf = bigger; // the old one is zeroized as it drops
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -765,11 +660,7 @@ impl HttpClient {
     fn classify(&self, e: &reqwest::Error, deadline: Instant) -> Failure {
         let chain = error_chain(e);
         if let Some(tls) = tls_failure(e) {
-            return Failure::fatal(ProviderError::Tls {
-                kind: self.kind,
-                provider: self.provider.to_string(),
-                detail: tls,
-            });
+            return Failure::fatal(self.error(Reason::Tls(tls)));
         }
         if e.is_timeout() || Instant::now() >= deadline {
             return Failure::fatal(self.timeout_error());
@@ -794,20 +685,17 @@ impl HttpClient {
         status_error(self.kind, &self.provider, status, path, detail)
     }
 
+    /// An error of this client's provider.
+    pub fn error(&self, reason: Reason) -> ProviderError {
+        ProviderError::new(self.kind, &self.provider, reason)
+    }
+
     pub fn timeout_error(&self) -> ProviderError {
-        ProviderError::Timeout {
-            kind: self.kind,
-            provider: self.provider.to_string(),
-            seconds: self.timeout.as_secs().max(1),
-        }
+        self.error(Reason::Timeout(self.timeout.as_secs().max(1)))
     }
 
     pub fn unavailable(&self, detail: impl Into<String>) -> ProviderError {
-        ProviderError::Unavailable {
-            kind: self.kind,
-            provider: self.provider.to_string(),
-            detail: detail.into(),
-        }
+        self.error(Reason::Unavailable(detail.into()))
     }
 
     pub fn config_error(&self, detail: impl Into<String>) -> ProviderError {
@@ -848,328 +736,9 @@ fn retry_after(resp: &Response) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// See [`HttpClient::status_error`].
-pub fn status_error(
-    kind: &'static str,
-    provider: &str,
-    status: u16,
-    path: &str,
-    detail: &str,
-) -> ProviderError {
-    let with = |what: &str| {
-        if detail.is_empty() {
-            what.to_string()
-        } else {
-            format!("{what}: {detail}")
-        }
-    };
-    match status {
-        401 | 403 => ProviderError::Denied {
-            kind,
-            provider: provider.to_string(),
-            detail: with(&format!("HTTP {status} for {path:?}")),
-        },
-        404 => ProviderError::NotFound {
-            kind,
-            provider: provider.to_string(),
-            path: path.to_string(),
-        },
-        429 => ProviderError::Unavailable {
-            kind,
-            provider: provider.to_string(),
-            detail: with("throttled (HTTP 429), retries exhausted"),
-        },
-        500..=599 => ProviderError::Unavailable {
-            kind,
-            provider: provider.to_string(),
-            detail: with(&format!("server error (HTTP {status}), retries exhausted")),
-        },
-        300..=399 => ProviderError::Unavailable {
-            kind,
-            provider: provider.to_string(),
-            detail: format!(
-                "redirect (HTTP {status}) not followed: dso sends credentials with every request and follows no redirect; set the provider's address to the server that answers (for Vault HA, the active node or a load balancer)"
-            ),
-        },
-        _ => ProviderError::Unavailable {
-            kind,
-            provider: provider.to_string(),
-            detail: with(&format!("unexpected HTTP {status} for {path:?}")),
-        },
-    }
-}
-
-/// Makes server-supplied text fit for an error message: drops control characters, removes
-/// every occurrence of the given credentials (a server may echo what it was sent), truncates.
-pub fn sanitize_detail(text: &str, credentials: &[&str]) -> String {
-    let mut s: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    for cred in credentials.iter().filter(|c| c.len() >= 4) {
-        if s.contains(cred) {
-            s = s.replace(cred, "[redacted]");
-        }
-    }
-    let s = s.trim();
-    if s.chars().count() > MAX_DETAIL_CHARS {
-        let cut: String = s.chars().take(MAX_DETAIL_CHARS).collect();
-        format!("{cut}…")
-    } else {
-        s.to_string()
-    }
-}
-
-/// Reads all of `r` into a zeroizing buffer, at most `limit` bytes (`InvalidData` beyond).
-/// Grows by allocating a new zeroizing buffer and copying, so no freed allocation keeps a copy.
-pub fn read_zeroizing(
-    r: &mut impl Read,
-    size_hint: usize,
-    limit: usize,
-) -> std::io::Result<Zeroizing<Vec<u8>>> {
-    let mut buf = Zeroizing::new(Vec::with_capacity(size_hint.clamp(256, limit.max(256))));
-    let mut chunk = Zeroizing::new([0u8; 8192]);
-    loop {
-        let n = match r.read(&mut chunk[..]) {
-            Ok(0) => return Ok(buf),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if buf.len() + n > limit {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("response larger than {limit} bytes"),
-            ));
-        }
-        if buf.len() + n > buf.capacity() {
-            let mut bigger = Zeroizing::new(Vec::with_capacity(
-                (buf.capacity() * 2).max(buf.len() + n).min(limit),
-            ));
-            bigger.extend_from_slice(&buf);
-            buf = bigger; // the old one is zeroized as it drops
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-// Zeroizing JSON: parse response bodies with `&RawValue` fields borrowed from the body
-// (`#[serde(borrow)]`), then turn the pieces into values with these helpers.
-
-/// A raw JSON value as secret bytes: a string's text (unescaped), else compact JSON.
-pub fn raw_json_value(raw: &RawValue) -> SecretValue {
-    let text = raw.get();
-    if text.starts_with('"') {
-        if let Some(s) = json_string(raw) {
-            let s: Zeroizing<String> = s;
-            let mut bytes = Zeroizing::new(Vec::with_capacity(s.len()));
-            bytes.extend_from_slice(s.as_bytes());
-            return SecretValue::from_zeroizing(bytes);
-        }
-    }
-    SecretValue::from_zeroizing(compact_json(text))
-}
-
-/// A JSON string's text in zeroizing memory. Borrowed straight from the (zeroizing) body when
-/// it has no escapes; otherwise serde's unescaped copy is moved into `Zeroizing`.
-pub fn json_string(raw: &RawValue) -> Option<Zeroizing<String>> {
-    if let Ok(s) = serde_json::from_str::<&str>(raw.get()) {
-        let mut out = Zeroizing::new(String::with_capacity(s.len()));
-        out.push_str(s);
-        return Some(out);
-    }
-    serde_json::from_str::<String>(raw.get())
-        .ok()
-        .map(Zeroizing::new)
-}
-
-/// Removes insignificant whitespace from JSON text, into zeroizing memory.
-pub fn compact_json(text: &str) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(text.len()));
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in text.as_bytes() {
-        if in_string {
-            out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if b == b'"' {
-            in_string = true;
-            out.push(b);
-        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            out.push(b);
-        }
-    }
-    out
-}
-
-/// Reads a credential file (token, secret id, client secret): whole file, surrounding
-/// whitespace trimmed, must not be empty. `setting` names the dso.yaml key for messages.
-pub fn read_credential_file(
-    kind: &'static str,
-    provider: &str,
-    setting: &str,
-    path: &Path,
-) -> Result<Zeroizing<String>, ProviderError> {
-    let bytes = read_file(kind, provider, setting, path)?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| {
-        ProviderError::config(
-            kind,
-            provider,
-            format!("{setting} {}: not UTF-8 text", path.display()),
-        )
-    })?;
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(ProviderError::config(
-            kind,
-            provider,
-            format!("{setting} {}: the file is empty", path.display()),
-        ));
-    }
-    Ok(Zeroizing::new(trimmed.to_string()))
-}
-
-fn read_file(
-    kind: &'static str,
-    provider: &str,
-    setting: &str,
-    path: &Path,
-) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
-    let mut f = std::fs::File::open(path).map_err(|e| {
-        ProviderError::config(kind, provider, format!("{setting} {}: {e}", path.display()))
-    })?;
-    // Whoever can write a CA bundle, a client key or a token file can make dso trust their
-    // server or act as them: owner root (or this user), not writable by group or others.
-    let meta = f.metadata().map_err(|e| {
-        ProviderError::config(kind, provider, format!("{setting} {}: {e}", path.display()))
-    })?;
-    crate::trust::check(&meta, path, setting, crate::trust::Use::Trusted)
-        .map_err(|e| ProviderError::config(kind, provider, e.to_string()))?;
-    read_zeroizing(&mut f, 4096, 1 << 20).map_err(|e| {
-        ProviderError::config(kind, provider, format!("{setting} {}: {e}", path.display()))
-    })
-}
-
-/// Scheme, host and path of a URL (no query: it may carry ids that do not belong in logs).
-fn redacted_url(url: &Url) -> String {
-    format!(
-        "{}://{}{}",
-        url.scheme(),
-        url.host_str().unwrap_or(""),
-        url.path()
-    )
-}
-
-/// The error and its sources, `a: b: c`, without reqwest's URL (which may carry query ids).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let text = match err.downcast_ref::<reqwest::Error>() {
-            Some(re) => describe_reqwest(re),
-            None => match err.downcast_ref::<std::io::Error>() {
-                Some(io) => io_error_detail(io),
-                None => err.to_string(),
-            },
-        };
-        // hyper-util's "client error (Connect)" wrappers add nothing a user can act on.
-        let noise = text.starts_with("client error (") && text.ends_with(')');
-        if !text.is_empty() && !noise && parts.last().is_none_or(|p| !p.contains(&text)) {
-            parts.push(text);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
-}
-
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connect error".into()
-    } else if e.is_body() || e.is_decode() {
-        "error reading the response body".into()
-    } else if e.is_request() {
-        "error sending the request".into()
-    } else {
-        String::new()
-    }
-}
-
-/// An io::Error's text including the error it wraps (io::Error::source skips that one).
-fn io_error_detail(e: &std::io::Error) -> String {
-    match e.get_ref() {
-        Some(inner) => inner.to_string(),
-        None => e.to_string(),
-    }
-}
-
-/// If a rustls error (certificate or handshake) is anywhere in the chain, its description.
-fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Some(describe_tls(tls));
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-        {
-            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-                return Some(describe_tls(tls));
-            }
-            if let Some(found) = tls_failure(inner) {
-                return Some(found);
-            }
-        }
-        cur = err.source();
-    }
-    None
-}
-
-fn describe_tls(e: &rustls::Error) -> String {
-    use rustls::{AlertDescription, CertificateError, Error};
-    let what = match e {
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "the server's certificate is not signed by a trusted CA (set ca_file?)"
-        }
-        Error::InvalidCertificate(CertificateError::Expired)
-        | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
-            "the server's certificate has expired"
-        }
-        Error::InvalidCertificate(CertificateError::NotValidYet)
-        | Error::InvalidCertificate(CertificateError::NotValidYetContext { .. }) => {
-            "the server's certificate is not valid yet"
-        }
-        Error::InvalidCertificate(CertificateError::NotValidForName)
-        | Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
-            "the server's certificate is not valid for this host name"
-        }
-        Error::InvalidCertificate(CertificateError::Revoked) => {
-            "the server's certificate is revoked"
-        }
-        Error::InvalidCertificate(_) => "the server's certificate is invalid",
-        Error::PeerIncompatible(_) | Error::AlertReceived(AlertDescription::ProtocolVersion) => {
-            "no common TLS version or cipher (dso requires TLS 1.2 or 1.3)"
-        }
-        Error::AlertReceived(AlertDescription::BadCertificate)
-        | Error::AlertReceived(AlertDescription::CertificateRequired)
-        | Error::AlertReceived(AlertDescription::UnknownCA)
-        | Error::AlertReceived(AlertDescription::CertificateUnknown) => {
-            "the server refused our client certificate (client_cert/client_key)"
-        }
-        _ => "TLS handshake failed",
-    };
-    format!("TLS certificate/handshake error: {what} ({e})")
-}
-
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn user_agent_names_the_workload_and_is_scoped() {
@@ -1198,73 +767,6 @@ mod tests {
         assert_eq!(outer, Some(format!("dso/{v} (a)")));
         assert_eq!(WORKLOAD.with(|x| x.borrow().clone()), None);
     }
-    use super::*;
-
-    /// Issue 14 point 10: a token file (or CA bundle, client key) that group or others can
-    /// write is refused where it is read, with the fix in the message.
-    #[test]
-    fn credential_files_others_can_write_are_refused() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("token");
-        std::fs::write(&f, "s.token\n").unwrap();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let ok = read_credential_file("vault", "v", "auth.token_file", &f).unwrap();
-        assert_eq!(ok.as_str(), "s.token");
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o620)).unwrap();
-        let err = read_credential_file("vault", "v", "auth.token_file", &f).unwrap_err();
-        let want = format!(
-            "auth.token_file {} has mode 0620, writable by group or others; refusing it (fix: chmod go-w {})",
-            f.display(),
-            f.display()
-        );
-        assert!(err.to_string().contains(&want), "{err}");
-    }
-
-    #[test]
-    fn loopback_and_metadata_hosts() {
-        for h in [
-            "localhost",
-            "127.0.0.1",
-            "127.1.2.3",
-            "[::1]",
-            "::1",
-            "LOCALHOST",
-        ] {
-            assert!(is_loopback_host(h), "{h}");
-        }
-        for h in ["10.0.0.1", "vault", "169.254.169.254", "localhost.evil.com"] {
-            assert!(!is_loopback_host(h), "{h}");
-        }
-        assert!(is_metadata_host("169.254.169.254"));
-        assert!(is_metadata_host("[fd00:ec2::254]"));
-        assert!(!is_metadata_host("169.254.169.253"));
-    }
-
-    #[test]
-    fn url_policy() {
-        let ok = |u: &str, p| parse_url("vault", "v", "address", u, p).is_ok();
-        assert!(ok("https://vault.example:8200", UrlPolicy::HttpsOrLoopback));
-        assert!(ok("http://127.0.0.1:8200", UrlPolicy::HttpsOrLoopback));
-        assert!(ok("http://[::1]:8200", UrlPolicy::HttpsOrLoopback));
-        assert!(!ok("http://vault.example:8200", UrlPolicy::HttpsOrLoopback));
-        assert!(!ok("http://169.254.169.254/x", UrlPolicy::HttpsOrLoopback));
-        assert!(ok("http://169.254.169.254/x", UrlPolicy::AllowMetadataHttp));
-        assert!(!ok("http://10.1.1.1/x", UrlPolicy::AllowMetadataHttp));
-        assert!(!ok("https://u:p@vault", UrlPolicy::HttpsOrLoopback));
-        assert!(!ok("ftp://vault", UrlPolicy::HttpsOrLoopback));
-        assert!(!ok("not a url", UrlPolicy::HttpsOrLoopback));
-        let err = parse_url(
-            "vault",
-            "v",
-            "address",
-            "http://vault:8200",
-            UrlPolicy::HttpsOrLoopback,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("https is required"), "{err}");
-    }
 
     #[test]
     fn retry_delays_grow_and_stay_bounded() {
@@ -1279,51 +781,6 @@ mod tests {
         assert!(!is_retryable_status(404));
         assert!(!is_retryable_status(403));
         assert!(!is_retryable_status(400));
-    }
-
-    #[test]
-    fn status_mapping() {
-        assert!(matches!(
-            status_error("vault", "v", 403, "a/b", "permission denied"),
-            ProviderError::Denied { .. }
-        ));
-        assert!(matches!(
-            status_error("vault", "v", 401, "a/b", ""),
-            ProviderError::Denied { .. }
-        ));
-        assert!(matches!(
-            status_error("vault", "v", 404, "a/b", ""),
-            ProviderError::NotFound { .. }
-        ));
-        assert!(matches!(
-            status_error("vault", "v", 503, "a/b", ""),
-            ProviderError::Unavailable { .. }
-        ));
-        assert!(matches!(
-            status_error("vault", "v", 400, "a/b", ""),
-            ProviderError::Unavailable { .. }
-        ));
-    }
-
-    #[test]
-    fn sanitize_removes_credentials_and_control_chars() {
-        let s = sanitize_detail("bad token s.abcdef\nline2", &["s.abcdef"]);
-        assert_eq!(s, "bad token [redacted] line2");
-        let long = "x".repeat(1000);
-        assert!(sanitize_detail(&long, &[]).chars().count() <= MAX_DETAIL_CHARS + 1);
-    }
-
-    #[test]
-    fn form_encoding() {
-        assert_eq!(
-            form_urlencode(&[
-                ("scope", "https://vault.azure.net/.default"),
-                ("a b", "c&d")
-            ])
-            .as_str(),
-            "scope=https%3A%2F%2Fvault.azure.net%2F.default&a+b=c%26d"
-        );
-        assert_eq!(encode_path_segment("a b/c"), "a%20b%2Fc");
     }
 
     #[test]
@@ -1358,11 +815,11 @@ mod tests {
             .expect("client");
         let req = Request::get(Url::parse("http://vault.example:8200/v1/x").unwrap());
         let err = client.send(&req, client.deadline()).unwrap_err();
-        assert!(matches!(err, ProviderError::Config { .. }), "{err}");
+        assert!(matches!(err.reason, Reason::Config(_)), "{err}");
         // IMDS over http only when the request says it is one.
         let req = Request::get(Url::parse("http://169.254.169.254/metadata").unwrap());
         let err = client.send(&req, client.deadline()).unwrap_err();
-        assert!(matches!(err, ProviderError::Config { .. }), "{err}");
+        assert!(matches!(err.reason, Reason::Config(_)), "{err}");
     }
 
     #[test]
@@ -1374,7 +831,10 @@ mod tests {
         });
         assert!(matches!(
             HttpClient::new("vault", "v", &opts),
-            Err(ProviderError::Config { .. })
+            Err(ProviderError {
+                reason: Reason::Config(_),
+                ..
+            })
         ));
     }
 }

@@ -17,7 +17,7 @@ pub use crate::policy::{AllowRule, PolicyConfig};
 pub use provider::*;
 
 pub use json_schema::generate as schema_json;
-pub use schema::{SCHEMA_JSON, validate_document};
+pub use schema::{Document, SCHEMA_JSON, validate_document};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dso/dso.yaml";
 pub const CONFIG_ENV: &str = "DSO_CONFIG";
@@ -590,7 +590,7 @@ impl Config {
     /// `remember`: look the text up in, and add it to, the cache of configs this build has
     /// validated (see [`validated_marker`]), which spares a create the schema compilation.
     fn parse(text: &str, path: &Path, remember: bool) -> Result<Config, ConfigError> {
-        let doc = yaml_document(text, path)?;
+        let doc = parse_yaml(text, path)?;
         let marker = remember.then(|| validated_marker(text));
         let known_good = marker
             .as_deref()
@@ -600,9 +600,9 @@ impl Config {
             errors,
         };
         let mut cfg = if known_good {
-            Config::deserialize(&doc).map_err(|e| invalid(vec![e.to_string()]))?
+            Config::deserialize(&doc.value).map_err(|e| invalid(vec![e.to_string()]))?
         } else {
-            let cfg = validate_document(&doc, text).map_err(invalid)?;
+            let cfg = validate_document(&doc).map_err(invalid)?;
             if let Some(m) = &marker {
                 crate::keyring::store(m, b"ok", VALIDATED_MARKER_TTL);
             }
@@ -632,20 +632,19 @@ pub fn digest_of(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// The YAML text as a JSON document, before any check. Empty text, or comments only, is an
-/// empty mapping.
-pub(crate) fn yaml_document(text: &str, path: &Path) -> Result<serde_json::Value, ConfigError> {
-    if text.trim().is_empty() {
-        return Ok(serde_json::Value::Object(Default::default()));
-    }
-    match serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml {
+/// The YAML text parsed, with the line of each key, before any check. Empty text, or comments
+/// only, is an empty mapping.
+pub fn parse_yaml(text: &str, path: &Path) -> Result<Document, ConfigError> {
+    Document::parse(text).map_err(|e| ConfigError::Yaml {
         path: path.to_path_buf(),
-        line: e.location().map(|l| l.line()).unwrap_or(0),
-        message: e.to_string(),
-    })? {
-        serde_json::Value::Null => Ok(serde_json::Value::Object(Default::default())),
-        doc => Ok(doc),
-    }
+        line: e.line,
+        message: e.message,
+    })
+}
+
+/// The YAML text as a JSON document, before any check (see [`parse_yaml`]).
+pub(crate) fn yaml_document(text: &str, path: &Path) -> Result<serde_json::Value, ConfigError> {
+    parse_yaml(text, path).map(|d| d.value)
 }
 
 /// How long a config stays known-good in the keyring after it passed validation.

@@ -520,12 +520,21 @@ enum NumOrStr {
     Str(String),
 }
 
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    match NumOrStr::deserialize(d)? {
-        NumOrStr::Num(n) => Ok(Duration::from_secs(n)),
-        NumOrStr::Str(s) => parse_duration(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a duration"))),
+/// Durations and sizes must be above zero; the schema checked their form, so a string that does
+/// not parse overflowed.
+fn positive<T: PartialEq + Default, E: serde::de::Error>(v: Option<T>) -> Result<T, E> {
+    match v {
+        Some(v) if v == T::default() => Err(E::custom("must be greater than zero")),
+        Some(v) => Ok(v),
+        None => Err(E::custom("is too large")),
     }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    positive(match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Some(Duration::from_secs(n)),
+        NumOrStr::Str(s) => parse_duration(&s),
+    })
 }
 
 fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -533,13 +542,15 @@ fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Dura
 }
 
 fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match NumOrStr::deserialize(d)? {
-        NumOrStr::Num(n) => Ok(n),
-        NumOrStr::Str(s) => {
-            parse_size(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a size")))
-        }
-    }
+    positive(match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Some(n),
+        NumOrStr::Str(s) => parse_size(&s),
+    })
 }
+
+/// How a mode error ends; `schema` words it otherwise when the YAML wrote the integer in
+/// another base.
+pub(crate) const NOT_OCTAL: &str = " is not an octal file mode (digits 0-7, e.g. \"0400\")";
 
 /// Modes are written as octal strings (`"0400"`) or integers taken as octal digits (`400`).
 fn de_mode_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -550,7 +561,7 @@ fn de_mode_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Er
     u32::from_str_radix(digits.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| serde::de::Error::custom(format!("{digits:?} is not an octal file mode")))
+        .ok_or_else(|| serde::de::Error::custom(format!("{digits}{NOT_OCTAL}")))
 }
 
 fn de_opt_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {

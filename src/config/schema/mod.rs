@@ -9,13 +9,13 @@ mod rules;
 use std::sync::OnceLock;
 
 use jsonschema::Validator;
-use serde::Deserialize;
 use serde_json::Value;
+use serde_path_to_error::Segment;
 
-use super::Config;
+use super::{Config, NOT_OCTAL};
 use message::{describe, dotted, one_line};
 pub use position::Document;
-use rules::{rules, written_form_checks};
+use rules::{mode_written, rules, whole_numbers};
 
 /// The schema shipped in `runtime-config/dso.schema.json`, compiled into the binaries.
 pub const SCHEMA_JSON: &str = include_str!("../../../runtime-config/dso.schema.json");
@@ -37,15 +37,12 @@ pub fn validate_document(lines: &Document) -> Result<Config, Vec<String>> {
     let mut typed = None;
     if schema_ok {
         let before = problems.len();
-        written_form_checks(lines, &mut problems);
+        whole_numbers(doc, &mut Vec::new(), &mut problems);
         if problems.len() == before {
-            match Config::deserialize(doc) {
-                Ok(cfg) => {
-                    rules(&cfg, doc.get("providers").is_some(), &mut problems);
-                    typed = Some(cfg);
-                }
-                Err(e) => problems.push(Problem::at(Vec::new(), e.to_string())),
-            }
+            typed = read_typed(lines, &mut problems);
+        }
+        if let (Some(cfg), true) = (&typed, problems.len() == before) {
+            rules(cfg, lines, &mut problems);
         }
     }
     if let (true, Some(cfg)) = (problems.is_empty(), typed) {
@@ -69,6 +66,41 @@ pub fn validate_document(lines: &Document) -> Result<Config, Vec<String>> {
     // In document order; problems at one place keep the order they were found in.
     out.sort_by_key(|(pos, _)| *pos);
     Err(out.into_iter().map(|(_, s)| s).collect())
+}
+
+/// The typed config, read with serde: a value of the wrong form (a zero duration, a mode with
+/// a digit 8) fails with its key path. The value is dropped and the rest read again, so that
+/// every such problem is reported.
+fn read_typed(doc: &Document, out: &mut Vec<Problem>) -> Option<Config> {
+    let mut value = doc.value.clone();
+    loop {
+        let err = match serde_path_to_error::deserialize(&value) {
+            Ok(cfg) => return Some(cfg),
+            Err(e) => e,
+        };
+        let path: Vec<String> = (err.path().iter())
+            .map(|s| match s {
+                Segment::Seq { index } => index.to_string(),
+                other => other.to_string(),
+            })
+            .collect();
+        let message = err.into_inner().to_string();
+        // `0o400` reads as 256, "not octal": say how it was written instead.
+        let written = message
+            .ends_with(NOT_OCTAL)
+            .then(|| mode_written(doc, &path));
+        out.push(
+            written
+                .flatten()
+                .unwrap_or_else(|| Problem::at(path.clone(), message)),
+        );
+        let (parent, last) = path.split_last().map(|(l, p)| (p, l))?;
+        let parent = parent.iter().try_fold(&mut value, |v, k| match v {
+            Value::Array(a) => a.get_mut(k.parse::<usize>().ok()?),
+            other => other.get_mut(k.as_str()),
+        });
+        parent.and_then(Value::as_object_mut)?.shift_remove(last)?;
+    }
 }
 
 /// One problem before formatting: where (an instance path; the line comes from it unless set)
@@ -196,6 +228,20 @@ mod tests {
         (
             "provider: {type: local}\nsecrets:\n  a: {mode: 489}\n",
             &[r#"line 3: secrets.a.mode: 489 is not an octal file mode (digits 0-7, e.g. "0400")"#],
+        ),
+        (
+            "provider: {type: local}\nsecrets:\n  a: {mode: 0x1ff}\nruntime: {file_mode: +400}\n",
+            &[
+                r#"line 3: secrets.a.mode: write the mode as a quoted octal string (e.g. "0400"), not 0x1ff"#,
+                r#"line 4: runtime.file_mode: write the mode as a quoted octal string (e.g. "0400"), not +400"#,
+            ],
+        ),
+        (
+            "notifications:\n  - {url: \"https://a\", secret_file: /k, timeout: 0}\n  - {url: \"https://b\", secret_file: /k, timeout: 0s}\n",
+            &[
+                "line 2: notifications.0.timeout: must be greater than zero",
+                "line 3: notifications.1.timeout: must be greater than zero",
+            ],
         ),
         (
             "provider: {type: local}\nsecrets:\n  a: {uid: 1000.0}\n",

@@ -17,13 +17,13 @@ const ALIAS_NODES_PER_EVENT: usize = 100;
 
 /// A parsed dso.yaml: the document, and by instance path the line of a mapping key (for the
 /// value under it) or of a list item. Also duplicate and merge keys, and the source text of
-/// plain scalars (YAML reads `0o400` as the integer 256).
+/// numbers not written in decimal digits (YAML reads `0o400` as the integer 256).
 #[derive(Default)]
 pub struct Document {
     /// The document as JSON; empty text, or comments only, is an empty mapping.
     pub value: Value,
     lines: HashMap<Vec<String>, Pos>,
-    pub(super) plain_scalars: HashMap<Vec<String>, String>,
+    pub(super) non_decimal: HashMap<Vec<String>, String>,
     duplicates: Vec<(Vec<String>, Pos, usize)>,
     merge_keys: Vec<(Vec<String>, Pos)>,
 }
@@ -227,8 +227,8 @@ impl MarkedEventReceiver for Builder {
                 let Some(value) = value else {
                     return self.fail(pos, format!("the tagged value {text:?} is not supported"));
                 };
-                if style == TScalarStyle::Plain {
-                    self.doc.plain_scalars.insert(path, text);
+                if matches!(&value, Value::Number(n) if n.to_string() != text) {
+                    self.doc.non_decimal.insert(path, text);
                 }
                 self.complete(value, anchor);
             }

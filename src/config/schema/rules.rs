@@ -10,63 +10,46 @@ use super::message::show_str;
 use super::position::Document;
 use crate::config::{
     AllowRule, AzureAuthSettings, Config, Engine, ProviderConfig, ProviderKind, ProviderSettings,
-    SHORTHAND_PROVIDER, SecretConfig, parse_duration, parse_size,
+    SHORTHAND_PROVIDER, SecretConfig,
 };
 use crate::secrets::{RefError, validate_name};
 
-/// Whole numbers, file modes written in octal digits, durations and sizes that fit. The typed
-/// config could not be read without these.
-pub(super) fn written_form_checks(lines: &Document, out: &mut Vec<Problem>) {
-    let doc = &lines.value;
-    // JSON Schema's "integer" takes 30.0; the typed config does not.
-    let mut floats = Vec::new();
-    find_floats(doc, &mut Vec::new(), &mut floats);
-    for (path, n) in floats {
-        out.push(Problem::at(
-            path,
-            format!("expected a whole number, found {n}"),
-        ));
-    }
-    let at = |path: &[&str]| -> (Vec<String>, Option<&Value>) {
-        let v = path.iter().try_fold(doc, |v, k| v.get(*k));
-        (key(path), v)
+/// JSON Schema's "integer" takes 30.0; the typed config does not: every number must be whole.
+pub(super) fn whole_numbers(v: &Value, path: &mut Vec<String>, out: &mut Vec<Problem>) {
+    let mut visit = |k: String, child, out: &mut Vec<Problem>| {
+        path.push(k);
+        whole_numbers(child, path, out);
+        path.pop();
     };
-    let mut durations = vec![
-        at(&["watch", "interval"]),
-        at(&["runtime", "fetch_timeout"]),
-    ];
-    let mut modes = vec![at(&["runtime", "file_mode"])];
-    let sizes = ["tmpfs_size", "max_secret_size", "max_total_secret_size"];
-    for (path, v) in sizes.map(|s| at(&["runtime", s])) {
-        check_size(&path, v, out);
-    }
-    for name in doc
-        .get("secrets")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .map(|(n, _)| n)
-    {
-        durations.push(at(&["secrets", name, "ttl"]));
-        durations.push(at(&["secrets", name, "rotation", "interval"]));
-        modes.push(at(&["secrets", name, "mode"]));
-    }
-    let notifications = doc.get("notifications").and_then(Value::as_array);
-    for i in 0..notifications.map_or(0, Vec::len) {
-        durations.push(at(&["notifications", &i.to_string(), "timeout"]));
-    }
-    for (path, v) in durations {
-        check_duration(&path, v, out);
-    }
-    for (path, v) in modes {
-        check_mode(lines, &path, v, out);
+    match v {
+        Value::Number(n) if n.is_f64() => out.push(Problem::at(
+            path.clone(),
+            format!("expected a whole number, found {n}"),
+        )),
+        Value::Object(m) => m.iter().for_each(|(k, c)| visit(k.clone(), c, out)),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, c)| visit(i.to_string(), c, out)),
+        _ => {}
     }
 }
 
+/// YAML reads `0o400` as 256 and `0x1ff` as 511, which would silently become other modes: an
+/// integer mode must be written in decimal digits (each taken as octal).
+pub(super) fn mode_written(doc: &Document, path: &[String]) -> Option<Problem> {
+    let written = doc.non_decimal.get(path)?;
+    Some(Problem::at(
+        path.to_vec(),
+        format!("write the mode as a quoted octal string (e.g. \"0400\"), not {written}"),
+    ))
+}
+
 /// What a schema cannot say: names, which provider a secret comes from, which keys go with
-/// which engine, rules that can never match, plain http, the secrets dir. `providers_given`:
-/// the document has a `providers:` key (even an empty one).
-pub(super) fn rules(cfg: &Config, providers_given: bool, out: &mut Vec<Problem>) {
+/// which engine, rules that can never match, plain http, the secrets dir, how modes were
+/// written. `provider` and `providers` exclude each other even when `providers` is empty.
+pub(super) fn rules(cfg: &Config, doc: &Document, out: &mut Vec<Problem>) {
+    let providers_given = doc.value.get("providers").is_some();
     if cfg.provider.is_some() && providers_given {
         out.push(Problem::at(
             key(&["provider"]),
@@ -137,8 +120,10 @@ pub(super) fn rules(cfg: &Config, providers_given: bool, out: &mut Vec<Problem>)
         };
         check_engine(name, s, provider, out);
         check_allow(&at, s.allow.as_deref(), out);
+        out.extend(mode_written(doc, &key(&["secrets", name, "mode"])));
     }
 
+    out.extend(mode_written(doc, &key(&["runtime", "file_mode"])));
     let dir = &cfg.runtime.secrets_dir;
     if dir.split('/').any(|c| c == "." || c == "..") || dir.trim_end_matches('/').is_empty() {
         out.push(Problem::at(
@@ -253,27 +238,6 @@ fn check_allow(owner: &[String], allow: Option<&[AllowRule]>, out: &mut Vec<Prob
     }
 }
 
-fn find_floats(v: &Value, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, String)>) {
-    match v {
-        Value::Number(n) if n.is_f64() => out.push((path.clone(), n.to_string())),
-        Value::Object(m) => {
-            for (k, child) in m {
-                path.push(k.clone());
-                find_floats(child, path, out);
-                path.pop();
-            }
-        }
-        Value::Array(a) => {
-            for (i, child) in a.iter().enumerate() {
-                path.push(i.to_string());
-                find_floats(child, path, out);
-                path.pop();
-            }
-        }
-        _ => {}
-    }
-}
-
 fn key(segments: &[&str]) -> Vec<String> {
     segments.iter().map(|s| s.to_string()).collect()
 }
@@ -284,57 +248,6 @@ fn bad_name(what: &str, name: &str, e: &RefError) -> String {
             format!("{what} name {} is not valid: {why}", show_str(name))
         }
         other => other.to_string(),
-    }
-}
-
-fn check_duration(path: &[String], v: Option<&Value>, out: &mut Vec<Problem>) {
-    let secs_or_parsed = match v {
-        None => return,
-        Some(Value::Number(n)) => n.as_u64().map(std::time::Duration::from_secs),
-        Some(Value::String(s)) => parse_duration(s),
-        Some(_) => return,
-    };
-    match secs_or_parsed {
-        Some(d) if d.is_zero() => out.push(Problem::at(path.to_vec(), "must be greater than zero")),
-        Some(_) => {}
-        None => out.push(Problem::at(path.to_vec(), "is too large")),
-    }
-}
-
-fn check_size(path: &[String], v: Option<&Value>, out: &mut Vec<Problem>) {
-    let bytes = match v {
-        None => return,
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) => parse_size(s),
-        Some(_) => return,
-    };
-    match bytes {
-        Some(0) => out.push(Problem::at(path.to_vec(), "must be greater than zero")),
-        Some(_) => {}
-        None => out.push(Problem::at(path.to_vec(), "is too large")),
-    }
-}
-
-/// Integer modes are read digit by digit as octal (`400` is 0o400), so every digit must be
-/// octal, and the YAML must have said it in decimal digits: YAML reads `0o400` as 256 and
-/// `0x1ff` as 511, which would silently become other modes.
-fn check_mode(lines: &Document, path: &[String], v: Option<&Value>, out: &mut Vec<Problem>) {
-    let Some(Value::Number(n)) = v else { return };
-    let digits = n.to_string();
-    let written = lines.plain_scalars.get(path).map(|s| s.trim());
-    if written.is_some_and(|w| w != digits) {
-        out.push(Problem::at(
-            path.to_vec(),
-            format!(
-                "write the mode as a quoted octal string (e.g. \"0400\"), not {}",
-                written.unwrap_or_default()
-            ),
-        ));
-    } else if !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-        out.push(Problem::at(
-            path.to_vec(),
-            format!("{digits} is not an octal file mode (digits 0-7, e.g. \"0400\")"),
-        ));
     }
 }
 

@@ -7,6 +7,7 @@ use jsonschema::{JsonType, ValidationError};
 use serde_json::Value;
 
 use super::Problem;
+use crate::config::reference::plain;
 
 pub(super) fn describe(err: &ValidationError<'_>, schema: &Value) -> Vec<Problem> {
     let path: Vec<String> = err
@@ -231,14 +232,6 @@ pub(super) fn show_str(s: &str) -> String {
     }
     let cut: String = s.chars().take(MAX).collect();
     format!("{}…", Value::String(cut))
-}
-
-/// An enum option as written in YAML: strings bare, the rest as JSON.
-fn plain(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// `providers.vault.auth`; keys that are not plain identifiers are quoted (`secrets."a.b"`).

@@ -9,6 +9,7 @@ use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use super::{Pos, Problem};
+use crate::config::reference::plain;
 
 /// Deepest nesting taken (as serde_yaml's limit): deeper YAML would overflow the stack later.
 const MAX_DEPTH: usize = 128;
@@ -38,19 +39,12 @@ pub struct YamlError {
 impl Document {
     pub fn parse(text: &str) -> Result<Document, YamlError> {
         let mut b = Builder::default();
-        let parsed = Parser::new_from_str(text).load(&mut b, true);
+        if let Err(e) = Parser::new_from_str(text).load(&mut b, true) {
+            b.fail((e.marker().line(), e.marker().col()), e.info());
+        }
         if let Some(e) = b.error {
             return Err(e);
         }
-        parsed.map_err(|e| YamlError {
-            line: e.marker().line(),
-            message: format!(
-                "{} at line {} column {}",
-                e.info(),
-                e.marker().line(),
-                e.marker().col() + 1
-            ),
-        })?;
         b.doc.value = match b.root.take() {
             None | Some(Value::Null) => Value::Object(Map::new()),
             Some(v) => v,
@@ -81,20 +75,13 @@ impl Document {
     }
 }
 
-/// A collection being read: its instance path, anchor, and what it holds so far.
-enum Frame {
-    Map {
-        path: Vec<String>,
-        anchor: usize,
-        map: Map<String, Value>,
-        /// The key read, waiting for its value.
-        key: Option<String>,
-    },
-    Seq {
-        path: Vec<String>,
-        anchor: usize,
-        items: Vec<Value>,
-    },
+/// A collection being read: its instance path, anchor, what it holds so far (a mapping or a
+/// list) and, in a mapping, the key read that waits for its value.
+struct Frame {
+    path: Vec<String>,
+    anchor: usize,
+    node: Value,
+    key: Option<String>,
 }
 
 #[derive(Default)]
@@ -121,15 +108,14 @@ impl Builder {
     fn place(&mut self, pos: Pos) -> Option<Vec<String>> {
         let path = match self.stack.last() {
             None => Vec::new(),
-            Some(Frame::Map { key: None, .. }) => return None,
-            Some(Frame::Map { path, key, .. }) => {
+            Some(Frame {
+                path, node, key, ..
+            }) => {
                 let mut p = path.clone();
-                p.extend(key.clone());
-                return Some(p);
-            }
-            Some(Frame::Seq { path, items, .. }) => {
-                let mut p = path.clone();
-                p.push(items.len().to_string());
+                match node {
+                    Value::Array(items) => p.push(items.len().to_string()),
+                    _ => return key.clone().map(|k| [p, vec![k]].concat()),
+                }
                 p
             }
         };
@@ -142,21 +128,20 @@ impl Builder {
         if anchor != 0 {
             self.anchors.insert(anchor, value.clone());
         }
-        match self.stack.last_mut() {
-            None => self.root = Some(value),
-            Some(Frame::Seq { items, .. }) => items.push(value),
-            Some(Frame::Map { map, key, .. }) => match key.take() {
-                Some(k) => {
-                    map.insert(k, value);
-                }
-                None => *key = Some(key_text(&value)),
-            },
+        let Some(Frame { node, key, .. }) = self.stack.last_mut() else {
+            return self.root = Some(value);
+        };
+        match (node, key.take()) {
+            (Value::Array(items), _) => items.push(value),
+            (Value::Object(map), Some(k)) => drop(map.insert(k, value)),
+            (_, None) => *key = Some(plain(&value)),
+            _ => {}
         }
     }
 
     /// A mapping key at `pos`: its line, and whether it repeats or merges.
     fn key(&mut self, text: &str, pos: Pos) {
-        let Some(Frame::Map { path, .. }) = self.stack.last() else {
+        let Some(Frame { path, .. }) = self.stack.last() else {
             return;
         };
         let mut p = path.clone();
@@ -182,19 +167,16 @@ impl Builder {
         if self.stack.len() >= MAX_DEPTH {
             return self.fail(pos, "recursion limit exceeded");
         }
-        self.stack.push(if map {
-            Frame::Map {
-                path,
-                anchor,
-                map: Map::new(),
-                key: None,
-            }
-        } else {
-            Frame::Seq {
-                path,
-                anchor,
-                items: Vec::new(),
-            }
+        let node = match map {
+            true => Value::Object(Map::new()),
+            false => Value::Array(Vec::new()),
+        };
+        let key = None;
+        self.stack.push(Frame {
+            path,
+            anchor,
+            node,
+            key,
         });
     }
 }
@@ -241,19 +223,17 @@ impl MarkedEventReceiver for Builder {
                     return self.fail(pos, "repetition limit exceeded");
                 }
                 if self.place(pos).is_none() {
-                    self.key(&key_text(&value), pos);
+                    self.key(&plain(&value), pos);
                 }
                 self.complete(value, 0);
             }
             Event::MappingStart(anchor, tag) => self.open(pos, anchor, tag, true),
             Event::SequenceStart(anchor, tag) => self.open(pos, anchor, tag, false),
-            Event::MappingEnd | Event::SequenceEnd => match self.stack.pop() {
-                Some(Frame::Map { map, anchor, .. }) => self.complete(Value::Object(map), anchor),
-                Some(Frame::Seq { items, anchor, .. }) => {
-                    self.complete(Value::Array(items), anchor)
+            Event::MappingEnd | Event::SequenceEnd => {
+                if let Some(f) = self.stack.pop() {
+                    self.complete(f.node, f.anchor);
                 }
-                None => {}
-            },
+            }
             _ => {}
         }
     }
@@ -272,14 +252,6 @@ fn tag_matches(tag: &Tag, v: &Value) -> bool {
         _ => return false,
     };
     is_core(tag, kind)
-}
-
-/// A scalar used as a mapping key (aliases to collections have no text).
-fn key_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Nodes in `v`, for the alias budget.

@@ -39,6 +39,16 @@ pub struct YamlError {
 impl Document {
     pub fn parse(text: &str) -> Result<Document, YamlError> {
         let mut b = Builder::default();
+        // As libyaml (dso's former parser) would: control characters are not YAML text.
+        let bad = |c: char| c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{85}');
+        if let Some(i) = text.find(bad) {
+            let line = text[..i].lines().count().max(1);
+            let col = text[..i]
+                .rsplit('\n')
+                .next()
+                .map_or(0, |l| l.chars().count());
+            b.fail((line, col), "control characters are not allowed");
+        }
         if let Err(e) = Parser::new_from_str(text).load(&mut b, true) {
             b.fail((e.marker().line(), e.marker().col()), e.info());
         }
@@ -361,6 +371,8 @@ mod tests {
             "a: !custom x\n",
             "a: !!int x\n",
             "a: *nowhere\n",
+            "\t\0",
+            "a: b\u{7f}\n",
             &"[".repeat(200),
         ] {
             assert!(Document::parse(bad).is_err(), "{bad:?}");

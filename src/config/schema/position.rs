@@ -42,7 +42,7 @@ impl Document {
         // As libyaml (dso's former parser) would: control characters are not YAML text.
         let bad = |c: char| c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{85}');
         if let Some(i) = text.find(bad) {
-            let line = text[..i].lines().count().max(1);
+            let line = text[..i].matches('\n').count() + 1;
             let col = text[..i]
                 .rsplit('\n')
                 .next()
@@ -373,10 +373,12 @@ mod tests {
             "a: *nowhere\n",
             "\t\0",
             "a: b\u{7f}\n",
+            "a: 1\n\0",
             &"[".repeat(200),
         ] {
             assert!(Document::parse(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(Document::parse("a: 1\n\0").err().map(|e| e.line), Some(2));
         let doc = Document::parse("a: &x {b: !!str 5}\nc: *x\n").map_err(|e| e.message);
         let doc = doc.expect("anchors and core tags");
         assert_eq!(

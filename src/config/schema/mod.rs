@@ -1,6 +1,7 @@
 //! Checks dso.yaml against the JSON Schema in `runtime-config/dso.schema.json` and the rules a
 //! schema cannot say (provider references, names, https only), as `line N: key.path: why`:
-//! [`message`] words schema errors, [`position`] finds their lines, [`rules`] holds the rest.
+//! [`position`] parses the YAML once, with the line of each key; [`message`] words schema
+//! errors; [`rules`] holds the rest, which runs on the typed config.
 
 mod message;
 mod position;
@@ -22,9 +23,9 @@ pub const SCHEMA_JSON: &str = include_str!("../../../runtime-config/dso.schema.j
 
 /// Checks a parsed dso.yaml document against the schema, reads it as the typed config and
 /// checks that against the rules. Each error is formatted `line N: key.path: message`.
-pub fn validate_document(lines: &Document) -> Result<Config, Vec<String>> {
-    let doc = &lines.value;
-    let mut problems = lines.structural_problems();
+pub fn validate_document(parsed: &Document) -> Result<Config, Vec<String>> {
+    let doc = &parsed.value;
+    let mut problems = parsed.structural_problems();
     let schema = compiled();
     let schema_problems: Vec<Problem> = schema
         .validator
@@ -39,10 +40,10 @@ pub fn validate_document(lines: &Document) -> Result<Config, Vec<String>> {
         let before = problems.len();
         whole_numbers(doc, &mut Vec::new(), &mut problems);
         if problems.len() == before {
-            typed = read_typed(lines, &mut problems);
+            typed = read_typed(parsed, &mut problems);
         }
         if let (Some(cfg), true) = (&typed, problems.len() == before) {
-            rules(cfg, lines, &mut problems);
+            rules(cfg, parsed, &mut problems);
         }
     }
     if let (true, Some(cfg)) = (problems.is_empty(), typed) {
@@ -52,7 +53,7 @@ pub fn validate_document(lines: &Document) -> Result<Config, Vec<String>> {
     let mut out: Vec<(Pos, String)> = problems
         .into_iter()
         .map(|p| {
-            let pos = p.pos.unwrap_or_else(|| lines.pos_of(&p.path));
+            let pos = p.pos.unwrap_or_else(|| parsed.pos_of(&p.path));
             let msg = format!(
                 "line {}: {}: {}",
                 pos.0,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::agent::webhook::{self, MAX_BODY, MAX_SKEW_SECS, Outcome};
-use crate::config::{Config, validate_document, yaml_document};
+use crate::config::{Config, parse_yaml, validate_document};
 use crate::providers::local::{
     MAX_ITERATIONS, MIN_ITERATIONS, StoreError, decode_with_key, encode_plaintext, seal_raw,
 };
@@ -261,8 +261,8 @@ pub fn config(data: &[u8]) {
         return;
     };
     let path = Path::new("fuzz.yaml");
-    let schema_ok = match yaml_document(text, path) {
-        Ok(doc) => validate_document(&doc, text).is_ok(),
+    let schema_ok = match parse_yaml(text, path) {
+        Ok(doc) => validate_document(&doc).is_ok(),
         Err(_) => false,
     };
     let cfg = match Config::from_str_at(text, path) {

@@ -418,8 +418,8 @@ fn node_end(evs: &[Ev], i: usize) -> Option<usize> {
 
 /// `name` as a YAML mapping key: plain when YAML reads it back as that string, else quoted.
 fn yaml_key(name: &str) -> String {
-    match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(name) {
-        Ok(serde_yaml_ng::Value::String(s)) if s == name => name.to_string(),
+    match yaml_document(name, Path::new(name)) {
+        Ok(Value::String(s)) if s == name => name.to_string(),
         _ => Value::String(name.to_string()).to_string(),
     }
 }

@@ -18,7 +18,7 @@ pub use policy::{AllowRule, PolicyConfig};
 pub use provider::*;
 
 pub use json_schema::generate as schema_json;
-pub use schema::{SCHEMA_JSON, validate_document};
+pub use schema::{Document, SCHEMA_JSON, validate_document};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dso/dso.yaml";
 pub const CONFIG_ENV: &str = "DSO_CONFIG";
@@ -500,12 +500,21 @@ enum NumOrStr {
     Str(String),
 }
 
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    match NumOrStr::deserialize(d)? {
-        NumOrStr::Num(n) => Ok(Duration::from_secs(n)),
-        NumOrStr::Str(s) => parse_duration(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a duration"))),
+/// Durations and sizes must be above zero; the schema checked their form, so a string that does
+/// not parse overflowed.
+fn positive<T: PartialEq + Default, E: serde::de::Error>(v: Option<T>) -> Result<T, E> {
+    match v {
+        Some(v) if v == T::default() => Err(E::custom("must be greater than zero")),
+        Some(v) => Ok(v),
+        None => Err(E::custom("is too large")),
     }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    positive(match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Some(Duration::from_secs(n)),
+        NumOrStr::Str(s) => parse_duration(&s),
+    })
 }
 
 fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -513,13 +522,15 @@ fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Dura
 }
 
 fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match NumOrStr::deserialize(d)? {
-        NumOrStr::Num(n) => Ok(n),
-        NumOrStr::Str(s) => {
-            parse_size(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a size")))
-        }
-    }
+    positive(match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Some(n),
+        NumOrStr::Str(s) => parse_size(&s),
+    })
 }
+
+/// How a mode error ends; `schema` words it otherwise when the YAML wrote the integer in
+/// another base.
+pub(crate) const NOT_OCTAL: &str = " is not an octal file mode (digits 0-7, e.g. \"0400\")";
 
 /// Modes are written as octal strings (`"0400"`) or integers taken as octal digits (`400`).
 fn de_mode_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -530,7 +541,7 @@ fn de_mode_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Er
     u32::from_str_radix(digits.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| serde::de::Error::custom(format!("{digits:?} is not an octal file mode")))
+        .ok_or_else(|| serde::de::Error::custom(format!("{digits}{NOT_OCTAL}")))
 }
 
 fn de_opt_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -570,7 +581,7 @@ impl Config {
     /// `remember`: look the text up in, and add it to, the cache of configs this build has
     /// validated (see [`validated_marker`]), which spares a create the schema compilation.
     fn parse(text: &str, path: &Path, remember: bool) -> Result<Config, ConfigError> {
-        let doc = yaml_document(text, path)?;
+        let doc = parse_yaml(text, path)?;
         let marker = remember.then(|| validated_marker(text));
         let known_good = marker
             .as_deref()
@@ -580,9 +591,9 @@ impl Config {
             errors,
         };
         let mut cfg = if known_good {
-            Config::deserialize(&doc).map_err(|e| invalid(vec![e.to_string()]))?
+            Config::deserialize(&doc.value).map_err(|e| invalid(vec![e.to_string()]))?
         } else {
-            let cfg = validate_document(&doc, text).map_err(invalid)?;
+            let cfg = validate_document(&doc).map_err(invalid)?;
             if let Some(m) = &marker {
                 crate::keyring::store(m, b"ok", VALIDATED_MARKER_TTL);
             }
@@ -612,20 +623,19 @@ pub fn digest_of(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// The YAML text as a JSON document, before any check. Empty text, or comments only, is an
-/// empty mapping.
-pub(crate) fn yaml_document(text: &str, path: &Path) -> Result<serde_json::Value, ConfigError> {
-    if text.trim().is_empty() {
-        return Ok(serde_json::Value::Object(Default::default()));
-    }
-    match serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml {
+/// The YAML text parsed, with the line of each key, before any check. Empty text, or comments
+/// only, is an empty mapping.
+pub fn parse_yaml(text: &str, path: &Path) -> Result<Document, ConfigError> {
+    Document::parse(text).map_err(|e| ConfigError::Yaml {
         path: path.to_path_buf(),
-        line: e.location().map(|l| l.line()).unwrap_or(0),
-        message: e.to_string(),
-    })? {
-        serde_json::Value::Null => Ok(serde_json::Value::Object(Default::default())),
-        doc => Ok(doc),
-    }
+        line: e.line,
+        message: e.message,
+    })
+}
+
+/// The YAML text as a JSON document, before any check (see [`parse_yaml`]).
+pub(crate) fn yaml_document(text: &str, path: &Path) -> Result<serde_json::Value, ConfigError> {
+    parse_yaml(text, path).map(|d| d.value)
 }
 
 /// How long a config stays known-good in the keyring after it passed validation.

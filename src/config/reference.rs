@@ -189,7 +189,7 @@ fn ref_title(def_name: &str) -> Option<String> {
 }
 
 /// A JSON value as a YAML user would write it (strings unquoted).
-fn plain(v: &Value) -> String {
+pub(crate) fn plain(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),

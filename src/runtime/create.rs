@@ -3,7 +3,6 @@
 //! into the container's tmpfs, register. Any failure after runc's create deletes the container.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use std::time::Instant;
 use zeroize::Zeroizing;
 
 use super::argv::Invocation;
-use super::delegate::{self, DelegateError};
+use super::delegate::{self, Delegate, DelegateError};
 use super::inject::{InjectError, SecretFile, SecretsDir};
 use super::modify::{self, ENV_FILE_NAME};
 use super::runclog::RuncLog;
@@ -616,7 +615,7 @@ fn audit_for(audit: Audit, log: &RuncLog) -> Audit {
 /// The whole create flow. Returns the exit code to use.
 pub fn create_with_secrets(
     inv: &Invocation,
-    delegate: &OsString,
+    delegate: &dyn Delegate,
     mut spec: Spec,
     log: &RuncLog,
 ) -> Result<i32, CreateError> {
@@ -750,7 +749,7 @@ pub fn create_with_secrets(
         // Foreground run: become the subreaper so the container's init is ours to wait for.
         let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
     }
-    let status = delegate::run(delegate, &create_args)?;
+    let status = delegate.create(&create_args)?;
     if !status.success() {
         // runc has reported why in its log already; nothing was created.
         return Ok(status.code().unwrap_or(1));
@@ -788,7 +787,7 @@ pub fn create_with_secrets(
             id: id.clone(),
             bundle: bundle.clone(),
             runc_root: inv.root.clone(),
-            delegate: delegate.clone(),
+            delegate: delegate.program().to_os_string(),
             pid,
             config: cfg.source.clone(),
             secrets_dir: secrets_dir.clone(),
@@ -849,7 +848,7 @@ pub fn create_with_secrets(
                     .duration(started.elapsed())
                     .error(&msg),
             );
-            if let Err(del) = delegate::delete_force(delegate, inv, &id) {
+            if let Err(del) = delegate.delete_force(inv, &id) {
                 log.write("error", &format!("dso: cleaning up {id}: {del}"));
             }
             let _ = fs::remove_file(cfg.runtime.state_dir.join(format!("{id}.json")));
@@ -871,13 +870,13 @@ pub fn create_with_secrets(
 /// The rest of a `run`: start, and unless detached wait for the container like runc does.
 fn run_rest(
     inv: &Invocation,
-    delegate: &OsString,
+    delegate: &dyn Delegate,
     id: &str,
     pid: i32,
     log: &RuncLog,
 ) -> Result<i32, CreateError> {
-    if let Err(e) = delegate::start(delegate, inv, id) {
-        let _ = delegate::delete_force(delegate, inv, id);
+    if let Err(e) = delegate.start(inv, id) {
+        let _ = delegate.delete_force(inv, id);
         return Err(e.into());
     }
     if inv.detach {
@@ -896,7 +895,7 @@ fn run_rest(
         }
     };
     if !inv.keep
-        && let Err(e) = delegate::delete_force(delegate, inv, id)
+        && let Err(e) = delegate.delete_force(inv, id)
     {
         log.write("warning", &format!("dso: deleting {id}: {e}"));
     }

@@ -903,6 +903,9 @@ fn run_rest(
 }
 
 #[cfg(test)]
+mod cleanup_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::secrets::collect_refs;

@@ -1,6 +1,6 @@
 //! The delegate runtime (runc by default) behind the [`Delegate`] trait: exec'd for passthrough,
 //! run as a child for the steps of a create with secrets (`create`, `state`, `start`,
-//! `delete --force`). [`Runc`] is the real one.
+//! `delete --force`). [`Runc`] is the real one; unit tests use `fake::FakeDelegate`.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
@@ -156,4 +156,93 @@ pub fn init_pid(delegate: &dyn Delegate, inv: &Invocation, id: &str) -> Result<i
         .and_then(|p| i32::try_from(p).ok())
         .filter(|p| *p > 0)
         .ok_or_else(|| perr("runc state has no pid".into()))
+}
+
+/// A delegate for unit tests: records each call, answers `state` with a given pid, and fails
+/// the one call it is told to.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::cell::RefCell;
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Call {
+        Exec,
+        Create,
+        State,
+        Start,
+        Delete,
+    }
+
+    #[derive(Default)]
+    pub struct FakeDelegate {
+        pub calls: RefCell<Vec<Call>>,
+        /// The call that fails (`create` exits 1, the others report a failure).
+        pub fail: Option<Call>,
+        /// What `state` reports (`{"pid": …}`).
+        pub pid: i32,
+        /// Run by `create` (a fault that strikes while runc creates the container).
+        pub on_create: Option<Box<dyn Fn()>>,
+    }
+
+    impl FakeDelegate {
+        pub fn new(pid: i32, fail: Option<Call>) -> Self {
+            FakeDelegate {
+                pid,
+                fail,
+                ..Default::default()
+            }
+        }
+
+        pub fn calls(&self) -> Vec<Call> {
+            self.calls.borrow().clone()
+        }
+
+        fn call(&self, call: Call, what: &'static str) -> Result<(), DelegateError> {
+            self.calls.borrow_mut().push(call);
+            match self.fail == Some(call) {
+                true => Err(DelegateError::Failed {
+                    delegate: "fake-runc".into(),
+                    what,
+                    status: ExitStatus::from_raw(1 << 8),
+                    stderr: "told to fail".into(),
+                }),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl Delegate for FakeDelegate {
+        fn program(&self) -> &OsStr {
+            "fake-runc".as_ref()
+        }
+
+        fn exec(&self, _: &[OsString]) -> std::io::Error {
+            let _ = self.call(Call::Exec, "exec");
+            std::io::Error::other("fake exec")
+        }
+
+        fn create(&self, _: &[OsString]) -> Result<ExitStatus, DelegateError> {
+            let failed = self.call(Call::Create, "create").is_err();
+            self.on_create.iter().for_each(|f| f());
+            Ok(ExitStatus::from_raw(if failed { 1 << 8 } else { 0 }))
+        }
+
+        fn state(&self, _: &Invocation, _: &str) -> Result<Vec<u8>, DelegateError> {
+            self.call(Call::State, "state")?;
+            Ok(serde_json::json!({ "pid": self.pid })
+                .to_string()
+                .into_bytes())
+        }
+
+        fn start(&self, _: &Invocation, _: &str) -> Result<(), DelegateError> {
+            self.call(Call::Start, "start")
+        }
+
+        fn delete_force(&self, _: &Invocation, _: &str) -> Result<(), DelegateError> {
+            self.call(Call::Delete, "delete")
+        }
+    }
 }

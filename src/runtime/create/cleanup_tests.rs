@@ -60,23 +60,19 @@ impl Lab {
         self.dir.path().join(name)
     }
 
-    /// dso-runc's argv for `cmd` (`create`, or `run` with `flags`), as Docker gives it.
+    /// dso-runc's argv for `cmd` (`create`, or `run` with `flags`), as Docker gives it (the
+    /// temp paths have no spaces).
     fn inv(&self, cmd: &str, flags: &[&str]) -> Invocation {
-        let mut argv: Vec<OsString> = vec![
-            format!("--dso-config={}", self.path("dso.yaml").display()).into(),
-            "--root".into(),
-            self.path("runc-root").into(),
-            "--log".into(),
-            self.path("runc.log").into(),
-            "--log-format".into(),
-            "json".into(),
-            cmd.into(),
-            "--bundle".into(),
-            self.path("bundle").into(),
-        ];
-        argv.extend(flags.iter().map(OsString::from));
-        argv.push(ID.into());
-        Invocation::parse(argv).unwrap()
+        let p = |n: &str| self.path(n).display().to_string();
+        let flags = flags.join(" ");
+        let argv = format!(
+            "--dso-config={} --root {} --log {} --log-format json {cmd} --bundle {} {flags} {ID}",
+            p("dso.yaml"),
+            p("runc-root"),
+            p("runc.log"),
+            p("bundle"),
+        );
+        Invocation::parse(argv.split_whitespace().map(OsString::from)).unwrap()
     }
 
     fn create(&self, inv: &Invocation, delegate: &FakeDelegate) -> Result<i32, CreateError> {

@@ -357,20 +357,11 @@ fn fetch_all<'a>(
                 results[kv[j]] = Some((f.value, f.version));
             }
         }
-        let events: Vec<Event<'_>> = (0..planned.len())
-            .filter_map(|i| {
-                let (_, version) = results[i].as_ref()?;
-                Some(
-                    Event::new("secret_fetched", "success")
-                        .secret(&planned[i].label)
-                        .provider(&planned[i].provider)
-                        .version(version.as_deref())
-                        .duration(took)
-                        .via("agent"),
-                )
-            })
+        let by_agent: Vec<_> = (0..planned.len())
+            .filter_map(|i| results[i].as_ref().map(|_| (i, took)))
             .collect();
-        audit.must_record_all(&events)?;
+        let events = fetched_events(planned, &results, &by_agent).into_iter();
+        audit.must_record_all(&events.map(|e| e.via("agent")).collect::<Vec<_>>())?;
     }
     let unfetched: Vec<usize> = (0..planned.len())
         .filter(|&i| results[i].is_none())

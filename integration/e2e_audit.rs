@@ -4,7 +4,7 @@
 //! `audit.required` with an unwritable path fails the create closed. Needs root, dockerd, runc
 //! and busybox-static (skipped elsewhere, a failure under `CI=true`).
 
-mod harness;
+use dso_testkit::harness;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

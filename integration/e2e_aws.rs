@@ -7,9 +7,8 @@
 //! Needs root, dockerd, runc, busybox-static (see [`harness`]) and python3 with moto; skipped
 //! elsewhere, a failure under `CI=true`.
 
-#[path = "../tests/fakes/aws_support.rs"]
-mod aws_support;
-mod harness;
+use dso_testkit::aws_support;
+use dso_testkit::harness;
 
 use std::fs;
 use std::sync::{MutexGuard, OnceLock};

@@ -6,7 +6,7 @@
 //! namespace/pod/container come from the CRI's own annotations (docs/kubernetes.md).
 //! Needs root, containerd, ctr and busybox-static (a failure under `CI=true`, skipped elsewhere).
 
-mod harness;
+use dso_testkit::harness;
 
 use std::collections::HashMap;
 use std::fs;
@@ -15,9 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{ContainerdGuard, DSO, DSO_RUNC, build_busybox_rootfs, random_token};
+use harness::{ContainerdGuard, build_busybox_rootfs, dso_exe, dso_runc_exe, random_token};
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use sha2::Digest;
@@ -45,8 +44,6 @@ struct Cri {
     _containerd: ContainerdGuard,
     rt: tokio::runtime::Runtime,
     runtime: RuntimeServiceClient<Channel>,
-    #[allow(dead_code)]
-    images: ImageServiceClient<Channel>,
 }
 
 impl Cri {
@@ -55,7 +52,7 @@ impl Cri {
     }
 
     fn start(secrets: &str) -> Cri {
-        Cri::start_with(secrets, DSO_RUNC)
+        Cri::start_with(secrets, dso_runc_exe())
     }
 
     /// With another dso-runc (the benchmark's release build).
@@ -66,7 +63,7 @@ impl Cri {
             .unwrap();
         let d = dir.path();
         // The local store and dso.yaml.
-        let out = Command::new(DSO)
+        let out = Command::new(dso_exe())
             .arg("--config")
             .arg(d.join("dso.yaml"))
             .arg("init")
@@ -181,13 +178,12 @@ impl Cri {
             dir,
             _containerd: guard,
             rt,
-            runtime: RuntimeServiceClient::new(channel.clone()),
-            images: ImageServiceClient::new(channel),
+            runtime: RuntimeServiceClient::new(channel),
         }
     }
 
     fn dso(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut child = Command::new(DSO)
+        let mut child = Command::new(dso_exe())
             .arg("--config")
             .arg(self.path("dso.yaml"))
             .args(args)
@@ -572,7 +568,7 @@ fn a_pod_gets_its_secrets_and_its_pause_container_none() {
     assert!(status.contains("api-7d9"), "dso status: {status}");
 
     // Rotation by the agent reaches the pod's container.
-    let mut agent = Command::new(DSO)
+    let mut agent = Command::new(dso_exe())
         .arg("--config")
         .arg(cri.path("dso.yaml"))
         .arg("agent")
@@ -695,7 +691,7 @@ fn cri_bench_rounds() {
         return;
     }
     let bindir = std::env::var("DSO_BENCH_BINDIR").ok();
-    let dso_runc = bindir.map_or(DSO_RUNC.to_string(), |d| {
+    let dso_runc = bindir.map_or(dso_runc_exe().to_string(), |d| {
         Path::new(&d).join("dso-runc").display().to_string()
     });
     let rounds: usize = std::env::var("DSO_BENCH_ROUNDS")

@@ -6,14 +6,14 @@
 //! cargo-deb (skipped elsewhere, a failure under `CI=true`). Refuses to run when a `dso`
 //! package is already installed: it would be replaced and purged.
 
-mod harness;
+use dso_testkit::harness;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use harness::{DSO, Harness, IMAGE};
+use harness::{Harness, IMAGE, dso_exe};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -95,7 +95,7 @@ impl Drop for Purge {
 
 /// The cargo target dir the test binaries were built in (…/target/debug/dso → …/target).
 fn target_dir() -> PathBuf {
-    Path::new(DSO)
+    Path::new(dso_exe())
         .parent()
         .and_then(Path::parent)
         .expect("dso is built in <target>/debug")

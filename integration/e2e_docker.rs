@@ -3,7 +3,7 @@
 //! and hostile images. Runs against the private daemon of [`harness`]; needs root, dockerd,
 //! runc and busybox-static (skipped elsewhere, a failure under `CI=true`).
 
-mod harness;
+use dso_testkit::harness;
 
 use std::fs;
 use std::path::Path;

@@ -17,9 +17,8 @@
 //! Needs root, dockerd, runc, busybox-static, bao, PostgreSQL and openssl; skipped elsewhere,
 //! a failure under `CI=true`.
 
-#[path = "../tests/support/bao.rs"]
-mod bao;
-mod harness;
+use dso_testkit::bao;
+use dso_testkit::harness;
 
 use std::fs;
 use std::path::Path;

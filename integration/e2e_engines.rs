@@ -5,7 +5,7 @@
 //! against a containerd started here. Needs root and the engines (skipped elsewhere, a failure
 //! under `CI=true`).
 
-mod harness;
+use dso_testkit::harness;
 
 use std::fs;
 
@@ -15,7 +15,7 @@ use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use harness::{
-    ContainerdGuard, DSO, DSO_RUNC, Harness, IMAGE, build_busybox_rootfs, unmount_under,
+    ContainerdGuard, Harness, IMAGE, build_busybox_rootfs, dso_exe, dso_runc_exe, unmount_under,
 };
 use serde_json::Value;
 
@@ -149,7 +149,7 @@ fn install_registers_the_runtime_with_the_running_dockerd_and_uninstall_removes_
         "--name",
         "dso-installed",
         "--runtime-path",
-        DSO_RUNC,
+        dso_runc_exe(),
     ];
 
     let out = dso_with(h, &install_args, &flags);
@@ -157,7 +157,8 @@ fn install_registers_the_runtime_with_the_running_dockerd_and_uninstall_removes_
     assert!(said.contains("reloaded"), "{said}");
     let runtimes = registered_runtimes(h);
     assert_eq!(
-        runtimes["dso-installed"]["path"], DSO_RUNC,
+        runtimes["dso-installed"]["path"],
+        dso_runc_exe(),
         "dockerd did not load the runtime: {runtimes}"
     );
     // Every other key survived, and the file kept its mode.
@@ -221,8 +222,8 @@ fn install_refuses_a_daemon_json_that_does_not_parse_and_leaves_it_alone() {
     let path = dir.path().join("daemon.json");
     let broken = "{\n  \"log-driver\": \"journald\",\n  \"runtimes\": {\n}\n";
     fs::write(&path, broken).unwrap();
-    let out = Command::new(DSO)
-        .args(["install", "--no-reload", "--runtime-path", DSO_RUNC])
+    let out = Command::new(dso_exe())
+        .args(["install", "--no-reload", "--runtime-path", dso_runc_exe()])
         .arg("--daemon-json")
         .arg(&path)
         .output()
@@ -241,7 +242,7 @@ fn install_refuses_a_daemon_json_that_does_not_parse_and_leaves_it_alone() {
         "no backup or temp file"
     );
     // A runtime path that is not there is refused before anything is written.
-    let out = Command::new(DSO)
+    let out = Command::new(dso_exe())
         .args([
             "install",
             "--no-reload",
@@ -303,7 +304,7 @@ fn doctor_passes_on_a_healthy_host_and_fails_on_a_broken_config() {
     ] {
         assert_eq!(status(name).0, "ok", "{name}: {report:#}");
     }
-    assert!(status("runtime").1.contains(DSO_RUNC));
+    assert!(status("runtime").1.contains(dso_runc_exe()));
     // No agent configured: a warning, not a failure.
     assert_eq!(status("agent").0, "warn");
 
@@ -325,7 +326,7 @@ fn doctor_passes_on_a_healthy_host_and_fails_on_a_broken_config() {
         "not-registered".into(),
     ];
     args.extend(flags.iter().cloned());
-    let out = Command::new(DSO).args(&args).output().unwrap();
+    let out = Command::new(dso_exe()).args(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], false);
@@ -468,7 +469,7 @@ fn podman_with_dso_runc_as_runtime_injects_env_file_and_annotation_references() 
     let dso_config_flag = format!("dso-config={}", h.config_path().display());
     let out = podman(&[
         "--runtime",
-        DSO_RUNC,
+        dso_runc_exe(),
         "--runtime-flag",
         &dso_config_flag,
         "run",
@@ -603,7 +604,7 @@ fn containerd_ctr_run_with_dso_runc_as_runc_binary() {
         "run",
         "--rm",
         "--runc-binary",
-        DSO_RUNC,
+        dso_runc_exe(),
         "--env",
         "API_KEY=dso://api_key",
         "--env",

@@ -8,7 +8,7 @@
 //! or in hex. Needs root, dockerd, runc, busybox-static and gdb's gcore
 //! (skipped elsewhere, a failure under `CI=true`).
 
-mod harness;
+use dso_testkit::harness;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -5,7 +5,7 @@
 //! running container at the latest value at the end, and no leak in the agent (fd count, RSS).
 //! Needs root, dockerd, runc and busybox-static (skipped elsewhere, a failure under `CI=true`).
 
-mod harness;
+use dso_testkit::harness;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};

@@ -5,7 +5,7 @@
 //! audit event; the agent applies the same policy, on its socket and again on every rotation;
 //! `dso policy explain` says who gets what.
 
-mod harness;
+use dso_testkit::harness;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};

@@ -9,11 +9,9 @@
 //! Needs root, dockerd, runc, busybox-static (see [`harness`]) and python3; skipped elsewhere,
 //! a failure under `CI=true`.
 
-#[path = "../tests/support/bao.rs"]
-mod bao;
-mod harness;
-#[path = "../tests/fakes/support.rs"]
-mod support;
+use dso_testkit::bao;
+use dso_testkit::harness;
+use dso_testkit::support;
 
 use std::fs;
 use std::path::Path;

@@ -10,7 +10,7 @@
 //! namespace and the dockerd belong to this test alone. Needs root, dockerd, runc and
 //! busybox-static (skipped elsewhere, a failure under `CI=true`).
 
-mod harness;
+use dso_testkit::harness;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -101,14 +101,14 @@ fn the_quickstart_of_the_docs_works_as_written() {
     // What `dso install` registers: dso-runc, reading the default /etc/dso/dso.yaml.
     harness::DAEMON_EXTRA
         .set(serde_json::json!({
-            "runtimes": { "dso": { "path": harness::DSO_RUNC } }
+            "runtimes": { "dso": { "path": harness::dso_runc_exe() } }
         }))
         .unwrap();
     let h = harness::Harness::get();
     let _serial = h.serial();
     h.docker_ok(&["tag", harness::IMAGE, "busybox:latest"]);
 
-    let bin_dir = Path::new(harness::DSO).parent().unwrap();
+    let bin_dir = Path::new(harness::dso_exe()).parent().unwrap();
     let path = format!(
         "{}:{}",
         bin_dir.display(),

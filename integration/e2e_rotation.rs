@@ -3,7 +3,7 @@
 //! container back (Docker Engine API over the private daemon's socket) with the new value.
 //! Needs root, dockerd, runc and busybox-static (skipped elsewhere, a failure under `CI=true`).
 
-mod harness;
+use dso_testkit::harness;
 
 use std::process::Output;
 use std::sync::MutexGuard;

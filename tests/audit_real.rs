@@ -10,20 +10,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "support/runc_lab.rs"]
-mod runc_lab;
-use runc_lab::*;
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for id in self.list().lines() {
-            self.runc(&["delete", "--force", id]);
-        }
-    }
-}
+use dso_testkit::runc_lab::*;
 
 fn dso(lab: &Lab, args: &[&str]) -> Output {
-    Command::new(DSO)
+    Command::new(dso_exe())
         .arg("--config")
         .arg(lab.path("dso.yaml"))
         .args(args)
@@ -152,7 +142,7 @@ fn one_chain_through_concurrent_creates_an_agent_rotating_and_a_logrotate() {
     let out = dso(lab, &["audit", "verify", "/dev/null"]);
     assert_eq!(out.status.code(), Some(0));
     let files = [lab.path("audit.log.1"), lab.path("audit.log")];
-    let out = Command::new(DSO)
+    let out = Command::new(dso_exe())
         .args(["audit", "verify"])
         .args(&files)
         .output()
@@ -186,7 +176,7 @@ fn one_chain_through_concurrent_creates_an_agent_rotating_and_a_logrotate() {
     let mut lines: Vec<&str> = old.lines().collect();
     lines.remove(4);
     fs::write(&files[0], lines.join("\n") + "\n").unwrap();
-    let out = Command::new(DSO)
+    let out = Command::new(dso_exe())
         .args(["audit", "verify"])
         .args(&files)
         .output()
@@ -494,7 +484,7 @@ fn plain_http_notifications_off_loopback_are_a_config_error() {
         "providers:\n  local: { type: local, path: /s, key_file: /k }\nnotifications:\n  - { url: \"http://hooks.example.com/dso\", secret_file: /etc/dso/n.key }\n",
     )
     .unwrap();
-    let out = Command::new(DSO)
+    let out = Command::new(dso_exe())
         .arg("--config")
         .arg(&cfg)
         .args(["config", "validate"])

@@ -10,9 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "support/runc_lab.rs"]
-mod runc_lab;
-use runc_lab::*;
+use dso_testkit::runc_lab::*;
 
 const TIMEOUT_SECS: u64 = 2;
 
@@ -139,7 +137,7 @@ open(\"{ready}\",\"w\").close(); time.sleep(120)' &\n\
             &script,
             "sh",
         ])
-        .arg(DSO_RUNC)
+        .arg(dso_runc_exe())
         .arg(format!("--dso-config={}", lab.path("dso.yaml").display()))
         .arg("--root")
         .arg(lab.runc_root())

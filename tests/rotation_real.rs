@@ -10,59 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "support/runc_lab.rs"]
-mod runc_lab;
-use runc_lab::*;
-
-impl Lab {
-    /// `dso --config <lab config> args...`.
-    fn dso(&self, args: &[&str]) -> Output {
-        Command::new(DSO)
-            .arg("--config")
-            .arg(self.path("dso.yaml"))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// Creates (with dso-runc) and starts a long-running container; returns its init pid.
-    fn run_detached(&self, bundle: &Path, id: &str) -> i32 {
-        let out = self.create(bundle, id);
-        assert!(
-            out.status.success(),
-            "create failed: {}\nlog: {}",
-            out.stderr,
-            fs::read_to_string(self.path("runc.log")).unwrap_or_default()
-        );
-        let out = self.runc(&["start", id]);
-        assert!(
-            out.status.success(),
-            "start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        fs::read_to_string(bundle.join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    /// Kills the container and waits until runc calls it stopped.
-    fn kill(&self, id: &str) {
-        self.runc(&["kill", id, "KILL"]);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
-            let st = self.runc(&["state", id]);
-            let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
-            if v["status"] == "stopped" || !st.status.success() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("container {id} did not stop");
-    }
-}
+use dso_testkit::runc_lab::*;
 
 /// Waits until `file` contains `needle`; returns its text.
 fn wait_for(file: &Path, needle: &str, timeout: Duration) -> String {
@@ -91,14 +39,6 @@ fn ok(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for id in self.list().lines() {
-            self.runc(&["delete", "--force", id]);
-        }
-    }
 }
 
 #[test]
@@ -1136,7 +1076,7 @@ fn agent_reloads_dso_yaml_on_sighup_and_on_change_and_keeps_running_an_invalid_o
     // The running config still serves: a new value (stored through a valid copy of the
     // config, since the file is broken) reaches the container.
     fs::write(lab.path("valid.yaml"), &original).unwrap();
-    let mut set = Command::new(DSO)
+    let mut set = Command::new(dso_exe())
         .arg("--config")
         .arg(lab.path("valid.yaml"))
         .args(["secret", "set", "db"])

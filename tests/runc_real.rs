@@ -6,42 +6,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-#[path = "support/runc_lab.rs"]
-mod runc_lab;
-use runc_lab::*;
-
-impl Lab {
-    /// Starts the container and waits for it to stop; returns its stdout.
-    fn start_and_wait(&self, bundle: &Path, id: &str) -> String {
-        let out = self.runc(&["start", id]);
-        assert!(
-            out.status.success(),
-            "start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let t0 = Instant::now();
-        loop {
-            let st = self.runc(&["state", id]);
-            let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
-            if v["status"] == "stopped" || t0.elapsed() > Duration::from_secs(30) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.runc(&["delete", "--force", id]);
-        fs::read_to_string(bundle.join("stdout")).unwrap()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for id in self.list().lines() {
-            self.runc(&["delete", "--force", id]);
-        }
-    }
-}
+use dso_testkit::runc_lab::*;
 
 #[test]
 #[ignore = "root: real runc and busybox-static; scripts/test.sh runs it (--include-ignored)"]
@@ -226,7 +192,7 @@ fn untrusted_config_or_init_is_refused() {
     std::os::unix::fs::chown(&cfg, Some(0), None).unwrap();
     // A dso-init that group members could replace.
     let init = lab.path("dso-init");
-    fs::copy(Path::new(DSO).with_file_name("dso-init"), &init).unwrap();
+    fs::copy(Path::new(dso_exe()).with_file_name("dso-init"), &init).unwrap();
     fs::set_permissions(&init, fs::Permissions::from_mode(0o775)).unwrap();
     lab.write_config("", &format!(", init_path: {}", init.display()));
     refused(
@@ -362,7 +328,7 @@ fn run_subcommand_detached_and_foreground() {
         &["DB_FILE=dsofile://db"],
         (0, 0),
     );
-    let out = Command::new(DSO_RUNC)
+    let out = Command::new(dso_runc_exe())
         .arg(format!("--dso-config={}", lab.path("dso.yaml").display()))
         .arg("--root")
         .arg(lab.runc_root())
@@ -475,7 +441,10 @@ fn bad_inputs_are_one_line_errors() {
     assert_eq!(fs::read(b.join("config.json")).unwrap(), before);
 
     // Garbage argv: a dso flag without its value.
-    let out = Command::new(DSO_RUNC).arg("--dso-config").output().unwrap();
+    let out = Command::new(dso_runc_exe())
+        .arg("--dso-config")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),

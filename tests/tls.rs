@@ -4,8 +4,7 @@
 //! TLS error that says so. Plain http is refused off loopback, and nothing in the tree can turn
 //! verification off.
 
-#[path = "fakes/support.rs"]
-mod support;
+use dso_testkit::support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -12,19 +12,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-#[path = "support/runc_lab.rs"]
-mod runc_lab;
-use runc_lab::*;
+use dso_testkit::runc_lab::*;
 
 const HOST_BASE: u32 = 100_000;
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for id in self.list().lines() {
-            self.runc(&["delete", "--force", id]);
-        }
-    }
-}
 
 /// Turns a lab bundle into one with a user namespace mapping 0..65535 to HOST_BASE.., the
 /// rootfs owned by the mapped root (as Docker's remapped layers are), and /sys bound rather
@@ -156,7 +146,7 @@ fn user_namespace_with_remapped_ids() {
         );
         // Rotation writes into the same namespace-owned tmpfs, keeping the mapped owner.
         lab.set_secret("db", b"userns-db-2");
-        let out = Command::new(DSO)
+        let out = Command::new(dso_exe())
             .arg("--config")
             .arg(lab.path("dso.yaml"))
             .args(["rotate", "db"])

@@ -3,17 +3,17 @@
 //! into the container's tmpfs, register. Any failure after runc's create deletes the container.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fs;
 use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Instant;
 
 use zeroize::Zeroizing;
 
 use super::argv::Invocation;
-use super::delegate::{self, DelegateError};
-use super::inject::{InjectError, SecretFile, SecretsDir};
+use super::delegate::{self, Delegate, DelegateError};
+use super::inject::{InjectError, MountIdentity, SecretFile, SecretsDir};
 use super::modify::{self, ENV_FILE_NAME};
 use super::runclog::RuncLog;
 use super::spec::{Spec, SpecError};
@@ -352,20 +352,11 @@ fn fetch_all<'a>(
                 results[kv[j]] = Some((f.value, f.version));
             }
         }
-        let events: Vec<Event<'_>> = (0..planned.len())
-            .filter_map(|i| {
-                let (_, version) = results[i].as_ref()?;
-                Some(
-                    Event::new("secret_fetched", "success")
-                        .secret(&planned[i].label)
-                        .provider(&planned[i].provider)
-                        .version(version.as_deref())
-                        .duration(took)
-                        .via("agent"),
-                )
-            })
+        let by_agent: Vec<_> = (0..planned.len())
+            .filter_map(|i| results[i].as_ref().map(|_| (i, took)))
             .collect();
-        audit.must_record_all(&events)?;
+        let events = fetched_events(planned, &results, &by_agent).into_iter();
+        audit.must_record_all(&events.map(|e| e.via("agent")).collect::<Vec<_>>())?;
     }
     let unfetched: Vec<usize> = (0..planned.len())
         .filter(|&i| results[i].is_none())
@@ -613,186 +604,284 @@ fn audit_for(audit: Audit, log: &RuncLog) -> Audit {
 /// The whole create flow. Returns the exit code to use.
 pub fn create_with_secrets(
     inv: &Invocation,
-    delegate: &OsString,
+    delegate: &dyn Delegate,
     mut spec: Spec,
     log: &RuncLog,
 ) -> Result<i32, CreateError> {
     let is_run = inv.command.as_deref() == Some("run");
     let what = if is_run { "run" } else { "create" };
-    let id = inv
-        .container_id
-        .clone()
-        .ok_or(CreateError::NoContainerId(what))?;
-
+    let id = inv.container_id.as_deref();
+    let id = id.ok_or(CreateError::NoContainerId(what))?;
     let mut timing = Timing::new();
     // 1-3: config, references, plan. Nothing exists yet; errors need no cleanup.
-    let cfg_path = config_path(inv.dso_config.as_deref());
-    let cfg = match Config::load(&cfg_path) {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            let msg = e.to_string();
-            // The config's audit path is unknown: the default sink (never stderr, which is
-            // the container's).
-            audit_for(Audit::default_sink(), log).record(
-                &Event::new("config_rejected", "failure")
-                    .container(&id)
-                    .error(&msg),
-            );
-            return Err(e.into());
-        }
-    };
+    let cfg = load_config(inv, id, log)?;
     timing.mark("config");
     let audit = audit_for(Audit::new(&cfg.audit), log);
-    let refs = collect_refs(&spec.env(), Some(&spec.annotations()))?;
-    // Before anything is planned or fetched: a spec with thousands of references must not
-    // turn into thousands of provider calls.
-    if refs.len() > cfg.runtime.max_references {
-        return Err(CreateError::TooManyReferences {
-            count: refs.len(),
-            limit: cfg.runtime.max_references,
-            config: cfg.source.clone(),
-        });
-    }
-    let user = spec.user();
-    let mut planned = plan(&cfg, &refs, user)?;
-    let bundle = inv.bundle_dir().unwrap_or_default();
-    let workload = policy::identity::identify(spec.doc(), &id, &bundle);
-    authorize(&cfg, &refs, &workload, &audit)?;
-    // Attribution at the provider: every request names the workload in its User-Agent.
-    for p in &mut planned {
-        p.request.workload = Some(workload.label());
-    }
-    let has_env = planned.iter().any(|p| !p.env_vars.is_empty());
-    let init = if has_env {
-        Some(init_path(&cfg)?)
-    } else {
-        None
+    let c = Create {
+        inv,
+        delegate,
+        log,
+        id,
+        cfg: &cfg,
+        audit: &audit,
     };
-    let host_user = spec.host_ids(user.0, user.1).ok_or(CreateError::Unmapped {
-        uid: user.0,
-        gid: user.1,
-    })?;
-    let mut host_ids = Vec::with_capacity(planned.len());
-    for p in &planned {
-        host_ids.push(spec.host_ids(p.uid, p.gid).ok_or(CreateError::Unmapped {
-            uid: p.uid,
-            gid: p.gid,
-        })?);
-    }
-
+    let plan = c.plan(&spec)?;
     timing.mark("plan");
     // 4: fetch everything before anything is created.
-    let (values, mut leases) = fetch_all(&cfg, &planned, &workload, &audit, &id)?;
+    let (values, mut leases) = fetch_all(&cfg, &plan.secrets, &plan.workload, &audit, id)?;
     timing.mark("fetch");
-    for (p, (v, _)) in planned.iter().zip(&values) {
-        if v.len() as u64 > cfg.runtime.max_secret_size {
+    let env_blob = check_sizes(&cfg, &plan.secrets, &values)?;
+    // 5: rewrite the spec (no value goes into it).
+    c.rewrite(&mut spec, &plan)?;
+    timing.mark("spec");
+    // 6: the delegate's create.
+    let status = c.run_delegate_create(is_run)?;
+    if !status.success() {
+        // runc has reported why in its log already; nothing was created.
+        return Ok(status.code().unwrap_or(1));
+    }
+    timing.mark("delegate create");
+    // 7-8: inject and register; on any failure delete the container.
+    let started = Instant::now();
+    let injected = c
+        .inject(&plan, &values, env_blob.as_ref())
+        .and_then(|done| c.record(&plan, &values, &mut leases, done, started));
+    timing.mark("inject + register");
+    let pid = injected.map_err(|e| c.undo(e, started))?;
+    timing.mark("audit");
+    timing.peak_rss();
+    drop(values);
+    drop(env_blob);
+    tracing::debug!(container = %id, secrets = plan.secrets.len(), "secrets injected");
+    if !is_run {
+        return Ok(0);
+    }
+    c.run_rest(pid)
+}
+
+/// Loads dso.yaml; a config that cannot be used is audited as `config_rejected`.
+fn load_config(inv: &Invocation, id: &str, log: &RuncLog) -> Result<Config, CreateError> {
+    Config::load(&config_path(inv.dso_config.as_deref())).map_err(|e| {
+        // The config's audit path is unknown: the default sink (never stderr, which is the
+        // container's).
+        audit_for(Audit::default_sink(), log).record(
+            &Event::new("config_rejected", "failure")
+                .container(id)
+                .error(&e.to_string()),
+        );
+        e.into()
+    })
+}
+
+/// Fails unless the fetched values fit the size limits and the tmpfs; returns the env
+/// hand-off file (see [`env_file`]).
+fn check_sizes(
+    cfg: &Config,
+    planned: &[Planned],
+    values: &[Value],
+) -> Result<Option<SecretValue>, CreateError> {
+    let rt = &cfg.runtime;
+    for (p, (v, _)) in planned.iter().zip(values) {
+        if v.len() as u64 > rt.max_secret_size {
             return Err(CreateError::SecretTooLarge {
                 secret: p.label.clone(),
                 size: v.len() as u64,
-                limit: cfg.runtime.max_secret_size,
+                limit: rt.max_secret_size,
                 config: cfg.source.clone(),
             });
         }
     }
     let total: u64 = values.iter().map(|(v, _)| v.len() as u64).sum();
-    if total > cfg.runtime.max_total_secret_size {
+    if total > rt.max_total_secret_size {
         return Err(CreateError::TooManyBytes {
             total,
-            limit: cfg.runtime.max_total_secret_size,
+            limit: rt.max_total_secret_size,
             config: cfg.source.clone(),
         });
     }
-    let env_blob = env_file(&planned, &values)?;
+    let env_blob = env_file(planned, values)?;
     let needed: u64 = planned
         .iter()
-        .zip(&values)
+        .zip(values)
         .filter(|(p, _)| p.as_file)
         .map(|(_, (v, _))| pages(v.len() as u64))
         .sum::<u64>()
         + env_blob.as_ref().map_or(0, |b| pages(b.len() as u64));
-    if needed > cfg.runtime.tmpfs_size {
+    if needed > rt.tmpfs_size {
         return Err(CreateError::TooLarge {
             needed,
-            limit: cfg.runtime.tmpfs_size,
+            limit: rt.tmpfs_size,
             config: cfg.source.clone(),
         });
     }
+    Ok(env_blob)
+}
 
-    // 5: rewrite the spec (no value goes into it).
-    let secrets_dir = cfg.runtime.secrets_dir.clone();
-    let all_owned_by_user = planned.iter().all(|p| (p.uid, p.gid) == user);
-    let dir_mode = if all_owned_by_user { 0o700 } else { 0o711 };
-    modify::rewrite_spec(
-        &mut spec,
-        &refs,
-        modify::TmpfsLayout {
-            secrets_dir: &secrets_dir,
-            size: cfg.runtime.tmpfs_size,
+/// What a create will do, decided before anything is fetched or created.
+struct CreatePlan {
+    refs: Vec<SecretRef>,
+    secrets: Vec<Planned>,
+    /// The container's user, in the container and on the host.
+    user: (u32, u32),
+    host_user: (u32, u32),
+    /// The host uid/gid owning each secret's file.
+    host_ids: Vec<(u32, u32)>,
+    bundle: PathBuf,
+    workload: Workload,
+    /// dso-init, when a value goes into the environment.
+    init: Option<PathBuf>,
+}
+
+/// What injection leaves for the state record.
+struct Injected {
+    pid: i32,
+    pid_start: Option<u64>,
+    secrets_mount: MountIdentity,
+}
+
+/// One create with secrets: what its steps share.
+struct Create<'a> {
+    inv: &'a Invocation,
+    delegate: &'a dyn Delegate,
+    log: &'a RuncLog,
+    id: &'a str,
+    cfg: &'a Config,
+    audit: &'a Audit,
+}
+
+impl Create<'_> {
+    /// References, limits, fetch plan, workload and its grants, dso-init, host ids.
+    fn plan(&self, spec: &Spec) -> Result<CreatePlan, CreateError> {
+        let cfg = self.cfg;
+        let refs = collect_refs(&spec.env(), Some(&spec.annotations()))?;
+        // Before anything is planned or fetched: a spec with thousands of references must not
+        // turn into thousands of provider calls.
+        if refs.len() > cfg.runtime.max_references {
+            return Err(CreateError::TooManyReferences {
+                count: refs.len(),
+                limit: cfg.runtime.max_references,
+                config: cfg.source.clone(),
+            });
+        }
+        let user = spec.user();
+        let mut secrets = plan(cfg, &refs, user)?;
+        let bundle = self.inv.bundle_dir().unwrap_or_default();
+        let workload = policy::identity::identify(spec.doc(), self.id, &bundle);
+        authorize(cfg, &refs, &workload, self.audit)?;
+        // Attribution at the provider: every request names the workload in its User-Agent.
+        for p in &mut secrets {
+            p.request.workload = Some(workload.label());
+        }
+        let has_env = secrets.iter().any(|p| !p.env_vars.is_empty());
+        let init = has_env.then(|| init_path(cfg)).transpose()?;
+        let unmapped = |(uid, gid)| CreateError::Unmapped { uid, gid };
+        let host_user = spec.host_ids(user.0, user.1).ok_or(unmapped(user))?;
+        let host_ids = secrets
+            .iter()
+            .map(|p| spec.host_ids(p.uid, p.gid).ok_or(unmapped((p.uid, p.gid))))
+            .collect::<Result<_, _>>()?;
+        Ok(CreatePlan {
+            refs,
+            secrets,
+            user,
+            host_user,
+            host_ids,
+            bundle,
+            workload,
+            init,
+        })
+    }
+
+    /// Rewrites config.json: the tmpfs, file paths, dso-init (no value goes into it).
+    fn rewrite(&self, spec: &mut Spec, plan: &CreatePlan) -> Result<(), CreateError> {
+        let user = plan.user;
+        let all_owned_by_user = plan.secrets.iter().all(|p| (p.uid, p.gid) == user);
+        let layout = modify::TmpfsLayout {
+            secrets_dir: &self.cfg.runtime.secrets_dir,
+            size: self.cfg.runtime.tmpfs_size,
             uid: user.0,
             gid: user.1,
-            mode: dir_mode,
-        },
-        init.as_deref(),
-    )?;
-    spec.flush()?;
-    timing.mark("spec");
-
-    // 6: the delegate's create.
-    let create_args = if is_run {
-        inv.run_as_create_args()
-    } else {
-        inv.args.clone()
-    };
-    if is_run && !inv.detach {
-        // Foreground run: become the subreaper so the container's init is ours to wait for.
-        let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
-    }
-    let status = delegate::run(delegate, &create_args)?;
-    if !status.success() {
-        // runc has reported why in its log already; nothing was created.
-        return Ok(status.code().unwrap_or(1));
+            mode: if all_owned_by_user { 0o700 } else { 0o711 },
+        };
+        modify::rewrite_spec(spec, &plan.refs, layout, plan.init.as_deref())?;
+        Ok(spec.flush()?)
     }
 
-    timing.mark("delegate create");
-    // 7-8: inject and register; on any failure delete the container.
-    let started = Instant::now();
-    let injected = (|| -> Result<i32, CreateError> {
-        let pid = delegate::init_pid(delegate, inv, &id)?;
-        let dir = SecretsDir::open(pid, &secrets_dir)?;
+    /// The delegate's create (a `run` is created first, started after injection).
+    fn run_delegate_create(&self, is_run: bool) -> Result<ExitStatus, CreateError> {
+        let inv = self.inv;
+        let args = if is_run {
+            inv.run_as_create_args()
+        } else {
+            inv.args.clone()
+        };
+        if is_run && !inv.detach {
+            // Foreground run: become the subreaper so the container's init is ours to wait for.
+            let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
+        }
+        Ok(self.delegate.create(&args)?)
+    }
+
+    /// Writes the files (and the env hand-off file) into the created container's tmpfs.
+    fn inject(
+        &self,
+        plan: &CreatePlan,
+        values: &[Value],
+        env_blob: Option<&SecretValue>,
+    ) -> Result<Injected, CreateError> {
+        let pid = delegate::init_pid(self.delegate, self.inv, self.id)?;
+        let dir = SecretsDir::open(pid, &self.cfg.runtime.secrets_dir)?;
         let secrets_mount = dir.identity()?;
         let pid_start = crate::state::process_start_time(pid);
-        for ((p, (value, _)), (uid, gid)) in planned.iter().zip(&values).zip(&host_ids) {
-            if p.as_file {
-                dir.write(&SecretFile {
-                    name: &p.file,
-                    value,
-                    uid: *uid,
-                    gid: *gid,
-                    mode: p.mode,
-                })?;
-            }
+        let files = plan.secrets.iter().zip(values).zip(&plan.host_ids);
+        for ((p, (value, _)), &(uid, gid)) in files.filter(|((p, _), _)| p.as_file) {
+            let mode = p.mode;
+            let name = &p.file;
+            dir.write(&SecretFile {
+                name,
+                value,
+                uid,
+                gid,
+                mode,
+            })?;
         }
-        if let Some(blob) = &env_blob {
+        if let Some(value) = env_blob {
+            let (uid, gid) = plan.host_user;
             dir.write(&SecretFile {
                 name: ENV_FILE_NAME,
-                value: blob,
-                uid: host_user.0,
-                gid: host_user.1,
+                value,
+                uid,
+                gid,
                 mode: 0o400,
             })?;
         }
-        let rec = StateRecord {
-            id: id.clone(),
-            bundle: bundle.clone(),
-            runc_root: inv.root.clone(),
-            delegate: delegate.clone(),
+        Ok(Injected {
             pid,
-            config: cfg.source.clone(),
-            secrets_dir: secrets_dir.clone(),
-            secrets: planned
-                .iter()
-                .zip(&values)
-                .zip(&host_ids)
+            pid_start,
+            secrets_mount,
+        })
+    }
+
+    /// Registers the container (state record, which takes over the leases) and audits the
+    /// injection. Returns the init pid.
+    fn record(
+        &self,
+        plan: &CreatePlan,
+        values: &[Value],
+        leases: &mut IssuedLeases<'_>,
+        done: Injected,
+        started: Instant,
+    ) -> Result<i32, CreateError> {
+        let secrets = plan.secrets.iter().zip(values).zip(&plan.host_ids);
+        let rec = StateRecord {
+            id: self.id.to_string(),
+            bundle: plan.bundle.clone(),
+            runc_root: self.inv.root.clone(),
+            delegate: self.delegate.program().to_os_string(),
+            pid: done.pid,
+            config: self.cfg.source.clone(),
+            secrets_dir: self.cfg.runtime.secrets_dir.clone(),
+            secrets: secrets
                 .enumerate()
                 .map(|(i, ((p, (_, version)), ids))| StateSecret {
                     name: p.label.clone(),
@@ -810,95 +899,86 @@ pub fn create_with_secrets(
                 })
                 .collect(),
             created: crate::audit::now_rfc3339(),
-            workload: Some(workload.clone()),
-            pid_start,
-            secrets_mount: Some(secrets_mount),
+            workload: Some(plan.workload.clone()),
+            pid_start: done.pid_start,
+            secrets_mount: Some(done.secrets_mount),
         };
-        register(&cfg.runtime.state_dir, &rec)?;
+        register(&self.cfg.runtime.state_dir, &rec)?;
         // Registered: the record carries the leases now (revoked when the container goes).
         leases.keep();
         // Written before the create reports success: with audit.required, an injection that
         // cannot be audited is undone like any other failure here. One append for all (one
         // lock of the chain, one write), not one per secret.
         let took = started.elapsed();
-        let events: Vec<Event<'_>> = planned
+        let events: Vec<Event<'_>> = plan
+            .secrets
             .iter()
             .map(|p| {
                 Event::new("secret_injected", "success")
                     .secret(&p.label)
                     .provider(&p.provider)
-                    .container(&id)
-                    .workload(&workload)
+                    .container(self.id)
+                    .workload(&plan.workload)
                     .duration(took)
             })
             .collect();
-        audit.must_record_all(&events)?;
-        Ok(pid)
-    })();
-    timing.mark("inject + register");
-    let pid = match injected {
-        Ok(pid) => pid,
-        Err(e) => {
-            let msg = e.to_string();
-            audit.record(
-                &Event::new("injection_failed", "failure")
-                    .container(&id)
-                    .duration(started.elapsed())
-                    .error(&msg),
-            );
-            if let Err(del) = delegate::delete_force(delegate, inv, &id) {
-                log.write("error", &format!("dso: cleaning up {id}: {del}"));
-            }
-            let _ = fs::remove_file(cfg.runtime.state_dir.join(format!("{id}.json")));
-            return Err(e);
-        }
-    };
-    timing.mark("audit");
-    timing.peak_rss();
-    drop(values);
-    drop(env_blob);
-    tracing::debug!(container = %id, secrets = planned.len(), "secrets injected");
-
-    if !is_run {
-        return Ok(0);
+        self.audit.must_record_all(&events)?;
+        Ok(done.pid)
     }
-    run_rest(inv, delegate, &id, pid, log)
+
+    /// A failure after the delegate's create: audited, the container deleted (its tmpfs goes
+    /// with its mount namespace), its state record removed. Returns the failure.
+    fn undo(&self, e: CreateError, started: Instant) -> CreateError {
+        let id = self.id;
+        self.audit.record(
+            &Event::new("injection_failed", "failure")
+                .container(id)
+                .duration(started.elapsed())
+                .error(&e.to_string()),
+        );
+        if let Err(del) = self.delegate.delete_force(self.inv, id) {
+            self.log
+                .write("error", &format!("dso: cleaning up {id}: {del}"));
+        }
+        let _ = fs::remove_file(self.cfg.runtime.state_dir.join(format!("{id}.json")));
+        e
+    }
+
+    /// The rest of a `run`: start, and unless detached wait for the container like runc does.
+    fn run_rest(&self, pid: i32) -> Result<i32, CreateError> {
+        let (inv, id) = (self.inv, self.id);
+        if let Err(e) = self.delegate.start(inv, id) {
+            let _ = self.delegate.delete_force(inv, id);
+            return Err(e.into());
+        }
+        if inv.detach {
+            return Ok(0);
+        }
+        use nix::sys::wait::{WaitStatus, waitpid};
+        let code = loop {
+            match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+                Ok(WaitStatus::Exited(_, c)) => break c,
+                Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    self.log
+                        .write("warning", &format!("dso: waiting for {id}: {e}"));
+                    break 1;
+                }
+            }
+        };
+        if !inv.keep
+            && let Err(e) = self.delegate.delete_force(inv, id)
+        {
+            self.log
+                .write("warning", &format!("dso: deleting {id}: {e}"));
+        }
+        Ok(code)
+    }
 }
 
-/// The rest of a `run`: start, and unless detached wait for the container like runc does.
-fn run_rest(
-    inv: &Invocation,
-    delegate: &OsString,
-    id: &str,
-    pid: i32,
-    log: &RuncLog,
-) -> Result<i32, CreateError> {
-    if let Err(e) = delegate::start(delegate, inv, id) {
-        let _ = delegate::delete_force(delegate, inv, id);
-        return Err(e.into());
-    }
-    if inv.detach {
-        return Ok(0);
-    }
-    let code = loop {
-        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                log.write("warning", &format!("dso: waiting for {id}: {e}"));
-                break 1;
-            }
-        }
-    };
-    if !inv.keep
-        && let Err(e) = delegate::delete_force(delegate, inv, id)
-    {
-        log.write("warning", &format!("dso: deleting {id}: {e}"));
-    }
-    Ok(code)
-}
+#[cfg(test)]
+mod cleanup_tests;
 
 #[cfg(test)]
 mod tests {

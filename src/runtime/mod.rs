@@ -14,6 +14,7 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 
 use argv::Invocation;
+use delegate::{Delegate, Runc};
 use runclog::RuncLog;
 use spec::Spec;
 
@@ -37,7 +38,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return 2;
         }
     };
-    let delegate = delegate::resolve(&inv);
+    let delegate = Runc::resolve(&inv);
     let log = RuncLog::from_invocation(&inv);
     if inv.is_create_or_run() {
         let refs = inv
@@ -64,8 +65,8 @@ pub fn main(args: Vec<OsString>) -> i32 {
             }
         }
     }
-    let err = delegate::exec(&delegate, &inv.args);
-    log.error(&format!("dso: cannot run {delegate:?}: {err}"));
+    let err = delegate.exec(&inv.args);
+    log.error(&format!("dso: cannot run {:?}: {err}", delegate.0));
     127
 }
 
@@ -78,7 +79,7 @@ pub fn create_main(args: Vec<OsString>) -> i32 {
             return 2;
         }
     };
-    let delegate = delegate::resolve(&inv);
+    let delegate = Runc::resolve(&inv);
     let log = RuncLog::from_invocation(&inv);
     let spec = match inv
         .bundle_dir()
@@ -95,8 +96,8 @@ pub fn create_main(args: Vec<OsString>) -> i32 {
     if crate::secrets::collect_refs(&spec.env(), Some(&spec.annotations()))
         .is_ok_and(|refs| refs.is_empty())
     {
-        let err = delegate::exec(&delegate, &inv.args);
-        log.error(&format!("dso: cannot run {delegate:?}: {err}"));
+        let err = delegate.exec(&inv.args);
+        log.error(&format!("dso: cannot run {:?}: {err}", delegate.0));
         return 127;
     }
     log.install_tracing();

@@ -1,8 +1,6 @@
 //! Shared by the provider and TLS tests: certificates made at test time (rcgen), the Python
 //! fakes started as child processes, and the "python3 or its packages are missing" policy
-//! (skip locally, fail under `CI=true`). Included with `#[path = "fakes/support.rs"] mod support;`.
-
-#![allow(dead_code)]
+//! (skip locally, fail under `CI=true`). The fakes themselves are in tests/fakes/.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -14,7 +12,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-pub const FAKES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fakes");
+use crate::FAKES_DIR;
 
 /// True when `python3` runs and imports `modules`. Otherwise: panics under `CI=true`, else
 /// prints why the test is skipped and returns false.

@@ -10,9 +10,6 @@
 //! loopback port and socket dir.
 //!
 //! Missing binaries: the test is skipped locally, and fails under `CI=true`.
-//! Include with `#[path = "support/bao.rs"] mod bao;` (or `../tests/support/bao.rs`).
-
-#![allow(dead_code)]
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

@@ -6,8 +6,6 @@
 //! Tests never touch the system's Docker: every `docker` call gets `DOCKER_HOST` pointing at
 //! the private socket and its own `DOCKER_CONFIG`.
 
-#![allow(dead_code)] // each suite that includes this module uses a different part of it
-
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -17,8 +15,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub const DSO_RUNC: &str = env!("CARGO_BIN_EXE_dso-runc");
-pub const DSO: &str = env!("CARGO_BIN_EXE_dso");
+pub use crate::{dso_exe, dso_runc_exe};
 
 /// The plain busybox image.
 pub const IMAGE: &str = "dso-test/busybox:latest";
@@ -265,7 +262,7 @@ impl Harness {
 
     /// Runs `dso --config <tmp>/dso.yaml ARGS`, feeding `stdin` if given.
     pub fn dso(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut child = Command::new(DSO)
+        let mut child = Command::new(dso_exe())
             .arg("--config")
             .arg(self.config_path())
             .args(args)
@@ -277,7 +274,7 @@ impl Harness {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {DSO}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", dso_exe()));
         if let Some(input) = stdin {
             let mut pipe = child.stdin.take().expect("stdin is piped");
             pipe.write_all(input).expect("writing dso's stdin");
@@ -444,7 +441,7 @@ impl Harness {
     /// Starts `dso agent` and waits until it says it is watching.
     pub fn start_agent(&self) -> Agent {
         let log = self.dir.join("agent.log");
-        let child = Command::new(DSO)
+        let child = Command::new(dso_exe())
             .arg("--config")
             .arg(self.config_path())
             .arg("agent")
@@ -612,18 +609,19 @@ fn start() -> Result<Harness, String> {
         return Err("atexit registration failed".into());
     }
 
-    let runtime_dir = Path::new(DSO_RUNC)
+    let runtime_dir = Path::new(dso_runc_exe())
         .parent()
         .expect("dso-runc has a directory");
     if !runtime_dir.join("dso-init").is_file() {
         return Err(format!(
-            "dso-init is not built next to {DSO_RUNC} (cargo builds all bins for tests)"
+            "dso-init is not built next to {} (cargo builds all bins for tests)",
+            dso_runc_exe()
         ));
     }
     let mut daemon_json = serde_json::json!({
         "runtimes": {
             "dso": {
-                "path": DSO_RUNC,
+                "path": dso_runc_exe(),
                 "runtimeArgs": [format!("--dso-config={}", dir.join("dso.yaml").display())],
             }
         },

@@ -1,8 +1,6 @@
-//! Shared by `tests/providers_aws.rs` and `integration/e2e_aws.rs` (included with `#[path]`):
+//! Shared by `tests/providers_aws.rs` and `integration/e2e_aws.rs`:
 //! a moto server (`python3 -m moto.server`) with IAM authentication enforced, seeded through
 //! boto3, and `imds_fake.py`, the IMDSv2 stand-in. Both die with the test process.
-
-#![allow(dead_code)] // each suite uses a different part
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,7 +13,7 @@ pub const REGION: &str = "us-east-1";
 /// Actions moto lets through before it starts authenticating: exactly the admin bootstrap of
 /// `SEED` (create_user, put_user_policy, create_access_key).
 pub const NO_AUTH_ACTIONS: u32 = 3;
-pub const FAKES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fakes");
+use crate::FAKES_DIR;
 
 /// Seeds moto (argv[1] = endpoint; stdin: JSON object of secret name -> SecretString) and
 /// prints what the tests need as JSON. Values come on stdin, never in argv.
@@ -296,7 +294,7 @@ impl Imds {
         let path = dir.path().join("imds.json");
         std::fs::write(&path, config.to_string()).expect("write imds config");
         let mut child = Command::new("python3")
-            .arg(Path::new(FAKES).join("imds_fake.py"))
+            .arg(Path::new(FAKES_DIR).join("imds_fake.py"))
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,14 +1,13 @@
-//! The real-runc lab shared by `tests/runc_real.rs` and `tests/rotation_real.rs`: a temp dir
-//! with a local store and dso.yaml, busybox bundles, and runc/dso-runc/dso invocations under a
-//! private runc root. Included by `#[path]` (not a test target of its own).
-#![allow(dead_code)]
+//! The real-runc lab of the tests/*_real.rs suites: a temp dir with a local store and
+//! dso.yaml, busybox bundles, and runc/dso-runc/dso invocations under a private runc root
+//! (whatever a test leaves there is deleted with the lab).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-pub const DSO_RUNC: &str = env!("CARGO_BIN_EXE_dso-runc");
-pub const DSO: &str = env!("CARGO_BIN_EXE_dso");
+pub use crate::{dso_exe, dso_runc_exe};
 
 pub fn have(cmd: &str) -> bool {
     Command::new("sh")
@@ -47,6 +46,7 @@ pub struct Lab {
 }
 
 impl Lab {
+    #[allow(clippy::new_without_default)] // it runs `dso init`: not a default value
     pub fn new() -> Lab {
         let dir = tempfile::Builder::new()
             .prefix("dso-runc-")
@@ -54,7 +54,7 @@ impl Lab {
             .unwrap();
         let lab = Lab { dir, n: 0 };
         let cfg = lab.path("dso.yaml");
-        let out = Command::new(DSO)
+        let out = Command::new(dso_exe())
             .args(["--config", cfg.to_str().unwrap(), "init", "--store"])
             .arg(lab.path("store"))
             .arg("--key-file")
@@ -86,7 +86,7 @@ impl Lab {
 
     pub fn set_secret(&self, name: &str, value: &[u8]) {
         use std::io::Write;
-        let mut child = Command::new(DSO)
+        let mut child = Command::new(dso_exe())
             .arg("--config")
             .arg(self.path("dso.yaml"))
             .args(["secret", "set", name])
@@ -158,7 +158,7 @@ impl Lab {
     pub fn create_in(&self, out_dir: &Path, bundle: &Path, id: &str) -> Created {
         let stdout = fs::File::create(out_dir.join("stdout")).unwrap();
         let stderr = fs::File::create(out_dir.join("stderr")).unwrap();
-        let status = Command::new(DSO_RUNC)
+        let status = Command::new(dso_runc_exe())
             .arg(format!("--dso-config={}", self.path("dso.yaml").display()))
             .arg("--root")
             .arg(self.runc_root())
@@ -192,6 +192,84 @@ impl Lab {
     pub fn list(&self) -> String {
         String::from_utf8_lossy(&self.runc(&["list", "-q"]).stdout).into_owned()
     }
+
+    /// Starts the container and waits for it to stop; returns its stdout.
+    pub fn start_and_wait(&self, bundle: &Path, id: &str) -> String {
+        let out = self.runc(&["start", id]);
+        assert!(
+            out.status.success(),
+            "start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t0 = Instant::now();
+        loop {
+            let st = self.runc(&["state", id]);
+            let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+            if v["status"] == "stopped" || t0.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.runc(&["delete", "--force", id]);
+        fs::read_to_string(bundle.join("stdout")).unwrap()
+    }
+
+    /// `dso --config <lab config> args...`.
+    pub fn dso(&self, args: &[&str]) -> Output {
+        Command::new(dso_exe())
+            .arg("--config")
+            .arg(self.path("dso.yaml"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Creates (with dso-runc) and starts a long-running container; returns its init pid.
+    pub fn run_detached(&self, bundle: &Path, id: &str) -> i32 {
+        let out = self.create(bundle, id);
+        assert!(
+            out.status.success(),
+            "create failed: {}\nlog: {}",
+            out.stderr,
+            fs::read_to_string(self.path("runc.log")).unwrap_or_default()
+        );
+        let out = self.runc(&["start", id]);
+        assert!(
+            out.status.success(),
+            "start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::read_to_string(bundle.join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Kills the container and waits until runc calls it stopped.
+    pub fn kill(&self, id: &str) {
+        self.runc(&["kill", id, "KILL"]);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            let st = self.runc(&["state", id]);
+            let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+            if v["status"] == "stopped" || !st.status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("container {id} did not stop");
+    }
+}
+
+/// Whatever a test left under the lab's runc root is deleted with the lab.
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for id in self.list().lines() {
+            self.runc(&["delete", "--force", id]);
+        }
+    }
 }
 
 /// A `dso agent` on the lab's dso.yaml (stderr in `agent.log`), killed on drop.
@@ -207,7 +285,7 @@ impl Drop for AgentProc {
 /// Starts the lab's agent (callers wait for what they need it to have done).
 pub fn start_agent(lab: &Lab) -> AgentProc {
     AgentProc(
-        Command::new(DSO)
+        Command::new(dso_exe())
             .arg("--config")
             .arg(lab.path("dso.yaml"))
             .arg("agent")

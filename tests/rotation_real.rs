@@ -354,7 +354,7 @@ fn a_failed_rotation_is_classed_config_or_transient() {
         free_port()
     );
     fs::write(lab.path("dso.yaml"), cfg.replace(line, &vault)).unwrap();
-    let out = Command::new(DSO)
+    let out = Command::new(dso_exe())
         .arg("--config")
         .arg(lab.path("dso.yaml"))
         .args(["rotate", "db"])

@@ -11,8 +11,8 @@ use std::process::Output;
 use std::sync::MutexGuard;
 
 use harness::{
-    ContainerGuard, Harness, IMAGE, RUNLINK_IMAGE, RUNLINK_TARGET, container_id, dso_runc_root,
-    field, stderr, stdout,
+    ContainerGuard, Harness, IMAGE, RUNLINK_IMAGE, RUNLINK_TARGET, assert_failed_closed,
+    container_id, dso_runc_root, field, stderr, stdout,
 };
 
 /// Gate, daemon, and the serial lock every test holds while it uses the shared store.
@@ -355,32 +355,7 @@ fn unknown_secret_fails_closed_and_leaves_no_runc_container() {
         "echo",
         "must not run",
     ]);
-    assert!(
-        !out.status.success(),
-        "docker run succeeded: {}",
-        stdout(&out)
-    );
-    assert!(!stdout(&out).contains("must not run"));
-    assert!(
-        stderr(&out).contains("no_such_secret"),
-        "the error does not name the secret: {}",
-        stderr(&out)
-    );
-    let id = container_id(h, &c.name);
-    assert_no_runc_container(h, &root, id.as_deref());
-    if let Some(id) = &id {
-        let state: Vec<String> = fs::read_dir(h.state_dir())
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(
-            !state.iter().any(|n| n.contains(id.as_str())),
-            "dso kept state for the failed container: {state:?}"
-        );
-    }
+    assert_failed_closed(h, &root, &c.name, &out, &["no_such_secret"]);
 }
 
 #[test]

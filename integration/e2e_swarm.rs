@@ -502,7 +502,7 @@ fn global_service_reads_each_nodes_value(swarm: &Swarm) {
     for node in &swarm.nodes {
         for other in &swarm.nodes {
             let (logs, rest): (Vec<String>, Vec<String>) =
-                files_containing(&node.path("data"), &other.value)
+                harness::files_containing(&[&node.path("data")], &other.value)
                     .into_iter()
                     .partition(|f| f.ends_with("-json.log"));
             assert!(
@@ -521,25 +521,6 @@ fn global_service_reads_each_nodes_value(swarm: &Swarm) {
         }
     }
     swarm.nodes[0].docker_ok(&["service", "rm", "web"]);
-}
-
-/// Files under `dir` whose content contains `needle` (symlinks not followed, devices skipped).
-fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let out = Command::new("grep")
-        .args(["-rlF", "--devices=skip", "-s", "--", needle])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running grep");
-    assert!(
-        matches!(out.status.code(), Some(0..=2)),
-        "grep failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect()
 }
 
 /// (b) `docker stack deploy` of a compose v3 file whose service asks for the secret in its

@@ -527,9 +527,17 @@ pub fn random_token(prefix: &str) -> String {
 /// `needle`. Unreadable files, devices, FIFOs and sockets are skipped; symlinks are not
 /// followed.
 pub fn host_files_containing(needle: &str) -> Vec<String> {
+    files_containing(
+        &["/run", "/var", "/tmp", "/etc", "/dev/shm"].map(Path::new),
+        needle,
+    )
+}
+
+/// Files under `dirs` whose content contains `needle` (as [`host_files_containing`]).
+pub fn files_containing(dirs: &[&Path], needle: &str) -> Vec<String> {
     let out = Command::new("grep")
         .args(["-rlF", "--devices=skip", "-s", "--", needle])
-        .args(["/run", "/var", "/tmp", "/etc", "/dev/shm"])
+        .args(dirs)
         .stdin(Stdio::null())
         .output()
         .expect("running grep");

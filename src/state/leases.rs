@@ -394,4 +394,81 @@ mod tests {
             "{log}"
         );
     }
+
+    /// A provider that only revokes: records the lease ids, refuses the one named `refuse`.
+    struct Revoker {
+        revoked: std::sync::Mutex<Vec<String>>,
+        refuse: &'static str,
+    }
+
+    impl Provider for Revoker {
+        fn name(&self) -> &str {
+            "bao"
+        }
+        fn fetch(
+            &self,
+            _: &crate::providers::FetchRequest,
+        ) -> Result<crate::providers::Fetched, crate::providers::ProviderError> {
+            Err(crate::providers::ProviderError::config(
+                "test", "bao", "no fetch",
+            ))
+        }
+        fn revoke_lease(&self, id: &str) -> Result<(), crate::providers::ProviderError> {
+            if id == self.refuse {
+                return Err(crate::providers::ProviderError::unavailable(
+                    "test", "bao", "HTTP 503",
+                ));
+            }
+            self.revoked.lock().unwrap().push(id.to_string());
+            Ok(())
+        }
+    }
+
+    /// A create that fails after issuing revokes every lease it issued through the provider
+    /// that issued it; a refused revocation is owed (written down for the agent); kept leases
+    /// are left alone.
+    #[test]
+    fn issued_leases_are_revoked_by_their_provider_unless_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = crate::config::Config::default();
+        cfg.runtime.state_dir = dir.path().to_path_buf();
+        let audit = Audit::new(&crate::config::AuditConfig {
+            path: Some(dir.path().join("audit.log")),
+            ..Default::default()
+        });
+        let prov = Arc::new(Revoker {
+            revoked: Default::default(),
+            refuse: "lease/b",
+        });
+        let now = unix_now();
+        {
+            let mut issued = IssuedLeases::new(&cfg, &audit, "c1", 3);
+            issued.add(0, "db_a", prov.clone(), lease(Some("lease/a"), now, 300));
+            issued.add(2, "db_b", prov.clone(), lease(Some("lease/b"), now, 300));
+            assert_eq!(issued.get(0).and_then(|l| l.id.as_deref()), Some("lease/a"));
+            assert!(issued.get(1).is_none());
+        }
+        assert_eq!(*prov.revoked.lock().unwrap(), ["lease/a"]);
+        let owed = owed(dir.path());
+        assert_eq!(owed.len(), 1);
+        assert_eq!(owed[0].1.lease.id.as_deref(), Some("lease/b"));
+        assert_eq!(owed[0].1.provider, "bao");
+        let log = fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        assert_eq!(
+            log.matches("\"event\":\"lease_issued\"").count(),
+            2,
+            "{log}"
+        );
+        assert_eq!(
+            log.matches("\"event\":\"lease_revoked\"").count(),
+            1,
+            "{log}"
+        );
+
+        let mut kept = IssuedLeases::new(&cfg, &audit, "c2", 1);
+        kept.add(0, "db_a", prov.clone(), lease(Some("lease/c"), now, 300));
+        kept.keep();
+        drop(kept);
+        assert_eq!(*prov.revoked.lock().unwrap(), ["lease/a"]);
+    }
 }

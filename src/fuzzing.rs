@@ -262,7 +262,12 @@ pub fn config(data: &[u8]) {
     };
     let path = Path::new("fuzz.yaml");
     let schema_ok = match parse_yaml(text, path) {
-        Ok(doc) => validate_document(&doc).is_ok(),
+        Ok(doc) => {
+            // The known-good path's parse (no lines) reads the same document.
+            let values = crate::config::Document::parse_values(text).map_err(|e| e.message);
+            assert_eq!(values.as_ref(), Ok(&doc.value), "parse_values differs");
+            validate_document(&doc).is_ok()
+        }
         Err(_) => false,
     };
     let cfg = match Config::from_str_at(text, path) {

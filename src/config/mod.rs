@@ -581,7 +581,6 @@ impl Config {
     /// `remember`: look the text up in, and add it to, the cache of configs this build has
     /// validated (see [`validated_marker`]), which spares a create the schema compilation.
     fn parse(text: &str, path: &Path, remember: bool) -> Result<Config, ConfigError> {
-        let doc = parse_yaml(text, path)?;
         let marker = remember.then(|| validated_marker(text));
         let known_good = marker
             .as_deref()
@@ -591,9 +590,11 @@ impl Config {
             errors,
         };
         let mut cfg = if known_good {
-            Config::deserialize(&doc.value).map_err(|e| invalid(vec![e.to_string()]))?
+            // Validated before: the values alone, without the lines messages would need.
+            let value = yaml_document(text, path)?;
+            Config::deserialize(&value).map_err(|e| invalid(vec![e.to_string()]))?
         } else {
-            let cfg = validate_document(&doc).map_err(invalid)?;
+            let cfg = validate_document(&parse_yaml(text, path)?).map_err(invalid)?;
             if let Some(m) = &marker {
                 crate::keyring::store(m, b"ok", VALIDATED_MARKER_TTL);
             }
@@ -626,16 +627,20 @@ pub fn digest_of(text: &str) -> String {
 /// The YAML text parsed, with the line of each key, before any check. Empty text, or comments
 /// only, is an empty mapping.
 pub fn parse_yaml(text: &str, path: &Path) -> Result<Document, ConfigError> {
-    Document::parse(text).map_err(|e| ConfigError::Yaml {
+    Document::parse(text).map_err(|e| yaml_error(e, path))
+}
+
+/// The YAML text as a JSON document, before any check and without lines (see [`parse_yaml`]).
+pub(crate) fn yaml_document(text: &str, path: &Path) -> Result<serde_json::Value, ConfigError> {
+    Document::parse_values(text).map_err(|e| yaml_error(e, path))
+}
+
+fn yaml_error(e: schema::YamlError, path: &Path) -> ConfigError {
+    ConfigError::Yaml {
         path: path.to_path_buf(),
         line: e.line,
         message: e.message,
-    })
-}
-
-/// The YAML text as a JSON document, before any check (see [`parse_yaml`]).
-pub(crate) fn yaml_document(text: &str, path: &Path) -> Result<serde_json::Value, ConfigError> {
-    parse_yaml(text, path).map(|d| d.value)
+    }
 }
 
 /// How long a config stays known-good in the keyring after it passed validation.

@@ -15,7 +15,7 @@ use serde_path_to_error::Segment;
 
 use super::{Config, NOT_OCTAL};
 use message::{describe, dotted, one_line};
-pub use position::Document;
+pub use position::{Document, YamlError};
 use rules::{mode_written, rules, whole_numbers};
 
 /// The schema shipped in `runtime-config/dso.schema.json`, compiled into the binaries.

@@ -37,8 +37,22 @@ pub struct YamlError {
 }
 
 impl Document {
+    /// The document with the line of every key, for messages ([`Document::pos_of`]).
     pub fn parse(text: &str) -> Result<Document, YamlError> {
-        let mut b = Builder::default();
+        Self::build(text, true)
+    }
+
+    /// The document alone: no lines, duplicate or merge keys are recorded (for text that
+    /// passed [`Document::parse`] and validation before; several times faster).
+    pub fn parse_values(text: &str) -> Result<Value, YamlError> {
+        Self::build(text, false).map(|d| d.value)
+    }
+
+    fn build(text: &str, track: bool) -> Result<Document, YamlError> {
+        let mut b = Builder {
+            track,
+            ..Builder::default()
+        };
         // As libyaml (dso's former parser) would: control characters are not YAML text.
         let bad = |c: char| c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{85}');
         if let Some(i) = text.find(bad) {
@@ -96,6 +110,8 @@ struct Frame {
 
 #[derive(Default)]
 struct Builder {
+    /// Whether to record lines, duplicate and merge keys and non-decimal numbers.
+    track: bool,
     stack: Vec<Frame>,
     root: Option<Value>,
     anchors: HashMap<usize, Value>,
@@ -114,8 +130,24 @@ impl Builder {
         });
     }
 
-    /// Where a node starting at `pos` goes: its instance path, or None if it is a mapping key.
+    /// Whether the next node is a mapping key.
+    fn is_key(&self) -> bool {
+        matches!(
+            self.stack.last(),
+            Some(Frame {
+                node: Value::Object(_),
+                key: None,
+                ..
+            })
+        )
+    }
+
+    /// Where a node starting at `pos` goes: its instance path (empty when not tracking), or
+    /// None if it is a mapping key.
     fn place(&mut self, pos: Pos) -> Option<Vec<String>> {
+        if !self.track {
+            return (!self.is_key()).then(Vec::new);
+        }
         let path = match self.stack.last() {
             None => Vec::new(),
             Some(Frame {
@@ -144,14 +176,19 @@ impl Builder {
         match (node, key.take()) {
             (Value::Array(items), _) => items.push(value),
             (Value::Object(map), Some(k)) => drop(map.insert(k, value)),
-            (_, None) => *key = Some(plain(&value)),
+            (_, None) => {
+                *key = Some(match value {
+                    Value::String(s) => s,
+                    other => plain(&other),
+                })
+            }
             _ => {}
         }
     }
 
     /// A mapping key at `pos`: its line, and whether it repeats or merges.
     fn key(&mut self, text: &str, pos: Pos) {
-        let Some(Frame { path, .. }) = self.stack.last() else {
+        let Some(Frame { path, .. }) = self.stack.last().filter(|_| self.track) else {
             return;
         };
         let mut p = path.clone();
@@ -210,18 +247,29 @@ impl MarkedEventReceiver for Builder {
                     self.key(&text, pos);
                     return self.complete(Value::String(text), anchor);
                 };
-                let value = match (tag, style) {
-                    (Some(t), _) if is_core(&t, "str") => Some(Value::String(text.clone())),
-                    (Some(t), _) => resolve(&text).filter(|v| tag_matches(&t, v)),
-                    (None, TScalarStyle::Plain) => resolve(&text),
-                    (None, _) => Some(Value::String(text.clone())),
+                let is_str = match (&tag, style) {
+                    (Some(t), _) => is_core(t, "str"),
+                    (None, style) => style != TScalarStyle::Plain,
                 };
-                let Some(value) = value else {
-                    return self.fail(pos, format!("the tagged value {text:?} is not supported"));
+                let value = match is_str {
+                    true => Value::String(text),
+                    false => match resolve(&text) {
+                        Some(v) if tag.as_ref().is_some_and(|t| !tag_matches(t, &v)) => {
+                            let message = format!("the tagged value {text:?} is not supported");
+                            return self.fail(pos, message);
+                        }
+                        None => return self.fail(pos, "an integer too large for 64 bits"),
+                        // A plain string is moved, not copied.
+                        Some(Value::String(_)) => Value::String(text),
+                        Some(n) => {
+                            if self.track && matches!(&n, Value::Number(d) if d.to_string() != text)
+                            {
+                                self.doc.non_decimal.insert(path, text);
+                            }
+                            n
+                        }
+                    },
                 };
-                if matches!(&value, Value::Number(n) if n.to_string() != text) {
-                    self.doc.non_decimal.insert(path, text);
-                }
                 self.complete(value, anchor);
             }
             Event::Alias(id) => {

@@ -579,24 +579,30 @@ impl Config {
     }
 
     /// `remember`: look the text up in, and add it to, the cache of configs this build has
-    /// validated (see [`validated_marker`]), which spares a create the schema compilation.
+    /// validated (see [`validated_marker`]), which spares a create the schema compilation and,
+    /// where the document is cached with the marker, the YAML parse.
     fn parse(text: &str, path: &Path, remember: bool) -> Result<Config, ConfigError> {
         let marker = remember.then(|| validated_marker(text));
-        let known_good = marker
-            .as_deref()
-            .is_some_and(|m| crate::keyring::read_exact(m, &mut [0u8; 2]).is_some());
         let invalid = |errors| ConfigError::Invalid {
             path: path.to_path_buf(),
             errors,
         };
-        let mut cfg = if known_good {
-            // Validated before: the values alone, without the lines messages would need.
-            let value = yaml_document(text, path)?;
-            Config::deserialize(&value).map_err(|e| invalid(vec![e.to_string()]))?
+        let known = marker
+            .as_deref()
+            .and_then(|m| Some((m, crate::keyring::read(m, 2)?)));
+        let mut cfg = if let Some((marker, state)) = known {
+            // Validated before: the document as cached, else the values alone, without the
+            // lines messages would need.
+            match cached_document(marker, &state).and_then(|j| serde_json::from_slice(&j).ok()) {
+                Some(cfg) => cfg,
+                None => Config::deserialize(&yaml_document(text, path)?)
+                    .map_err(|e| invalid(vec![e.to_string()]))?,
+            }
         } else {
-            let cfg = validate_document(&parse_yaml(text, path)?).map_err(invalid)?;
+            let doc = parse_yaml(text, path)?;
+            let cfg = validate_document(&doc).map_err(invalid)?;
             if let Some(m) = &marker {
-                crate::keyring::store(m, b"ok", VALIDATED_MARKER_TTL);
+                remember_valid(m, &doc.value);
             }
             cfg
         };
@@ -646,10 +652,54 @@ fn yaml_error(e: schema::YamlError, path: &Path) -> ConfigError {
 /// How long a config stays known-good in the keyring after it passed validation.
 const VALIDATED_MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// A validated document is cached as JSON in keyring entries of at most this size (a "user"
+/// key holds up to 32,767 bytes), at most [`MAX_CACHE_CHUNKS`] of them (2 MiB).
+const CACHE_CHUNK: usize = 32 * 1024 - 1;
+const MAX_CACHE_CHUNKS: usize = 64;
+
+/// Marks `marker`'s text as validated: the marker's payload is `c` and the number of entries
+/// `marker:0`, `marker:1`, … that hold `doc` as JSON, or `ok` where they could not be stored
+/// (a non-root uid's keyring quota is 20,000 bytes): a create then parses the YAML again.
+fn remember_valid(marker: &str, doc: &serde_json::Value) {
+    let json = serde_json::to_vec(doc).unwrap_or_default();
+    let chunks: Vec<&[u8]> = json.chunks(CACHE_CHUNK).collect();
+    let stored = |i: usize, c: &[u8]| {
+        crate::keyring::store(&format!("{marker}:{i}"), c, VALIDATED_MARKER_TTL)
+    };
+    let payload = match u8::try_from(chunks.len()) {
+        Ok(n)
+            if (1..=MAX_CACHE_CHUNKS).contains(&chunks.len())
+                && chunks.iter().enumerate().all(|(i, c)| stored(i, c)) =>
+        {
+            [b'c', n]
+        }
+        _ => {
+            (0..chunks.len()).for_each(|i| crate::keyring::forget(&format!("{marker}:{i}")));
+            *b"ok"
+        }
+    };
+    crate::keyring::store(marker, &payload, VALIDATED_MARKER_TTL);
+}
+
+/// The document cached with `marker` (see [`remember_valid`]), if all of it is still there.
+fn cached_document(marker: &str, state: &[u8]) -> Option<Vec<u8>> {
+    let &[b'c', n] = state else { return None };
+    let mut json = Vec::new();
+    for i in 0..usize::from(n).min(MAX_CACHE_CHUNKS) {
+        json.extend_from_slice(&crate::keyring::read(
+            &format!("{marker}:{i}"),
+            CACHE_CHUNK,
+        )?);
+    }
+    Some(json)
+}
+
 /// The keyring description that says "this exact text passed this build's schema and semantic
 /// checks": a SHA-256 over dso's version, this build ([`build_identity`]), the schema and the
 /// text. Validation is a pure function of those, so a marker is as good as running it again;
-/// any change to the text, or another build of dso, is a new digest and is validated afresh. Nothing of the text can be read from the marker.
+/// any change to the text, or another build of dso, is a new digest and is validated afresh.
+/// The document is cached beside it ([`remember_valid`]): the uid's own keyring holds what
+/// its dso.yaml (readable by that uid) says, and nothing more.
 /// Only the uid's own processes (root, for dso-runc) can add keys to its user keyring.
 fn validated_marker(text: &str) -> String {
     marker_for_build(text, &build_identity())
@@ -722,16 +772,59 @@ mod tests {
         let path = dir.path().join("dso.yaml");
         let good = "providers:\n  l: { type: local, path: /s, key_file: /k }\nsecrets:\n  a: {}\n";
         std::fs::write(&path, good).unwrap();
-        let cfg = Config::load(&path).unwrap();
-        assert!(cfg.secrets.contains_key("a"));
-        // Second load: possibly from the marker; same result.
-        let cfg = Config::load(&path).unwrap();
-        assert!(cfg.secrets.contains_key("a"));
+        let first = Config::load(&path).unwrap();
+        assert!(first.secrets.contains_key("a"));
+        // Second load: from the document cached with the marker where the keyring takes it
+        // (not in every sandbox); the same config either way.
+        let marker = validated_marker(good);
+        match crate::keyring::read(&marker, 2) {
+            Some(state) => {
+                assert_eq!(&state[..], b"c\x01", "cached in one entry");
+                let json = cached_document(&marker, &state).expect("cached");
+                let from_cache: Config = serde_json::from_slice(&json).unwrap();
+                assert!(
+                    from_cache.providers.contains_key("l") && from_cache.secrets.contains_key("a")
+                );
+            }
+            None => crate::test_support::skipped("kernel keyring not available here"),
+        }
+        let second = Config::load(&path).unwrap();
+        assert_eq!(format!("{second:?}"), format!("{first:?}"));
         // One byte more: a new digest, validated again, and refused.
         std::fs::write(&path, good.replace("local", "lcoal")).unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("not one of"), "{err}");
-        crate::keyring::forget(&validated_marker(good));
+        crate::keyring::forget(&marker);
+        crate::keyring::forget(&format!("{marker}:0"));
+    }
+
+    #[test]
+    fn a_large_document_is_cached_in_several_entries() {
+        let mut text = "provider: { type: local, path: /s, key_file: /k }\nsecrets:\n".to_string();
+        for i in 0..2000 {
+            text.push_str(&format!("  secret{i}: {{ path: stored/secret{i} }}\n"));
+        }
+        let doc = parse_yaml(&text, Path::new("t.yaml")).unwrap();
+        let marker = marker_for_build(&text, "test");
+        remember_valid(&marker, &doc.value);
+        if let Some(state) = crate::keyring::read(&marker, 2) {
+            let json = cached_document(&marker, &state).expect("every entry");
+            assert!(json.len() > 2 * CACHE_CHUNK && state[1] == 3);
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&json).unwrap(),
+                doc.value
+            );
+            crate::keyring::forget(&format!("{marker}:1"));
+            assert!(
+                cached_document(&marker, &state).is_none(),
+                "an entry gone: parsed again"
+            );
+        } else {
+            crate::test_support::skipped("kernel keyring not available here");
+        }
+        for k in [marker.clone(), format!("{marker}:0"), format!("{marker}:2")] {
+            crate::keyring::forget(&k);
+        }
     }
 
     #[test]

@@ -589,7 +589,7 @@ impl Config {
         };
         let known = marker
             .as_deref()
-            .and_then(|m| Some((m, crate::keyring::read(m, 2)?)));
+            .and_then(|m| Some((m, crate::keyring::read_sealed(m, 2)?)));
         let mut cfg = if let Some((marker, state)) = known {
             // Validated before: the document as cached, else the values alone, without the
             // lines messages would need.
@@ -652,19 +652,22 @@ fn yaml_error(e: schema::YamlError, path: &Path) -> ConfigError {
 /// How long a config stays known-good in the keyring after it passed validation.
 const VALIDATED_MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// A validated document is cached as JSON in keyring entries of at most this size (a "user"
-/// key holds up to 32,767 bytes), at most [`MAX_CACHE_CHUNKS`] of them (2 MiB).
-const CACHE_CHUNK: usize = 32 * 1024 - 1;
+/// A validated document is cached as JSON in sealed keyring entries of at most this size (a
+/// "user" key holds up to 32,767 bytes, with the seal's 28), at most [`MAX_CACHE_CHUNKS`] of
+/// them (2 MiB).
+const CACHE_CHUNK: usize = 32 * 1024 - 64;
 const MAX_CACHE_CHUNKS: usize = 64;
 
 /// Marks `marker`'s text as validated: the marker's payload is `c` and the number of entries
 /// `marker:0`, `marker:1`, … that hold `doc` as JSON, or `ok` where they could not be stored
 /// (a non-root uid's keyring quota is 20,000 bytes): a create then parses the YAML again.
+/// All are sealed ([`crate::keyring::store_sealed`]): another uid-0 process (a container whose
+/// seccomp allows `keyctl`) can neither read the document nor plant a marker or a document.
 fn remember_valid(marker: &str, doc: &serde_json::Value) {
     let json = serde_json::to_vec(doc).unwrap_or_default();
     let chunks: Vec<&[u8]> = json.chunks(CACHE_CHUNK).collect();
     let stored = |i: usize, c: &[u8]| {
-        crate::keyring::store(&format!("{marker}:{i}"), c, VALIDATED_MARKER_TTL)
+        crate::keyring::store_sealed(&format!("{marker}:{i}"), c, VALIDATED_MARKER_TTL)
     };
     let payload = match u8::try_from(chunks.len()) {
         Ok(n)
@@ -678,7 +681,7 @@ fn remember_valid(marker: &str, doc: &serde_json::Value) {
             *b"ok"
         }
     };
-    crate::keyring::store(marker, &payload, VALIDATED_MARKER_TTL);
+    crate::keyring::store_sealed(marker, &payload, VALIDATED_MARKER_TTL);
 }
 
 /// The document cached with `marker` (see [`remember_valid`]), if all of it is still there.
@@ -686,7 +689,7 @@ fn cached_document(marker: &str, state: &[u8]) -> Option<Vec<u8>> {
     let &[b'c', n] = state else { return None };
     let mut json = Vec::new();
     for i in 0..usize::from(n).min(MAX_CACHE_CHUNKS) {
-        json.extend_from_slice(&crate::keyring::read(
+        json.extend_from_slice(&crate::keyring::read_sealed(
             &format!("{marker}:{i}"),
             CACHE_CHUNK,
         )?);
@@ -777,7 +780,7 @@ mod tests {
         // Second load: from the document cached with the marker where the keyring takes it
         // (not in every sandbox); the same config either way.
         let marker = validated_marker(good);
-        match crate::keyring::read(&marker, 2) {
+        match crate::keyring::read_sealed(&marker, 2) {
             Some(state) => {
                 assert_eq!(&state[..], b"c\x01", "cached in one entry");
                 let json = cached_document(&marker, &state).expect("cached");
@@ -807,7 +810,7 @@ mod tests {
         let doc = parse_yaml(&text, Path::new("t.yaml")).unwrap();
         let marker = marker_for_build(&text, "test");
         remember_valid(&marker, &doc.value);
-        if let Some(state) = crate::keyring::read(&marker, 2) {
+        if let Some(state) = crate::keyring::read_sealed(&marker, 2) {
             let json = cached_document(&marker, &state).expect("every entry");
             assert!(json.len() > 2 * CACHE_CHUNK && state[1] == 3);
             assert_eq!(

@@ -1,22 +1,13 @@
-//! The derived-key cache in the kernel user keyring, sealed. The user keyring is not
-//! namespaced: any uid-0 process of the initial user namespace whose seccomp profile allows
-//! `keyctl` (a privileged or `seccomp=unconfined` container, a Kubernetes pod by default) can
-//! read root's entries. So the entry is the key sealed (AES-256-GCM, the description as AAD)
-//! with a random wrapping key kept in a root-only file on the host's tmpfs
-//! ([`wrap_key_path`], 0600, recreated after a reboot): what such a process reads is useless
-//! without a file it cannot reach, and a stolen store backup stays protected by PBKDF2
-//! (issue 14 point 1).
+//! The derived-key cache in the kernel user keyring, sealed ([`crate::keyring::store_sealed`]):
+//! what another uid-0 process reads from the entry is useless without the host's wrapping-key
+//! file, and a stolen store backup stays protected by PBKDF2 (issue 14 point 1).
 //! Every failure (no keyring in this sandbox, EPERM from seccomp, quota) just means "derive the
 //! key again" (see [`crate::keyring`]).
 
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit};
 use zeroize::Zeroizing;
 
 use sha2::{Digest, Sha256};
@@ -25,109 +16,15 @@ use super::crypto::KEY_LEN;
 use super::format::Header;
 use super::keyfile::FileId;
 
-pub(super) const NONCE_LEN: usize = 12;
-pub(super) const TAG_LEN: usize = 16;
-pub(super) const SEALED_LEN: usize = NONCE_LEN + KEY_LEN + TAG_LEN;
-
-/// Where the wrapping key lives: `/run/dso/keyring-wrap` for root, else
-/// `$XDG_RUNTIME_DIR/dso-keyring-wrap` (no cache without one).
-pub(super) fn wrap_key_path() -> Option<PathBuf> {
-    if nix::unistd::geteuid().is_root() {
-        return Some(PathBuf::from("/run/dso/keyring-wrap"));
-    }
-    std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("dso-keyring-wrap"))
-}
-
-/// The wrapping key at `path`; made (32 random bytes, 0600, in a 0700 dir created only if
-/// missing) when `create` and absent. `None` when it cannot be had or is not trusted.
-pub(super) fn wrap_key(path: &Path, create: bool) -> Option<Zeroizing<[u8; KEY_LEN]>> {
-    let open = || {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)
-    };
-    let mut file = match open() {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            if let Some(dir) = path.parent().filter(|d| !d.exists()) {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .ok()?;
-            }
-            let mut key = Zeroizing::new([0u8; KEY_LEN]);
-            getrandom::getrandom(&mut key[..]).ok()?;
-            // O_EXCL: of two creators, one writes; the other (and a reader meanwhile)
-            // finds a short file, caches nothing this time and derives.
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(path)
-                .ok()?;
-            f.write_all(&key[..]).ok()?;
-            return Some(key);
-        }
-        Err(_) => return None,
-    };
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.len() != KEY_LEN as u64 {
-        return None;
-    }
-    crate::trust::check(
-        &meta,
-        path,
-        "keyring wrapping key",
-        crate::trust::Use::Secret,
-    )
-    .ok()?;
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    file.read_exact(&mut key[..]).ok()?;
-    Some(key)
-}
-
 pub(super) fn lookup(description: &str) -> Option<Zeroizing<[u8; KEY_LEN]>> {
-    let wrap = wrap_key(&wrap_key_path()?, false)?;
-    let mut sealed = Zeroizing::new([0u8; SEALED_LEN]);
-    crate::keyring::read_exact(description, &mut sealed[..])?;
-    let (nonce, rest) = sealed.split_at(NONCE_LEN);
-    let (body, tag) = rest.split_at(KEY_LEN);
+    let opened = crate::keyring::read_sealed(description, KEY_LEN)?;
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    out.copy_from_slice(body);
-    Aes256Gcm::new((&*wrap).into())
-        .decrypt_in_place_detached(
-            nonce.into(),
-            description.as_bytes(),
-            &mut out[..],
-            tag.into(),
-        )
-        .ok()?;
+    (opened.len() == KEY_LEN).then(|| out.copy_from_slice(&opened))?;
     Some(out)
 }
 
 pub(super) fn store(description: &str, key: &[u8; KEY_LEN], ttl: Duration) {
-    let Some(wrap) = wrap_key_path().and_then(|p| wrap_key(&p, true)) else {
-        return;
-    };
-    let mut sealed = Zeroizing::new([0u8; SEALED_LEN]);
-    if getrandom::getrandom(&mut sealed[..NONCE_LEN]).is_err() {
-        return;
-    }
-    let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
-    let (body, tag_out) = rest.split_at_mut(KEY_LEN);
-    body.copy_from_slice(key);
-    let Ok(tag) = Aes256Gcm::new((&*wrap).into()).encrypt_in_place_detached(
-        (&*nonce).into(),
-        description.as_bytes(),
-        body,
-    ) else {
-        return;
-    };
-    tag_out.copy_from_slice(&tag);
-    crate::keyring::store(description, &sealed[..], ttl);
+    crate::keyring::store_sealed(description, key, ttl);
 }
 
 pub(super) fn forget(description: &str) {
@@ -272,7 +169,7 @@ mod tests {
             assert!(open_sealed(&fx.store, &raw, &header, &k).is_err());
         }
         // The wrapping key is a root-only file, not in the keyring.
-        let wrap = keycache::wrap_key_path().unwrap();
+        let wrap = crate::keyring::wrap_key_path().unwrap();
         let meta = fs::metadata(&wrap).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(meta.len(), KEY_LEN as u64);

@@ -230,23 +230,26 @@ impl Bao {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// `bao write <path> -` with `body` as JSON on stdin (keeps passwords out of argv).
-    pub fn write_json(&self, path: &str, body: &serde_json::Value) -> Output {
+    /// `bao <args>` with `input` on stdin (keeps passwords out of argv).
+    fn with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
         let mut child = self
             .command()
-            .args(["write", "-format=json", path, "-"])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("run bao");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(body.to_string().as_bytes())
-            .expect("write stdin");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input).expect("write stdin");
+        drop(stdin);
         child.wait_with_output().expect("bao")
+    }
+
+    /// `bao write <path> -` with `body` as JSON on stdin.
+    pub fn write_json(&self, path: &str, body: &serde_json::Value) -> Output {
+        let args = ["write", "-format=json", path, "-"];
+        self.with_stdin(&args, body.to_string().as_bytes())
     }
 
     pub fn write_json_ok(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
@@ -261,21 +264,7 @@ impl Bao {
 
     /// `bao policy write <name> -` with the HCL on stdin.
     pub fn policy(&self, name: &str, hcl: &str) {
-        let mut child = self
-            .command()
-            .args(["policy", "write", name, "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run bao");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(hcl.as_bytes())
-            .expect("write stdin");
-        let out = child.wait_with_output().expect("bao");
+        let out = self.with_stdin(&["policy", "write", name, "-"], hcl.as_bytes());
         assert!(
             out.status.success(),
             "bao policy write {name}: {}",
@@ -316,17 +305,7 @@ impl Bao {
 
     /// Writes `contents` to a file (0600) in the server's temp dir.
     pub fn file(&self, name: &str, contents: &str) -> PathBuf {
-        use std::os::unix::fs::OpenOptionsExt;
-        let p = self.dir.path().join(name);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&p)
-            .expect("create file");
-        f.write_all(contents.as_bytes()).expect("write file");
-        p
+        crate::support::private_file(self.dir.path(), name, contents)
     }
 
     /// Stops the server (for "provider down" cases).

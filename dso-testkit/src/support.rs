@@ -147,17 +147,7 @@ impl Pki {
 
     /// Writes `contents` to a file in the temp dir (mode 0600) and returns its path.
     pub fn file(&self, name: &str, contents: &str) -> PathBuf {
-        use std::os::unix::fs::OpenOptionsExt;
-        let p = self.dir.path().join(name);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&p)
-            .expect("create file");
-        std::io::Write::write_all(&mut f, contents.as_bytes()).expect("write file");
-        p
+        private_file(self.dir.path(), name, contents)
     }
 }
 
@@ -259,6 +249,21 @@ impl Drop for Fake {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes `contents` to `dir/name` (mode 0600) and returns its path.
+pub fn private_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = dir.join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&p)
+        .expect("create file");
+    std::io::Write::write_all(&mut f, contents.as_bytes()).expect("write file");
+    p
 }
 
 /// A loopback port with nothing listening on it.

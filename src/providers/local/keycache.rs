@@ -61,39 +61,36 @@ mod tests {
     use crate::providers::local::format::SALT_LEN;
     use crate::providers::local::keycache;
     use crate::providers::local::keyfile::KeyFile;
-    use crate::providers::local::tests::{create, fixture, open, opts, val};
+    use crate::providers::local::tests::{Fixture, create, fixture, open, opts, val};
     use crate::providers::local::{KeySource, Store, StoreOptions};
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
-    struct KeyRingProbe;
-    impl KeyRingProbe {
-        fn available() -> bool {
-            let desc = format!("dso:test-probe:{}", std::process::id());
-            keycache::store(&desc, &[7u8; KEY_LEN], Duration::from_secs(5));
-            let ok = keycache::lookup(&desc).is_some_and(|k| *k == [7u8; KEY_LEN]);
-            keycache::forget(&desc);
-            ok
-        }
-    }
-
-    fn keyring_available() -> bool {
-        KeyRingProbe::available()
-    }
-
-    #[test]
-    fn keyring_cache_is_used_and_repaired() {
-        if !keyring_available() {
+    /// A store with one secret, whose derived key is now cached: the store, its file's bytes
+    /// and header, and the cache's description. None (the test skipped) without a keyring.
+    fn cached_store() -> Option<(Fixture, Store, Vec<u8>, Header, String)> {
+        let desc = format!("dso:test-probe:{}", std::process::id());
+        keycache::store(&desc, &[7u8; KEY_LEN], Duration::from_secs(5));
+        let ok = keycache::lookup(&desc).is_some_and(|k| *k == [7u8; KEY_LEN]);
+        keycache::forget(&desc);
+        if !ok {
             crate::test_support::skipped("kernel keyring not available here");
-            return;
+            return None;
         }
         let fx = fixture();
         let mut s = create(&fx);
         s.set("a", val(b"v")).unwrap();
         let raw = fs::read(&fx.store).unwrap();
         let header = Header::parse(&fx.store, &raw).unwrap();
-        let kf = KeyFile::open(&fx.key).unwrap();
-        let desc = cache_description(&fx.store, &header, kf.id);
+        let desc = cache_description(&fx.store, &header, KeyFile::open(&fx.key).unwrap().id);
+        Some((fx, s, raw, header, desc))
+    }
+
+    #[test]
+    fn keyring_cache_is_used_and_repaired() {
+        let Some((fx, mut s, _, _, desc)) = cached_store() else {
+            return;
+        };
         assert!(desc.starts_with("dso:local:"));
         assert_eq!(desc.len(), "dso:local:".len() + 64);
         assert_eq!(*keycache::lookup(&desc).unwrap(), *s.key.bytes);
@@ -138,16 +135,9 @@ mod tests {
     /// holds no copy of the key, and it does not open the store.
     #[test]
     fn the_keyring_entry_is_sealed_and_useless_without_the_host_file() {
-        if !keyring_available() {
-            crate::test_support::skipped("kernel keyring not available here");
+        let Some((fx, s, raw, header, desc)) = cached_store() else {
             return;
-        }
-        let fx = fixture();
-        let mut s = create(&fx);
-        s.set("a", val(b"v")).unwrap();
-        let raw = fs::read(&fx.store).unwrap();
-        let header = Header::parse(&fx.store, &raw).unwrap();
-        let desc = cache_description(&fx.store, &header, KeyFile::open(&fx.key).unwrap().id);
+        };
         // Read the entry as any other process would: the raw payload, through keyctl.
         let ring = linux_keyutils::KeyRing::from_special_id(
             linux_keyutils::KeyRingIdentifier::User,

@@ -473,14 +473,27 @@ pub fn webhook_request(data: &[u8]) {
         }
         Outcome::Accepted(names) => {
             assert!(!names.is_empty());
-            let Some(head_end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
-                panic!("accepted without a complete head");
-            };
-            let Ok(head) = std::str::from_utf8(&data[..head_end]) else {
-                panic!("accepted a head that is not UTF-8");
+            // Lines end in CRLF or a bare LF (RFC 9112 lets a server take either); the head
+            // ends at the first empty one.
+            let mut at = 0;
+            let mut lines = Vec::new();
+            let body_start = loop {
+                let Some(nl) = data[at..].iter().position(|&b| b == b'\n') else {
+                    panic!("accepted without a complete head");
+                };
+                let line = &data[at..at + nl];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                at += nl + 1;
+                if line.is_empty() {
+                    break at;
+                }
+                let Ok(line) = std::str::from_utf8(line) else {
+                    panic!("accepted a head that is not UTF-8");
+                };
+                lines.push(line);
             };
             let header = |name: &str| {
-                head.split("\r\n").skip(1).find_map(|l| {
+                lines.iter().skip(1).find_map(|l| {
                     let (k, v) = l.split_once(':')?;
                     k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
                 })
@@ -493,7 +506,7 @@ pub fn webhook_request(data: &[u8]) {
                 panic!("accepted without length, timestamp or signature");
             };
             assert!(len <= MAX_BODY);
-            let body = &data[head_end + 4..head_end + 4 + len];
+            let body = &data[body_start..body_start + len];
             let Ok(t) = ts.parse::<i64>() else {
                 panic!("accepted timestamp {ts:?}");
             };

@@ -8,7 +8,6 @@
 //! Built on the `prometheus-client` crate (the Prometheus project's Rust client): the histogram
 //! and OpenMetrics encodings are its, not hand-written.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -323,23 +322,23 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
 
 fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(std::io::Read::take(&stream, 8192)).read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, ctype, body) = match (line.split_whitespace().next(), path.split('?').next()) {
-        (Some("GET"), Some("/metrics")) => (
+    let route = match super::http::read_head(&mut stream, 8192) {
+        super::http::HeadRead::Head { head, .. } if head.method == "GET" => {
+            head.route().to_string()
+        }
+        _ => String::new(),
+    };
+    let (status, ctype, body) = match route.as_str() {
+        "/metrics" => (
             "200 OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.render(),
         ),
-        (Some("GET"), Some("/healthz")) => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
     };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+    super::http::respond(&mut stream, status, ctype, "", &body);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! changes (see [`reload`]); a file that does not validate leaves the running config in force.
 
 pub mod control;
+pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod notify;

@@ -6,13 +6,13 @@
 //! 64 KiB are refused with 413, bad signatures and stale timestamps with 401; an accepted
 //! request gets 202 and refreshes the named secrets. Refusals are `webhook_rejected` audit
 //! events, at most [`REJECTION_BURST`] at once and one per [`REJECTION_REFILL`] after that (a
-//! flood from anyone cannot flood the audit trail; the rest are counted). A small std-only
-//! HTTP/1.1 server with bounded workers and connections and a deadline per request
+//! flood from anyone cannot flood the audit trail; the rest are counted). HTTP/1.1 through
+//! [`super::http`], with bounded workers and connections and a deadline per request
 //! ([`super::listen`]). The key must be at least [`MIN_KEY_LEN`] bytes, in a file only its
 //! owner can read.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 
 use super::AgentError;
 use super::Trigger;
+use super::http::{self, HeadRead};
 use super::listen::{self, Deadlined, Limits, ListenerStats, bump};
 use crate::audit::{Audit, Event};
 
@@ -236,41 +237,18 @@ impl Webhook {
 /// Over the connection cap: a 503 written without blocking (what fits), then closed.
 fn refuse_busy(conn: TcpStream) {
     let _ = conn.set_nonblocking(true);
-    let body = r#"{"error":"busy"}"#;
-    let _ = (&conn).write_all(
-        format!(
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
+    let busy = r#"{"error":"busy"}"#;
+    http::respond(
+        &mut &conn,
+        "503 Service Unavailable",
+        JSON,
+        "Retry-After: 1\r\n",
+        busy,
     );
     let _ = conn.shutdown(std::net::Shutdown::Write);
 }
 
-/// A parsed request head.
-struct Head {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Head {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn respond(conn: &mut impl Write, code: u16, reason: &str, body: &str) {
-    let resp = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = conn.write_all(resp.as_bytes());
-    let _ = conn.flush();
-}
+const JSON: &str = "application/json";
 
 fn handle(conn: TcpStream, deadline: Instant, s: &Shared) {
     let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -295,12 +273,8 @@ fn handle(conn: TcpStream, deadline: Instant, s: &Shared) {
                 bump(&s.stats.webhook_replays);
             }
             s.rejections.record(&s.audit, &s.stats, why, &peer);
-            respond(
-                &mut out,
-                code,
-                reason,
-                &serde_json::json!({ "error": why }).to_string(),
-            );
+            let body = serde_json::json!({ "error": why }).to_string();
+            http::respond(&mut out, &format!("{code} {reason}"), JSON, "", &body);
         }
         Outcome::Accepted(secrets) => {
             for name in &secrets {
@@ -308,7 +282,13 @@ fn handle(conn: TcpStream, deadline: Instant, s: &Shared) {
                     .record(&Event::new("webhook_accepted", "success").secret(name));
             }
             let _ = s.tx.send(Trigger::Secrets(secrets));
-            respond(&mut out, 202, "Accepted", "{\"status\":\"accepted\"}");
+            http::respond(
+                &mut out,
+                "202 Accepted",
+                JSON,
+                "",
+                r#"{"status":"accepted"}"#,
+            );
         }
     }
 }
@@ -340,25 +320,15 @@ pub fn process_request<R: Read>(
 ) -> Outcome {
     let reject = |code, reason, why| Outcome::Rejected { code, reason, why };
 
-    // Head: up to the blank line, at most MAX_HEAD bytes.
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_HEAD {
+    let (head, mut body) = match http::read_head(conn, MAX_HEAD) {
+        HeadRead::Head { head, rest } => (head, rest),
+        HeadRead::Closed => return Outcome::Closed,
+        HeadRead::TooLarge => {
             return reject(431, "Request Header Fields Too Large", "header too large");
         }
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return Outcome::Closed,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+        HeadRead::Malformed => return reject(400, "Bad Request", "malformed request"),
     };
-    let Some(head) = parse_head(&buf[..head_end]) else {
-        return reject(400, "Bad Request", "malformed request");
-    };
-    if head.path.split('?').next() != Some(PATH) {
+    if head.route() != PATH {
         return reject(404, "Not Found", "no such endpoint");
     }
     if head.method != "POST" {
@@ -366,14 +336,14 @@ pub fn process_request<R: Read>(
     }
     let Some(len) = head
         .header("content-length")
-        .and_then(|v| v.trim().parse::<usize>().ok())
+        .and_then(|v| v.parse::<usize>().ok())
     else {
         return reject(411, "Length Required", "Content-Length required");
     };
     if len > MAX_BODY {
         return reject(413, "Payload Too Large", "body over 64 KiB");
     }
-    let mut body = buf[head_end + 4..].to_vec();
+    let mut chunk = [0u8; 4096];
     while body.len() < len {
         match conn.read(&mut chunk) {
             Ok(0) | Err(_) => return Outcome::Closed,
@@ -467,33 +437,11 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
     hex::decode(s).ok()
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn parse_head(bytes: &[u8]) -> Option<Head> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut lines = text.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let method = first.next()?.to_string();
-    let path = first.next()?.to_string();
-    first.next().filter(|v| v.starts_with("HTTP/1."))?;
-    let mut headers = Vec::new();
-    for l in lines {
-        let (k, v) = l.split_once(':')?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    Some(Head {
-        method,
-        path,
-        headers,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::AuditConfig;
+    use std::io::Write;
     use std::path::PathBuf;
 
     const KEY: &[u8] = b"webhook-test-key-of-32-bytes-or-more";

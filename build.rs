@@ -52,7 +52,7 @@ fn build_init() -> Result<(), String> {
     .args(["-D", "warnings"]);
     // rustc links std-less binaries with `-nodefaultlibs` and `-pie`; ask for a classic static
     // executable and pull libc from its static archive.
-    for arg in [
+    let glibc: &[&str] = &[
         "-no-pie",
         "-static",
         "-Wl,-Bstatic",
@@ -61,7 +61,10 @@ fn build_init() -> Result<(), String> {
         "-lgcc",
         "-lgcc_eh",
         "-Wl,--end-group",
-    ] {
+    ];
+    // musl's target links statically by itself, from its own crt and libc.
+    let musl: &[&str] = &["-lc"];
+    for arg in if target.contains("musl") { musl } else { glibc } {
         cmd.arg("-C").arg(format!("link-arg={arg}"));
     }
     cmd.arg("-o").arg(&built).arg(SOURCE);

@@ -17,7 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[install-deps] %s\n' "$*"; }
 
 packages=(runc docker.io busybox-static docker-compose podman containerd python3-pip jq gdb e2fsprogs
-    protobuf-compiler iproute2 postgresql openssl prometheus)
+    protobuf-compiler iproute2 postgresql openssl prometheus musl-tools)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
@@ -67,6 +67,13 @@ if command -v rustup >/dev/null 2>&1; then
             rustup component add "$c"
         fi
     done
+    # The release dso-runc is built for musl where this target can be had (scripts/release.sh);
+    # without it, release builds fall back to glibc and the musl smoke run says it was skipped.
+    if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+        log "adding rustup target x86_64-unknown-linux-musl"
+        rustup target add x86_64-unknown-linux-musl ||
+            log "warning: no x86_64-unknown-linux-musl target: release dso-runc will be glibc"
+    fi
 else
     for c in clippy fmt; do
         if ! cargo "$c" --version >/dev/null 2>&1; then

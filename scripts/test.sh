@@ -56,6 +56,7 @@ step "tests" run_tests
 if [[ $(id -u) -eq 0 ]]; then
     step "bench smoke (runtime)" python3 bench/bench.py --smoke --bindir target/debug
     step "bench smoke (rotation)" python3 bench/rotation.py --smoke --bindir target/debug
+    step "bench smoke (musl dso-runc)" scripts/musl-smoke.sh
 fi
 
 printf '\n==================== tests by suite: skipped and ignored ====================\n'

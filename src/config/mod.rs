@@ -528,9 +528,9 @@ fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     })
 }
 
-/// How a mode error ends; `schema` words it otherwise when the YAML wrote the integer in
-/// another base.
-pub(crate) const NOT_OCTAL: &str = " is not an octal file mode (digits 0-7, e.g. \"0400\")";
+/// How a mode error ends (`schema` words it otherwise when the YAML wrote the integer in
+/// another base).
+const NOT_OCTAL: &str = " is not an octal file mode (digits 0-7, e.g. \"0400\")";
 
 /// Modes are written as octal strings (`"0400"`) or integers taken as octal digits (`400`).
 fn de_mode_required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

@@ -13,10 +13,10 @@ use jsonschema::Validator;
 use serde_json::Value;
 use serde_path_to_error::Segment;
 
-use super::{Config, NOT_OCTAL};
+use super::Config;
 use message::{describe, dotted, one_line};
 pub use position::{Document, YamlError};
-use rules::{mode_written, rules, whole_numbers};
+use rules::{is_mode_key, mode_written, rules, whole_numbers};
 
 /// The schema shipped in `runtime-config/dso.schema.json`, compiled into the binaries.
 pub const SCHEMA_JSON: &str = include_str!("../../../runtime-config/dso.schema.json");
@@ -86,10 +86,8 @@ fn read_typed(doc: &Document, out: &mut Vec<Problem>) -> Option<Config> {
             })
             .collect();
         let message = err.into_inner().to_string();
-        // `0o400` reads as 256, "not octal": say how it was written instead.
-        let written = message
-            .ends_with(NOT_OCTAL)
-            .then(|| mode_written(doc, &path));
+        // A mode refused after YAML read `0o430` as 280: say how it was written instead.
+        let written = is_mode_key(&path).then(|| mode_written(doc, &path));
         out.push(
             written
                 .flatten()
@@ -224,6 +222,13 @@ mod tests {
             "runtime:\n  file_mode: 0o400\n",
             &[
                 r#"line 2: runtime.file_mode: write the mode as a quoted octal string (e.g. "0400"), not 0o400"#,
+            ],
+        ),
+        (
+            // YAML reads 0o430 as 280, which the typed config refuses (an 8): same message.
+            "provider: {type: local}\nsecrets:\n  a: {mode: 0o430}\n",
+            &[
+                r#"line 3: secrets.a.mode: write the mode as a quoted octal string (e.g. "0400"), not 0o430"#,
             ],
         ),
         (

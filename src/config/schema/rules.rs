@@ -38,11 +38,21 @@ pub(super) fn whole_numbers(v: &Value, path: &mut Vec<String>, out: &mut Vec<Pro
 /// YAML reads `0o400` as 256 and `0x1ff` as 511, which would silently become other modes: an
 /// integer mode must be written in decimal digits (each taken as octal).
 pub(super) fn mode_written(doc: &Document, path: &[String]) -> Option<Problem> {
+    debug_assert!(is_mode_key(path));
     let written = doc.non_decimal.get(path)?;
     Some(Problem::at(
         path.to_vec(),
         format!("write the mode as a quoted octal string (e.g. \"0400\"), not {written}"),
     ))
+}
+
+/// The keys that hold a file mode: `runtime.file_mode` and `secrets.<name>.mode`.
+pub(super) fn is_mode_key(path: &[String]) -> bool {
+    match path {
+        [runtime, file_mode] => runtime == "runtime" && file_mode == "file_mode",
+        [secrets, _, mode] => secrets == "secrets" && mode == "mode",
+        _ => false,
+    }
 }
 
 /// What a schema cannot say: names, which provider a secret comes from, which keys go with

@@ -443,6 +443,16 @@ def cri_rounds(bindir, rounds):
     return times["runc"], times["dso"]
 
 
+def linkage(path):
+    """How an executable is linked, as the figures depend on it (scripts/release.sh): dynamic
+    (it names a program interpreter), or static with glibc (whose strings name it) or musl."""
+    interp = subprocess.run(["readelf", "-l", path], capture_output=True, text=True).stdout
+    if "program interpreter" in interp:
+        return "dynamic"
+    with open(path, "rb") as f:
+        return "static, glibc" if b"glibc" in f.read() else "static, musl"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="3 rounds, debug binaries allowed")
@@ -585,7 +595,8 @@ def run(a, lab, rounds):
         except RuntimeError as e:  # the other rows are still printed
             cri_failed = str(e)
 
-    print(f"\ndso benchmark: {rounds} interleaved rounds, binaries in {a.bindir}")
+    print(f"\ndso benchmark: {rounds} interleaved rounds, binaries in {a.bindir}"
+          f" (dso-runc: {linkage(lab.dso_runc)}; dso: {linkage(lab.dso)})")
     print("wall: medians (± half the range) and their ratio; cpu: median CPU time of the"
           " commands and all they waited for (serial rows), runc / dso, and its ratio")
     print(f"{'case':32} {'runc':>22} {'dso':>22} {'ratio':>7} {'goal':>6}   {'cpu':>17} {'ratio':>6}")

@@ -18,8 +18,8 @@ bindir=$(mktemp -d /tmp/dso-musl-bin.XXXXXX)
 trap 'rm -rf "$bindir"' EXIT
 cp "$target_dir/debug/dso" "$target_dir/debug/dso-init" "$bindir/"
 cp "$target_dir/$musl/debug/dso-runc" "$bindir/"
-if readelf -l "$bindir/dso-runc" | grep -q "program interpreter"; then
-    echo "musl smoke: $bindir/dso-runc is dynamically linked" >&2
+if readelf -l "$bindir/dso-runc" | grep -q "program interpreter" || grep -qa glibc "$bindir/dso-runc"; then
+    echo "musl smoke: $bindir/dso-runc is not a static musl executable" >&2
     exit 1
 fi
 python3 bench/bench.py --smoke --bindir "$bindir"

@@ -21,6 +21,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 relr=(-C link-arg=-Wl,-z,pack-relative-relocs)
+target_dir=${CARGO_TARGET_DIR:-target}
+# A musl dso-runc copied here by an earlier run is not Cargo's: gone, Cargo links its own again.
+rm -f "$target_dir/release/dso-runc"
 cargo build --release --bins "$@"
 for bin in dso-runc dso; do
     cargo rustc --release --bin "$bin" "$@" -- -C target-feature=+crt-static "${relr[@]}"
@@ -33,7 +36,6 @@ if [[ ${DSO_RELEASE_GLIBC_ONLY:-} != 1 && $(uname -m) == x86_64 ]] &&
         rustup target add "$musl" >/dev/null 2>&1; }; then
     CC_x86_64_unknown_linux_musl=musl-gcc \
         cargo rustc --release --target "$musl" --bin dso-runc "$@" -- "${relr[@]}"
-    target_dir=${CARGO_TARGET_DIR:-target}
     # Replace, not overwrite in place: an engine may be running the old one.
     cp "$target_dir/$musl/release/dso-runc" "$target_dir/release/.dso-runc.musl"
     mv -f "$target_dir/release/.dso-runc.musl" "$target_dir/release/dso-runc"

@@ -79,14 +79,14 @@ pub fn read_head(conn: &mut impl Read, max: usize) -> HeadRead {
     }
 }
 
-/// Writes a whole answer (`Connection: close`); `extra` is more header lines, each ending in
-/// CRLF. Errors are the peer's problem: it gets what could be written.
+/// Writes a whole answer (`Connection: close`) in one write; `extra` is more header lines, each
+/// ending in CRLF. Errors are the peer's problem: it gets what could be written.
 pub fn respond(conn: &mut impl Write, status: &str, content_type: &str, extra: &str, body: &str) {
-    let _ = write!(
-        conn,
+    let answer = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
+    let _ = conn.write_all(answer.as_bytes());
     let _ = conn.flush();
 }
 
@@ -113,6 +113,33 @@ mod tests {
         assert_eq!(head.header("content-length"), Some("5"));
         assert_eq!(head.header("x-a"), Some("b"));
         assert_eq!(rest, b"hello");
+    }
+
+    #[test]
+    fn an_answer_is_one_write_with_its_length() {
+        struct Writes(Vec<Vec<u8>>);
+        impl Write for Writes {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.push(b.to_vec());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = Writes(Vec::new());
+        respond(
+            &mut w,
+            "503 Service Unavailable",
+            "text/plain",
+            "Retry-After: 1\r\n",
+            "busy",
+        );
+        assert_eq!(w.0.len(), 1);
+        assert_eq!(
+            w.0[0],
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy"
+        );
     }
 
     #[test]

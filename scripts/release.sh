@@ -41,6 +41,6 @@ if [[ ${DSO_RELEASE_GLIBC_ONLY:-} != 1 && $(uname -m) == x86_64 ]] &&
     mv -f "$target_dir/release/.dso-runc.musl" "$target_dir/release/dso-runc"
     echo "release: dso-runc built for $musl"
 else
-    echo "release: dso-runc is static glibc (no musl-gcc or no $musl target for rustup);" \
+    echo "release: dso-runc is static glibc (DSO_RELEASE_GLIBC_ONLY=1, no musl-gcc or no $musl target);" \
         "its start-up costs about 0.3 ms more per runc call on a VM (BENCHMARKS.md)" >&2
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The runtime bench's smoke run with dso-runc built for musl, as scripts/release.sh builds it
-# where it can, beside the debug `dso` and dso-init: every row (runc, docker, compose, CRI)
+# where it can, beside the debug `dso` and dso-init: every row (runc, `docker run`, CRI)
 # then goes through a musl dso-runc. Where the musl target or musl-gcc cannot be had, release
 # builds use a glibc dso-runc (which the other smoke runs cover) and this says it was skipped.
 set -euo pipefail

@@ -582,7 +582,8 @@ impl Config {
     /// validated (see [`validated_marker`]), which spares a create the schema compilation and,
     /// where the document is cached with the marker, the YAML parse.
     fn parse(text: &str, path: &Path, remember: bool) -> Result<Config, ConfigError> {
-        let marker = remember.then(|| validated_marker(text));
+        let digest = digest_of(text);
+        let marker = remember.then(|| validated_marker(&digest));
         let invalid = |errors| ConfigError::Invalid {
             path: path.to_path_buf(),
             errors,
@@ -607,7 +608,7 @@ impl Config {
             cfg
         };
         cfg.source = path.to_path_buf();
-        cfg.digest = digest_of(text);
+        cfg.digest = digest;
         if let Some(p) = cfg.provider.take() {
             cfg.providers.insert(SHORTHAND_PROVIDER.to_string(), p);
         }
@@ -699,13 +700,15 @@ fn cached_document(marker: &str, state: &[u8]) -> Option<Vec<u8>> {
 
 /// The keyring description that says "this exact text passed this build's schema and semantic
 /// checks": a SHA-256 over dso's version, this build ([`build_identity`]), the schema and the
-/// text. Validation is a pure function of those, so a marker is as good as running it again;
-/// any change to the text, or another build of dso, is a new digest and is validated afresh.
+/// text's own SHA-256 ([`digest_of`], which the config keeps anyway: the text is hashed once).
+/// Validation is a pure function of those, so a marker is as good as running it again; any
+/// change to the text, or another build of dso, is a new digest and is validated afresh.
 /// The document is cached beside it ([`remember_valid`]): the uid's own keyring holds what
 /// its dso.yaml (readable by that uid) says, and nothing more.
 /// Only the uid's own processes (root, for dso-runc) can add keys to its user keyring.
-fn validated_marker(text: &str) -> String {
-    marker_for_build(text, &build_identity())
+/// `text_digest`: the text's [`digest_of`].
+fn validated_marker(text_digest: &str) -> String {
+    marker_for_build(text_digest, &build_identity())
 }
 
 /// This very build of dso: the running executable's device, inode, size and mtime (one stat).
@@ -727,7 +730,8 @@ fn build_identity() -> String {
     }
 }
 
-fn marker_for_build(text: &str, build: &str) -> String {
+/// The marker of the text whose [`digest_of`] is `text_digest`, for `build`.
+fn marker_for_build(text_digest: &str, build: &str) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for part in [
@@ -735,7 +739,7 @@ fn marker_for_build(text: &str, build: &str) -> String {
         env!("CARGO_PKG_VERSION").as_bytes(),
         build.as_bytes(),
         schema::SCHEMA_JSON.as_bytes(),
-        text.as_bytes(),
+        text_digest.as_bytes(),
     ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
@@ -757,15 +761,18 @@ mod tests {
             marker_for_build(text, "2049:1234:15000000:1700000000.1"),
             marker_for_build(text, "2049:1235:15000000:1700000060.7")
         );
-        assert_eq!(validated_marker(text), validated_marker(text));
+        assert_eq!(
+            validated_marker(&digest_of(text)),
+            validated_marker(&digest_of(text))
+        );
         assert!(build_identity().contains(':'));
     }
 
     #[test]
     fn validated_marker_depends_on_every_byte_of_the_text() {
-        let a = validated_marker("providers: {}\n");
-        assert_eq!(a, validated_marker("providers: {}\n"));
-        assert_ne!(a, validated_marker("providers: {} \n"));
+        let a = validated_marker(&digest_of("providers: {}\n"));
+        assert_eq!(a, validated_marker(&digest_of("providers: {}\n")));
+        assert_ne!(a, validated_marker(&digest_of("providers: {} \n")));
         assert!(a.starts_with("dso:config-ok:") && a.len() == "dso:config-ok:".len() + 64);
     }
 
@@ -779,7 +786,7 @@ mod tests {
         assert!(first.secrets.contains_key("a"));
         // Second load: from the document cached with the marker where the keyring takes it
         // (not in every sandbox); the same config either way.
-        let marker = validated_marker(good);
+        let marker = validated_marker(&digest_of(good));
         match crate::keyring::read_sealed(&marker, 2) {
             Some(state) => {
                 assert_eq!(&state[..], b"c\x01", "cached in one entry");

@@ -568,3 +568,170 @@ fn image_digest(root: &Path) -> Vec<(String, String)> {
     v.sort();
     v
 }
+
+/// Waits until the lab's agent has published its socket for dso-runc's creates.
+fn wait_for_handoff(lab: &Lab) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(20) {
+        let log = fs::read_to_string(lab.path("agent.log")).unwrap_or_default();
+        if log.contains("serving creates for") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!(
+        "the agent did not publish its socket: {}",
+        fs::read_to_string(lab.path("agent.log")).unwrap_or_default()
+    );
+}
+
+/// The audit lines of `event` for container `id`.
+fn audit_lines(lab: &Lab, event: &str, id: &str) -> Vec<String> {
+    fs::read_to_string(lab.path("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!("\"event\":\"{event}\"")))
+        .filter(|l| l.contains(&format!("\"container\":\"{id}\"")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 18: with an agent serving the same dso.yaml, dso-runc hands the create over (no exec
+/// of `dso`): the agent fetches, rewrites the spec and injects, dso-runc runs runc's create in
+/// between. Same results and the same refusals as without an agent.
+#[test]
+#[ignore = "root: real runc and busybox-static; scripts/test.sh runs it (--include-ignored)"]
+fn a_create_is_handed_to_the_running_agent_with_the_same_results_and_refusals() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"db-pass");
+    lab.set_secret("api", b"api-key");
+    let _agent = start_agent(&lab);
+    wait_for_handoff(&lab);
+
+    // Files and environment, written by the agent.
+    let b = lab.bundle(
+        "cat \"$DB_FILE\"; echo; echo \"API=$API\"; stat -c '%a %u' /run/secrets/db",
+        &["DB_FILE=dsofile://db", "API=dso://api"],
+        (1000, 1000),
+    );
+    let out = lab.create(&b, "t-handoff");
+    let runc_log = lab.path("runc.log");
+    let log = || fs::read_to_string(&runc_log).unwrap_or_default();
+    assert!(out.status.success(), "{}\nlog: {}", out.stderr, log());
+    let injected = audit_lines(&lab, "secret_injected", "t-handoff");
+    assert_eq!(injected.len(), 2, "{injected:?}");
+    assert!(
+        injected.iter().all(|l| l.contains("\"via\":\"agent\"")),
+        "the agent injected: {injected:?}"
+    );
+    let fetched = audit_lines(&lab, "secret_fetched", "");
+    assert!(fetched.is_empty() || fetched.iter().all(|l| !l.contains("db-pass")));
+    let spec = fs::read_to_string(b.join("config.json")).unwrap();
+    assert!(spec.contains("DB_FILE=/run/secrets/db") && !spec.contains("db-pass"));
+    assert!(lab.path("state/t-handoff.json").exists());
+    let stdout = lab.start_and_wait(&b, "t-handoff");
+    assert!(
+        stdout.contains("db-pass\nAPI=api-key\n400 1000\n"),
+        "{stdout}"
+    );
+    assert!(!out.stderr.contains("db-pass"), "{}", out.stderr);
+
+    // A refusal: the same words in runc's log, nothing created.
+    let b = lab.bundle("true", &["X_FILE=dsofile://nope"], (0, 0));
+    let out = lab.create(&b, "t-handoff-refused");
+    assert!(!out.status.success());
+    assert!(
+        log().contains("secret \\\"nope\\\" is not defined in"),
+        "{}",
+        log()
+    );
+    assert_eq!(lab.list(), "");
+    assert!(!lab.path("state/t-handoff-refused.json").exists());
+
+    // runc's own failure: its exit code, nothing injected or registered.
+    let b = lab.bundle("true", &["DB_FILE=dsofile://db"], (0, 0));
+    fs::remove_dir_all(b.join("rootfs")).unwrap();
+    let out = lab.create(&b, "t-handoff-runc-fails");
+    assert!(!out.status.success());
+    assert_eq!(lab.list(), "");
+    assert!(!lab.path("state/t-handoff-runc-fails.json").exists());
+    assert!(audit_lines(&lab, "secret_injected", "t-handoff-runc-fails").is_empty());
+
+    // dso.yaml changed (db no longer declared): the old config is never used, whether the
+    // agent has read the new one yet (it refuses) or not (it declines, dso refuses).
+    let text = fs::read_to_string(lab.path("dso.yaml")).unwrap();
+    fs::write(lab.path("dso.yaml"), text.replace("  db: {}\n", "")).unwrap();
+    let b = lab.bundle("true", &["DB_FILE=dsofile://db"], (0, 0));
+    let out = lab.create(&b, "t-handoff-changed");
+    assert!(!out.status.success());
+    assert!(
+        log().contains("secret \\\"db\\\" is not defined in"),
+        "{}",
+        log()
+    );
+    assert_eq!(lab.list(), "");
+}
+
+/// A handed-over create whose dso-runc goes away after runc's create is undone by the agent:
+/// the container deleted, nothing registered, `injection_failed` audited.
+#[test]
+#[ignore = "root: real runc and busybox-static; scripts/test.sh runs it (--include-ignored)"]
+fn a_handed_over_create_whose_dso_runc_goes_away_is_undone() {
+    use std::io::{BufRead, BufReader, Write};
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"db-pass");
+    let _agent = start_agent(&lab);
+    wait_for_handoff(&lab);
+    let b = lab.bundle("sleep 100", &["DB_FILE=dsofile://db"], (0, 0));
+    let config = fs::canonicalize(lab.path("dso.yaml")).unwrap();
+    let link = dso::runtime::handoff::rendezvous(&config);
+    let root = lab.runc_root().display().to_string();
+    let runc_log = lab.path("runc.log").display().to_string();
+    let bundle = b.display().to_string();
+    let args = [
+        "--root", &root, "--log", &runc_log, "create", "--bundle", &bundle, "t-gone",
+    ];
+    let meta = fs::metadata(&b).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(&link).unwrap();
+    let req = serde_json::json!({
+        "op": "create", "config": config, "args": args, "delegate": "runc",
+        "bundle": [meta.dev(), meta.ino()], "timing": false,
+    });
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    assert!(line.contains("\"handoff\":\"ready\""), "{line}");
+    // runc's create, as dso-runc would run it; then dso-runc "dies".
+    // (stdio not a pipe: the container's init would hold it open)
+    let created = Command::new("runc")
+        .args([
+            "--root", &root, "--log", &runc_log, "create", "--bundle", &bundle, "t-gone",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    assert!(lab.list().contains("t-gone"));
+    drop(s);
+    let t0 = std::time::Instant::now();
+    while lab.list().contains("t-gone") && t0.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(lab.list(), "", "the agent deletes what dso-runc left");
+    let failed = audit_lines(&lab, "injection_failed", "t-gone");
+    assert!(
+        failed.len() == 1 && failed[0].contains("dso-runc went away"),
+        "{failed:?}"
+    );
+    assert!(!lab.path("state/t-gone.json").exists());
+}

@@ -7,6 +7,7 @@
 //! | `{"op":"status"}` | root, the socket's group | containers, secrets, versions, last rotation, provider health — never values |
 //! | `{"op":"rotate","secret":"db"}` / `{"op":"rotate","container":"id"}` | root (forced), the group (if changed, one per secret or container per [`GROUP_ROTATE_EVERY`]) | the outcomes |
 //! | `{"op":"fetch","workload":{…},"requests":[{"secret","provider","path","key","version"}]}` | **root only** | per request `{"value":"<base64>","version"}` or `{"error"}`; each request is checked against the access policy for the workload |
+//! | `{"op":"create",…}` | **root only** | a create handed over by dso-runc, a conversation of its own: [`crate::runtime::handoff`] |
 //!
 //! The peer is identified by the kernel (`SO_PEERCRED`), not by anything it says. The socket is
 //! 0660, owned by root and `agent.group` (when set); values leave the agent only for uid 0, the
@@ -258,7 +259,15 @@ fn handle(stream: UnixStream, deadline: Instant, server: &Server) -> std::io::Re
     BufReader::new(Deadlined::new(&stream, deadline).take(MAX_REQUEST))
         .read_until(b'\n', &mut line)?;
     let gone = || peer_gone(&stream);
-    let answer: Zeroizing<Vec<u8>> = match serde_json::from_slice::<Request>(&line) {
+    let req = serde_json::from_slice::<Request>(&line);
+    if let Ok(req) = &req
+        && req.op == "create"
+        && access == Access::Root
+    {
+        let cfg = server.rotator.config();
+        return crate::runtime::handoff::serve(&stream, &line, &cfg, &server.rotator.pool);
+    }
+    let answer: Zeroizing<Vec<u8>> = match req {
         Err(e) => plain(serde_json::json!({"ok": false, "error": format!("bad request: {e}")})),
         Ok(req) => answer(&req, access, peer, server, &gone),
     };
@@ -381,7 +390,7 @@ fn answer(
                 .unwrap_or_else(|| Workload::unknown("", "the client named no workload"));
             fetch_answer(&req.requests, &workload, rotator, gone)
         }
-        "status" | "rotate" | "fetch" => denied(&req.op, peer),
+        "status" | "rotate" | "fetch" | "create" => denied(&req.op, peer),
         other => plain(serde_json::json!({"ok": false, "error": format!("unknown op {other:?}")})),
     }
 }

@@ -61,6 +61,13 @@ pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let listener = control::bind(&socket, group, &state_dir)?;
     eprintln!("dso agent: control socket {}", socket.display());
+    // dso-runc finds this agent by its dso.yaml and hands its creates over (issue 18).
+    match crate::runtime::handoff::publish(config_path, &socket) {
+        Ok(link) => eprintln!("dso agent: serving creates for {}", link.display()),
+        Err(e) => eprintln!(
+            "dso agent: cannot publish the socket for dso-runc's creates: {e}; they exec dso"
+        ),
+    }
     // Counters of the control socket and the webhook, shown by the metrics.
     let listener_stats = Arc::new(agent::listen::ListenerStats::default());
     {

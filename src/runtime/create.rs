@@ -127,6 +127,8 @@ pub enum CreateError {
     Audit(#[from] AuditError),
     #[error("{0}")]
     State(#[from] StateError),
+    #[error("{0}")]
+    Handoff(String),
 }
 
 /// One secret to fetch and where it goes.
@@ -306,6 +308,15 @@ fn fetch_one(
     ))
 }
 
+/// Where a create's values come from.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// dso's own process: the agent first when one answers, then providers built here.
+    Direct,
+    /// Inside the agent (a create handed over by dso-runc): its providers, already built.
+    Agent(&'a Pool),
+}
+
 /// Fetches every planned secret: up to [`MAX_PARALLEL_FETCHES`] at once (through the provider
 /// [`Pool`]), all within `timeout`.
 fn fetch_all<'a>(
@@ -314,6 +325,7 @@ fn fetch_all<'a>(
     workload: &Workload,
     audit: &'a Audit,
     container: &str,
+    source: Source<'_>,
 ) -> Result<(Vec<Value>, IssuedLeases<'a>), CreateError> {
     let timeout = cfg.runtime.fetch_timeout;
     let deadline = Instant::now() + timeout;
@@ -342,6 +354,7 @@ fn fetch_all<'a>(
         .collect();
     let asked = Instant::now();
     if !wire.is_empty()
+        && matches!(source, Source::Direct)
         && let Some(served) = control::fetch_via_agent(cfg, &wire, workload, timeout)
     {
         // One round trip served them all: each took (at most) that long. Audited in one
@@ -378,8 +391,12 @@ fn fetch_all<'a>(
         .map(|(&i, &d)| (i, pending[d]))
         .collect();
 
-    // Each provider is built once and shared by its fetches.
-    let pool = Pool::default();
+    // Each provider is built once and shared by its fetches (the agent's were built before).
+    let own = Pool::default();
+    let pool = match source {
+        Source::Direct => &own,
+        Source::Agent(pool) => pool,
+    };
     let mut jobs = Vec::with_capacity(pending.len());
     for &i in &pending {
         let p = &planned[i];
@@ -436,6 +453,8 @@ fn fetch_all<'a>(
             }
         };
         let p = &planned[i];
+        // The provider's health, for the agent's status and metrics.
+        pool.note(&p.provider, res.as_ref().err());
         match res {
             Ok((f, lease)) => {
                 if let Some(lease) = lease {
@@ -473,7 +492,12 @@ fn fetch_all<'a>(
     }
     // The successes in one append; the values are used only after this returns, so with
     // audit.required none is injected unless its fetch is on record.
-    audit.must_record_all(&fetched_events(planned, &results, &fetched_in))?;
+    let events = fetched_events(planned, &results, &fetched_in).into_iter();
+    let events: Vec<_> = match source {
+        Source::Direct => events.collect(),
+        Source::Agent(_) => events.map(|e| e.via("agent")).collect(),
+    };
+    audit.must_record_all(&events)?;
     for (i, u) in copies {
         results[i] = results[u].clone();
     }
@@ -560,35 +584,57 @@ fn init_path(cfg: &Config) -> Result<PathBuf, CreateError> {
 }
 
 /// `DSO_TIMING=1`: how long each step of a create took, on stderr (for benchmarks; names and
-/// durations only).
-struct Timing {
+/// durations only). In the agent the lines are kept and sent back to dso-runc, which prints them.
+pub struct Timing {
     last: Option<Instant>,
+    kept: Option<Vec<String>>,
 }
 
 impl Timing {
-    fn new() -> Timing {
+    /// On when `DSO_TIMING` is set.
+    pub fn from_env() -> Timing {
         Timing {
             last: std::env::var_os("DSO_TIMING").map(|_| Instant::now()),
+            kept: None,
+        }
+    }
+
+    /// On when `on`; the lines are kept for [`Timing::lines`].
+    pub fn kept(on: bool) -> Timing {
+        Timing {
+            last: on.then(Instant::now),
+            kept: Some(Vec::new()),
+        }
+    }
+
+    /// The lines kept so far.
+    pub fn lines(&mut self) -> Vec<String> {
+        self.kept.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn line(&mut self, line: String) {
+        match &mut self.kept {
+            Some(kept) => kept.push(line),
+            None => eprintln!("{line}"),
         }
     }
 
     /// The process's peak resident set (VmHWM), for the benchmark's footprint row.
-    fn peak_rss(&self) {
+    fn peak_rss(&mut self) {
         if self.last.is_some()
+            && self.kept.is_none()
             && let Ok(status) = fs::read_to_string("/proc/self/status")
             && let Some(hwm) = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))
         {
-            eprintln!("dso timing: peak rss: {}", hwm.trim());
+            self.line(format!("dso timing: peak rss: {}", hwm.trim()));
         }
     }
 
-    fn mark(&mut self, step: &str) {
+    pub fn mark(&mut self, step: &str) {
         if let Some(last) = self.last {
             let now = Instant::now();
-            eprintln!(
-                "dso timing: {step}: {:.2} ms",
-                (now - last).as_secs_f64() * 1000.0
-            );
+            let ms = (now - last).as_secs_f64() * 1000.0;
+            self.line(format!("dso timing: {step}: {ms:.2} ms"));
             self.last = Some(now);
         }
     }
@@ -596,7 +642,7 @@ impl Timing {
 
 /// The create path's audit: a failure to write is reported in runc's log (which `docker run`
 /// shows), never on stderr.
-fn audit_for(audit: Audit, log: &RuncLog) -> Audit {
+pub fn audit_for(audit: Audit, log: &RuncLog) -> Audit {
     let log = log.clone();
     audit.on_failure(move |msg| log.write("warning", &format!("dso: {msg}")))
 }
@@ -612,8 +658,8 @@ pub fn create_with_secrets(
     let what = if is_run { "run" } else { "create" };
     let id = inv.container_id.as_deref();
     let id = id.ok_or(CreateError::NoContainerId(what))?;
-    let mut timing = Timing::new();
-    // 1-3: config, references, plan. Nothing exists yet; errors need no cleanup.
+    let mut timing = Timing::from_env();
+    // 1: config. Nothing exists yet; errors need no cleanup.
     let cfg = load_config(inv, id, log)?;
     timing.mark("config");
     let audit = audit_for(Audit::new(&cfg.audit), log);
@@ -625,38 +671,67 @@ pub fn create_with_secrets(
         cfg: &cfg,
         audit: &audit,
     };
-    let plan = c.plan(&spec)?;
-    timing.mark("plan");
-    // 4: fetch everything before anything is created.
-    let (values, mut leases) = fetch_all(&cfg, &plan.secrets, &plan.workload, &audit, id)?;
-    timing.mark("fetch");
-    let env_blob = check_sizes(&cfg, &plan.secrets, &values)?;
-    // 5: rewrite the spec (no value goes into it).
-    c.rewrite(&mut spec, &plan)?;
-    timing.mark("spec");
+    let prepared = c.prepare(&mut spec, Source::Direct, timing)?;
     // 6: the delegate's create.
     let status = c.run_delegate_create(is_run)?;
     if !status.success() {
         // runc has reported why in its log already; nothing was created.
         return Ok(status.code().unwrap_or(1));
     }
-    timing.mark("delegate create");
-    // 7-8: inject and register; on any failure delete the container.
-    let started = Instant::now();
-    let injected = c
-        .inject(&plan, &values, env_blob.as_ref())
-        .and_then(|done| c.record(&plan, &values, &mut leases, done, started));
-    timing.mark("inject + register");
-    let pid = injected.map_err(|e| c.undo(e, started))?;
-    timing.mark("audit");
-    timing.peak_rss();
-    drop(values);
-    drop(env_blob);
-    tracing::debug!(container = %id, secrets = plan.secrets.len(), "secrets injected");
+    let (pid, _) = prepared.finish()?;
     if !is_run {
         return Ok(0);
     }
     c.run_rest(pid)
+}
+
+/// A create whose values are fetched and whose spec is rewritten, waiting for the delegate's
+/// create: then [`Prepared::finish`] injects and registers. Dropped unfinished, the leases it
+/// issued are revoked.
+pub struct Prepared<'a> {
+    c: Create<'a>,
+    plan: CreatePlan,
+    values: Vec<Value>,
+    leases: IssuedLeases<'a>,
+    env_blob: Option<SecretValue>,
+    timing: Timing,
+    /// Handed over: the agent injects (its audit events say so).
+    by_agent: bool,
+}
+
+impl Prepared<'_> {
+    /// 7-8: inject and register; on any failure the container is deleted. Returns the init
+    /// pid and the timing lines kept (see [`Timing::kept`]).
+    pub fn finish(mut self) -> Result<(i32, Vec<String>), CreateError> {
+        self.timing.mark("delegate create");
+        let c = &self.c;
+        let started = Instant::now();
+        let injected = c
+            .inject(&self.plan, &self.values, self.env_blob.as_ref())
+            .and_then(|done| {
+                let leases = &mut self.leases;
+                c.record(
+                    &self.plan,
+                    &self.values,
+                    leases,
+                    done,
+                    started,
+                    self.by_agent,
+                )
+            });
+        self.timing.mark("inject + register");
+        let pid = injected.map_err(|e| c.undo(e, started))?;
+        self.timing.mark("audit");
+        self.timing.peak_rss();
+        tracing::debug!(container = %c.id, secrets = self.plan.secrets.len(), "secrets injected");
+        Ok((pid, self.timing.lines()))
+    }
+
+    /// The create cannot be finished (dso-runc went away): undone like a failed injection
+    /// (the container, if runc made it, deleted; what was issued for it revoked).
+    pub fn abandon(self, e: CreateError) {
+        self.c.undo(e, Instant::now());
+    }
 }
 
 /// Loads dso.yaml; a config that cannot be used is audited as `config_rejected`.
@@ -740,16 +815,45 @@ struct Injected {
 }
 
 /// One create with secrets: what its steps share.
-struct Create<'a> {
-    inv: &'a Invocation,
-    delegate: &'a dyn Delegate,
-    log: &'a RuncLog,
-    id: &'a str,
-    cfg: &'a Config,
-    audit: &'a Audit,
+#[derive(Clone, Copy)]
+pub struct Create<'a> {
+    pub inv: &'a Invocation,
+    pub delegate: &'a dyn Delegate,
+    pub log: &'a RuncLog,
+    pub id: &'a str,
+    pub cfg: &'a Config,
+    pub audit: &'a Audit,
 }
 
-impl Create<'_> {
+impl<'a> Create<'a> {
+    /// 2-5: references, plan and grants, fetch, sizes, the spec rewritten (no value goes into
+    /// it). Nothing exists yet; errors need no cleanup.
+    pub fn prepare(
+        self,
+        spec: &mut Spec,
+        source: Source<'_>,
+        mut timing: Timing,
+    ) -> Result<Prepared<'a>, CreateError> {
+        let plan = self.plan(spec)?;
+        timing.mark("plan");
+        let (cfg, audit) = (self.cfg, self.audit);
+        let (values, leases) =
+            fetch_all(cfg, &plan.secrets, &plan.workload, audit, self.id, source)?;
+        timing.mark("fetch");
+        let env_blob = check_sizes(cfg, &plan.secrets, &values)?;
+        self.rewrite(spec, &plan)?;
+        timing.mark("spec");
+        Ok(Prepared {
+            c: self,
+            plan,
+            values,
+            leases,
+            env_blob,
+            timing,
+            by_agent: matches!(source, Source::Agent(_)),
+        })
+    }
+
     /// References, limits, fetch plan, workload and its grants, dso-init, host ids.
     fn plan(&self, spec: &Spec) -> Result<CreatePlan, CreateError> {
         let cfg = self.cfg;
@@ -871,6 +975,7 @@ impl Create<'_> {
         leases: &mut IssuedLeases<'_>,
         done: Injected,
         started: Instant,
+        by_agent: bool,
     ) -> Result<i32, CreateError> {
         let secrets = plan.secrets.iter().zip(values).zip(&plan.host_ids);
         let rec = StateRecord {
@@ -914,12 +1019,13 @@ impl Create<'_> {
             .secrets
             .iter()
             .map(|p| {
-                Event::new("secret_injected", "success")
+                let ev = Event::new("secret_injected", "success")
                     .secret(&p.label)
                     .provider(&p.provider)
                     .container(self.id)
                     .workload(&plan.workload)
-                    .duration(took)
+                    .duration(took);
+                if by_agent { ev.via("agent") } else { ev }
             })
             .collect();
         self.audit.must_record_all(&events)?;

@@ -5,6 +5,7 @@
 pub mod argv;
 mod create;
 pub mod delegate;
+pub mod handoff;
 pub mod inject;
 pub mod modify;
 pub mod runclog;
@@ -48,6 +49,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
         match refs {
             Ok(false) => {}
             Ok(true) => {
+                // A running agent for this dso.yaml does the work without an exec of dso.
+                if let Some(code) = handoff::offer(&inv, &delegate, &log) {
+                    return code;
+                }
                 let dso = std::env::current_exe()
                     .ok()
                     .and_then(|exe| exe.parent().map(|d| d.join("dso")))

@@ -708,7 +708,7 @@ fn agent_socket_serves_root_only_survives_kill_9_and_exposes_metrics() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), 65534);
 
-    // dso-runc takes the fast path: the agent fetched it (audit "via":"agent").
+    // dso-runc hands the create to the agent, which fetched it (audit "via":"agent").
     let b = lab.bundle(
         "while :; do sleep 1; done",
         &["DB_FILE=dsofile://db"],
@@ -750,6 +750,8 @@ fn agent_socket_serves_root_only_survives_kill_9_and_exposes_metrics() {
     assert_eq!(code, 200);
     assert!(body.contains("dso_managed_containers 1"), "{body}");
     assert!(body.contains("dso_agent_fetches_served_total 1"), "{body}");
+    // The create was handed to the agent (runtime/handoff.rs), which injected it.
+    assert!(body.contains("dso_agent_creates_served_total 1"), "{body}");
     assert!(!body.contains("via-agent-1"));
 
     // kill -9 and a restart: the container is still tracked, the next rotation works (through

@@ -264,8 +264,16 @@ fn handle(stream: UnixStream, deadline: Instant, server: &Server) -> std::io::Re
         && req.op == "create"
         && access == Access::Root
     {
-        let cfg = server.rotator.config();
-        return crate::runtime::handoff::serve(&stream, &line, &cfg, &server.rotator.pool);
+        let rotator = &server.rotator;
+        let served =
+            crate::runtime::handoff::serve(&stream, &line, &rotator.config(), &rotator.pool);
+        let c = &rotator.counters;
+        c.agent_fetches_served
+            .fetch_add(served.fetched as u64, Ordering::Relaxed);
+        if served.created {
+            bump(&c.agent_creates_served);
+        }
+        return Ok(());
     }
     let answer: Zeroizing<Vec<u8>> = match req {
         Err(e) => plain(serde_json::json!({"ok": false, "error": format!("bad request: {e}")})),

@@ -233,6 +233,12 @@ impl Collector for AgentState {
             "Secrets fetched for dso-runc over the control socket.",
             &[(vec![], n(&c.agent_fetches_served))],
         )?;
+        counter(
+            &mut enc,
+            "dso_agent_creates_served",
+            "Creates dso-runc handed to the agent, injected and registered by it.",
+            &[(vec![], n(&c.agent_creates_served))],
+        )?;
         let l = &self.listeners;
         counter(
             &mut enc,
@@ -398,6 +404,7 @@ mod tests {
         );
         assert!(text.contains("dso_managed_containers 0"), "{text}");
         assert!(text.contains("dso_agent_fetches_served_total 0"), "{text}");
+        assert!(text.contains("dso_agent_creates_served_total 0"), "{text}");
         assert!(
             text.contains(r#"dso_webhook_rejections_total{audited="false"} 0"#),
             "{text}"

@@ -188,6 +188,8 @@ pub struct Counters {
     /// Of `rotations_failed`, those of [`FailureClass::Config`].
     pub rotations_failed_config: std::sync::atomic::AtomicU64,
     pub agent_fetches_served: std::sync::atomic::AtomicU64,
+    /// Creates dso-runc handed to the agent that it finished (see `runtime::handoff`).
+    pub agent_creates_served: std::sync::atomic::AtomicU64,
 }
 
 fn bump(c: &std::sync::atomic::AtomicU64) {

@@ -700,6 +700,11 @@ pub struct Prepared<'a> {
 }
 
 impl Prepared<'_> {
+    /// How many values were fetched.
+    pub fn fetched(&self) -> usize {
+        self.values.len()
+    }
+
     /// 7-8: inject and register; on any failure the container is deleted. Returns the init
     /// pid and the timing lines kept (see [`Timing::kept`]).
     pub fn finish(mut self) -> Result<(i32, Vec<String>), CreateError> {

@@ -203,10 +203,33 @@ pub fn offer(inv: &Invocation, delegate: &Runc, log: &RuncLog) -> Option<i32> {
     }
 }
 
+/// What the agent did for one handed-over create (for its counters).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Values fetched for it.
+    pub fetched: usize,
+    /// Injected and registered by the agent.
+    pub created: bool,
+}
+
 /// The agent's side of one handed-over create: `line` is the request already read from
 /// `stream`; `cfg` and `pool` are the agent's. Errors writing to dso-runc end the create the
 /// way a failure would (the container deleted, issued leases revoked).
-pub fn serve(stream: &UnixStream, line: &[u8], cfg: &Config, pool: &Pool) -> std::io::Result<()> {
+pub fn serve(stream: &UnixStream, line: &[u8], cfg: &Config, pool: &Pool) -> Served {
+    let mut served = Served::default();
+    if let Err(e) = converse(stream, line, cfg, pool, &mut served) {
+        tracing::debug!(error = %e, "create handoff: dso-runc went away");
+    }
+    served
+}
+
+fn converse(
+    stream: &UnixStream,
+    line: &[u8],
+    cfg: &Config,
+    pool: &Pool,
+    served: &mut Served,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(STEP_TIMEOUT))?;
     stream.set_write_timeout(Some(STEP_TIMEOUT))?;
     let declined = |why: &str| {
@@ -279,6 +302,7 @@ pub fn serve(stream: &UnixStream, line: &[u8], cfg: &Config, pool: &Pool) -> std
         Ok(p) => p,
         Err(e) => return refused(&e),
     };
+    served.fetched = prepared.fetched();
     let status = send(
         stream,
         &Offer {
@@ -302,11 +326,14 @@ pub fn serve(stream: &UnixStream, line: &[u8], cfg: &Config, pool: &Pool) -> std
             timing: Vec::new(),
         },
         Ok(_) => match prepared.finish() {
-            Ok((_, timing)) => Finished {
-                ok: true,
-                error: None,
-                timing,
-            },
+            Ok((_, timing)) => {
+                served.created = true;
+                Finished {
+                    ok: true,
+                    error: None,
+                    timing,
+                }
+            }
             Err(e) => Finished {
                 ok: false,
                 error: Some(e.to_string()),
@@ -328,7 +355,15 @@ fn same_config(asked: &Path, cfg: &Config) -> Result<(), &'static str> {
     if std::fs::canonicalize(&cfg.source).ok().as_deref() != Some(asked) {
         return Err("the agent serves another dso.yaml");
     }
-    let text = std::fs::read_to_string(asked).map_err(|_| "the agent cannot read dso.yaml")?;
+    use std::io::Read;
+    let unreadable = |_| "the agent cannot read dso.yaml";
+    let mut file = std::fs::File::open(asked).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    // What `dso` would refuse (dso reports why), the agent does not serve either.
+    crate::trust::check(&meta, asked, "config", crate::trust::Use::Trusted)
+        .map_err(|_| "dso.yaml is not trusted now")?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(unreadable)?;
     if crate::config::digest_of(&text) != cfg.digest {
         return Err("dso.yaml changed since the agent read it");
     }

@@ -352,10 +352,16 @@ class Lab:
 
 class CgroupCpu:
     """CPU time (user + system, all threads, those gone included) of the processes in a
-    cgroup v2 of their own: the agent's, which `getrusage` of the bench cannot see."""
+    cgroup of their own: the agent's, which `getrusage` of the bench cannot see. cgroup v2
+    (`cpu.stat`), else v1's cpuacct controller (`cpuacct.usage`)."""
 
     def __init__(self, name):
-        self.path = os.path.join("/sys/fs/cgroup", name)
+        if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            self.path = os.path.join("/sys/fs/cgroup", name)
+            self.v2 = True
+        else:
+            self.path = os.path.join("/sys/fs/cgroup/cpuacct", name)
+            self.v2 = False
         os.makedirs(self.path, exist_ok=True)
 
     def enter(self):
@@ -364,12 +370,15 @@ class CgroupCpu:
             f.write("0")
 
     def usage(self):
+        if not self.v2:
+            with open(os.path.join(self.path, "cpuacct.usage")) as f:
+                return int(f.read()) / 1e9
         with open(os.path.join(self.path, "cpu.stat")) as f:
             for line in f:
                 k, v = line.split()
                 if k == "usage_usec":
                     return int(v) / 1e6
-        return 0.0
+        raise OSError("no usage_usec in cpu.stat")
 
     def since(self, before):
         return self.usage() - before
@@ -379,6 +388,19 @@ class CgroupCpu:
             os.rmdir(self.path)
         except OSError:
             pass
+
+
+def start_agent(lab, cgroup=None):
+    """`dso agent` on the lab's dso.yaml (in `cgroup` when given), once its socket is there."""
+    agent = subprocess.Popen([lab.dso, "--config", lab.cfg, "agent"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=lab.env,
+                             preexec_fn=cgroup.enter if cgroup else None)
+    sock = os.path.join(lab.state, "dso.sock")
+    for _ in range(100):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.05)
+    return agent
 
 
 def file_env(k, prefix="s"):
@@ -577,23 +599,19 @@ def run(a, lab, rounds):
 
     # The same through a running agent: dso-runc hands each create to it (runtime/handoff.rs);
     # the agent's CPU (its own cgroup) is added to the dso cycles' CPU.
+    agent_cpu = None
     try:
         agent_cpu = CgroupCpu(f"dso-bench-agent-{os.getpid()}")
         agent_cpu.usage()
     except OSError as e:
+        if agent_cpu:
+            agent_cpu.remove()
         print(f"bench: no cgroup for the agent ({e}): its CPU is not in the agent rows' CPU",
               file=sys.stderr)
         agent_cpu = None
-    agent = subprocess.Popen([lab.dso, "--config", lab.cfg, "agent"], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=lab.env,
-                             preexec_fn=agent_cpu.enter if agent_cpu else None)
+    agent = start_agent(lab, agent_cpu)
     lab.agent_cpu = agent_cpu
     try:
-        sock = os.path.join(lab.state, "dso.sock")
-        for _ in range(100):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
         for name, env, _ in agent_rows:
             results[name] = ([], [])
             lab.cycle(lab.dso_runc, env)
@@ -632,6 +650,20 @@ def run(a, lab, rounds):
                 for name, env, _ in docker_rows:
                     results[name][0].append(d.run("runc", []))
                     results[name][1].append(d.run("dso", env))
+            # With the agent running, as on a host with the systemd unit: the creates are
+            # handed to it.
+            name = "docker run, 10 file secrets, agent"
+            docker_rows.append((name, file_env(10), 1.03))
+            results[name] = ([], [])
+            agent = start_agent(lab)
+            try:
+                d.run("dso", file_env(10))
+                for _ in range(rounds):
+                    results[name][0].append(d.run("runc", []))
+                    results[name][1].append(d.run("dso", file_env(10)))
+            finally:
+                agent.terminate()
+                agent.wait(10)
         finally:
             d.close()
 

@@ -729,6 +729,9 @@ fn agent_socket_serves_root_only_survives_kill_9_and_exposes_metrics() {
     let fetch = r#"{"op":"fetch","requests":[{"provider":"local","path":"db"}]}"#;
     let ans = socket_request_as(65534, 65534, &socket, fetch);
     assert!(ans.contains("permission denied"), "{ans}");
+    // Nor may it hand the agent a create.
+    let ans = socket_request_as(65534, 65534, &socket, r#"{"op":"create"}"#);
+    assert!(ans.contains("permission denied"), "{ans}");
     assert!(!ans.contains("via-agent-1") && !ans.contains("dmlhLWFnZW50LTE"));
     let ans = socket_request_as(65534, 65534, &socket, r#"{"op":"status"}"#);
     assert!(

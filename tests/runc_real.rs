@@ -661,6 +661,16 @@ fn a_create_is_handed_to_the_running_agent_with_the_same_results_and_refusals() 
     assert!(!lab.path("state/t-handoff-runc-fails.json").exists());
     assert!(audit_lines(&lab, "secret_injected", "t-handoff-runc-fails").is_empty());
 
+    // dso.yaml made writable by others, its text unchanged: the agent declines, and dso
+    // refuses the file as it would without an agent.
+    fs::set_permissions(lab.path("dso.yaml"), fs::Permissions::from_mode(0o666)).unwrap();
+    let b = lab.bundle("true", &["DB_FILE=dsofile://db"], (0, 0));
+    let out = lab.create(&b, "t-handoff-untrusted");
+    assert!(!out.status.success());
+    assert!(log().contains("writable by group or others"), "{}", log());
+    assert_eq!(lab.list(), "");
+    fs::set_permissions(lab.path("dso.yaml"), fs::Permissions::from_mode(0o600)).unwrap();
+
     // dso.yaml changed (db no longer declared): the old config is never used, whether the
     // agent has read the new one yet (it refuses) or not (it declines, dso refuses).
     let text = fs::read_to_string(lab.path("dso.yaml")).unwrap();
@@ -700,6 +710,22 @@ fn a_handed_over_create_whose_dso_runc_goes_away_is_undone() {
         "--root", &root, "--log", &runc_log, "create", "--bundle", &bundle, "t-gone",
     ];
     let meta = fs::metadata(&b).unwrap();
+    // Another bundle than the one the agent sees at that path: declined, nothing done.
+    let mut s = std::os::unix::net::UnixStream::connect(&link).unwrap();
+    let req = serde_json::json!({
+        "op": "create", "config": config, "args": args, "delegate": "runc",
+        "bundle": [meta.dev(), meta.ino() + 1], "timing": false,
+    });
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    assert!(line.contains("\"handoff\":\"declined\""), "{line}");
+    let spec = fs::read_to_string(b.join("config.json")).unwrap();
+    assert!(
+        spec.contains("DB_FILE=dsofile://db"),
+        "the spec is untouched"
+    );
+
     let mut s = std::os::unix::net::UnixStream::connect(&link).unwrap();
     let req = serde_json::json!({
         "op": "create", "config": config, "args": args, "delegate": "runc",
@@ -734,4 +760,64 @@ fn a_handed_over_create_whose_dso_runc_goes_away_is_undone() {
         "{failed:?}"
     );
     assert!(!lab.path("state/t-gone.json").exists());
+}
+
+/// dso-runc hands a create only to an agent running as root: whoever else listens at the
+/// link of its dso.yaml is not sent anything, and `dso` does the create.
+#[test]
+#[ignore = "root: real runc and busybox-static; scripts/test.sh runs it (--include-ignored)"]
+fn dso_runc_hands_nothing_to_a_listener_that_is_not_root() {
+    use std::os::unix::process::CommandExt;
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"db-pass");
+    // A listener running as nobody, at a path the link points to.
+    let dir = lab.path("impostor");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(lab.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = dir.join("s.sock");
+    let got = dir.join("got");
+    let script = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\nopen(sys.argv[2] + '.ready', 'w').close()\nc, _ = s.accept()\nc.settimeout(5)\ndata = b''\ntry:\n    while True:\n        b = c.recv(4096)\n        if not b: break\n        data += b\nexcept OSError: pass\nopen(sys.argv[2], 'wb').write(data)\n";
+    let mut impostor = Command::new("python3")
+        .args(["-c", script])
+        .arg(&sock)
+        .arg(&got)
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !dir.join("got.ready").exists() && t0.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let config = fs::canonicalize(lab.path("dso.yaml")).unwrap();
+    let link = dso::runtime::handoff::rendezvous(&config);
+    fs::create_dir_all(link.parent().unwrap()).unwrap();
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&sock, &link).unwrap();
+
+    let b = lab.bundle("cat \"$DB_FILE\"", &["DB_FILE=dsofile://db"], (0, 0));
+    let out = lab.create(&b, "t-impostor");
+    let _ = fs::remove_file(&link);
+    assert!(
+        out.status.success(),
+        "{}",
+        fs::read_to_string(lab.path("runc.log")).unwrap_or_default()
+    );
+    let _ = impostor.wait();
+    assert_eq!(
+        fs::read(&got).unwrap(),
+        b"",
+        "nothing was sent to the impostor"
+    );
+    let injected = audit_lines(&lab, "secret_injected", "t-impostor");
+    assert!(
+        injected.len() == 1 && !injected[0].contains("\"via\""),
+        "dso did the create: {injected:?}"
+    );
+    assert_eq!(lab.start_and_wait(&b, "t-impostor"), "db-pass");
 }

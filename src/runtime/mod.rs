@@ -1,6 +1,7 @@
 //! The `dso-runc` shim: every runc call is exec'd straight through to the delegate, except a
 //! `create`/`run` whose spec has secret references: those get their secrets fetched, the spec
-//! rewritten (tmpfs, file paths, dso-init), runc's create, and the secrets injected.
+//! rewritten (tmpfs, file paths, dso-init), runc's create, and the secrets injected, by `dso`
+//! ([`create_main`]) or by the running agent ([`handoff`]).
 
 pub mod argv;
 mod create;
@@ -29,8 +30,9 @@ pub const CREATE_ENTRY: &str = "__dso-runc-create";
 ///
 /// This path is kept thin on purpose: it is on every runc call Docker makes. It reads argv and,
 /// for `create`/`run` only, scans config.json for references; then it execs runc, or — when
-/// there are references — execs `dso` (next to this executable) to do the heavy work. So the
-/// providers, TLS stack and config schema are never even loaded for a passthrough call.
+/// there are references — hands the create to the running agent ([`handoff`]) or, without one,
+/// execs `dso` (next to this executable) to do the heavy work. So the providers, TLS stack and
+/// config schema are never even loaded for a passthrough call.
 pub fn main(args: Vec<OsString>) -> i32 {
     let inv = match Invocation::parse(args.iter().skip(1).cloned()) {
         Ok(inv) => inv,

@@ -275,10 +275,7 @@ fn converse(
         Ok(spec) => spec,
         Err(e) => return refused(&e),
     };
-    // Pod annotations scoped to other containers of the pod: nothing for this one.
-    if crate::secrets::collect_refs(&spec.env(), Some(&spec.annotations()))
-        .is_ok_and(|refs| refs.is_empty())
-    {
+    if !spec.has_own_references() {
         return send(
             stream,
             &Offer {

@@ -99,10 +99,7 @@ pub fn create_main(args: Vec<OsString>) -> i32 {
             return 1;
         }
     };
-    // Pod annotations scoped to other containers of the pod: nothing for this one.
-    if crate::secrets::collect_refs(&spec.env(), Some(&spec.annotations()))
-        .is_ok_and(|refs| refs.is_empty())
-    {
+    if !spec.has_own_references() {
         let err = delegate.exec(&inv.args);
         log.error(&format!("dso: cannot run {:?}: {err}", delegate.0));
         return 127;

@@ -143,6 +143,14 @@ impl Spec {
             .unwrap_or_default()
     }
 
+    /// False when the references the scan found are all pod annotations scoped to other
+    /// containers of the pod: nothing for this one (a create then runs the delegate as is).
+    /// A reference that does not parse counts as one for this container (it is refused).
+    pub fn has_own_references(&self) -> bool {
+        !crate::secrets::collect_refs(&self.env(), Some(&self.annotations()))
+            .is_ok_and(|refs| refs.is_empty())
+    }
+
     /// The container user's uid and gid (`process.user`), as seen inside the container.
     pub fn user(&self) -> (u32, u32) {
         self.typed

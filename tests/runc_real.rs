@@ -652,6 +652,21 @@ fn a_create_is_handed_to_the_running_agent_with_the_same_results_and_refusals() 
     assert_eq!(lab.list(), "");
     assert!(!lab.path("state/t-handoff-refused.json").exists());
 
+    // The caps apply as they do in `dso` (the same `Create::prepare`): 257 references to one
+    // secret are refused before anything is fetched or created.
+    let env: Vec<String> = (0..257).map(|i| format!("E{i}=dso://db")).collect();
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    let b = lab.bundle("true", &env, (0, 0));
+    let before = fs::read(b.join("config.json")).unwrap();
+    assert!(!lab.create(&b, "t-handoff-refs").status.success());
+    assert!(
+        log().contains("257 secret references, more than runtime.max_references (256)"),
+        "{}",
+        log()
+    );
+    assert_eq!(fs::read(b.join("config.json")).unwrap(), before);
+    assert_eq!(lab.list(), "");
+
     // runc's own failure: its exit code, nothing injected or registered.
     let b = lab.bundle("true", &["DB_FILE=dsofile://db"], (0, 0));
     fs::remove_dir_all(b.join("rootfs")).unwrap();

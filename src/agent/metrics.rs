@@ -230,7 +230,7 @@ impl Collector for AgentState {
         counter(
             &mut enc,
             "dso_agent_fetches_served",
-            "Secrets fetched for dso-runc over the control socket.",
+            "Secrets fetched for creates dso-runc handed to the agent.",
             &[(vec![], n(&c.agent_fetches_served))],
         )?;
         counter(

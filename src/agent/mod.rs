@@ -47,12 +47,6 @@ pub enum AgentError {
     ShortKey(PathBuf, usize),
     #[error(transparent)]
     Untrusted(#[from] crate::trust::Untrusted),
-    #[error("secret {0:?} is not defined in {p}", p = .1.display())]
-    Undefined(String, PathBuf),
-    #[error("secret {0:?} is not {1}/{2}")]
-    NotThat(String, String, String),
-    #[error(transparent)]
-    Denied(#[from] crate::policy::Refusal),
     #[error(transparent)]
     Provider(#[from] crate::providers::ProviderError),
 }

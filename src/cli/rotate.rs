@@ -109,8 +109,7 @@ fn ask_agent_at(
     if !socket.exists() {
         return None;
     }
-    let bytes = crate::control::request(socket, req, timeout).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let v = crate::control::request(socket, req, timeout).ok()?;
     if v.get("ok") == Some(&serde_json::Value::Bool(true)) {
         Some(v)
     } else {

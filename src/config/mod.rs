@@ -414,13 +414,12 @@ pub struct RuntimeConfig {
     pub max_secret_size: u64,
     /// # Most references per container
     /// Most secret references one container may have (each env, file or annotation reference
-    /// counts), and the most requests one fetch from the agent may carry: more fail the create
-    /// before anything is fetched or created. Default 256.
+    /// counts): more fail the create before anything is fetched or created. Default 256.
     #[schemars(range(min = 1))]
     pub max_references: usize,
     /// # Most bytes per container
-    /// Most bytes of values one container's create, or one fetch from the agent, may gather in all:
-    /// more fail the create (nothing is created). Bytes, or a number with k, m or g. Default 16m.
+    /// Most bytes of values one container's create may gather in all: more fail the create
+    /// (nothing is created). Bytes, or a number with k, m or g. Default 16m.
     #[serde(deserialize_with = "de_size")]
     #[schemars(with = "json_schema::SizeValue", default = "json_schema::m16")]
     pub max_total_secret_size: u64,

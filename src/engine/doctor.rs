@@ -422,18 +422,11 @@ fn check_agent(cfg: &Config) -> Check {
     let socket = crate::control::socket_path(cfg);
     let ping = serde_json::json!({"op": "ping"});
     match crate::control::request(&socket, &ping, Duration::from_secs(3)) {
-        Ok(bytes)
-            if serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("ok").and_then(Value::as_bool))
-                == Some(true) =>
-        {
-            check(
-                "agent",
-                Status::Ok,
-                format!("answering on {}", socket.display()),
-            )
-        }
+        Ok(v) if v.get("ok").and_then(Value::as_bool) == Some(true) => check(
+            "agent",
+            Status::Ok,
+            format!("answering on {}", socket.display()),
+        ),
         Ok(_) => check(
             "agent",
             Status::Warn,

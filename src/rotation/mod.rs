@@ -187,6 +187,7 @@ pub struct Counters {
     pub rotations_failed: std::sync::atomic::AtomicU64,
     /// Of `rotations_failed`, those of [`FailureClass::Config`].
     pub rotations_failed_config: std::sync::atomic::AtomicU64,
+    /// Secrets fetched for those creates (distinct fetches).
     pub agent_fetches_served: std::sync::atomic::AtomicU64,
     /// Creates dso-runc handed to the agent that it finished (see `runtime::handoff`).
     pub agent_creates_served: std::sync::atomic::AtomicU64,

@@ -19,7 +19,6 @@ use super::runclog::RuncLog;
 use super::spec::{Spec, SpecError};
 use crate::audit::{Audit, AuditError, Event};
 use crate::config::{Config, ConfigError, ProviderKind, config_path};
-use crate::control::{self, WireRequest};
 use crate::policy::{self, Ask, Refusal, Workload};
 use crate::providers::pool::{self, Pool};
 use crate::providers::{self, DynamicRequest, FetchRequest, Fetched, Provider, ProviderError};
@@ -253,22 +252,24 @@ pub(crate) fn ask_of(r: &SecretRef) -> Ask<'_> {
     }
 }
 
-/// Every reference must be granted to the workload; the first refusal is audited and returned.
+/// Every reference must be granted to the workload; the first refusal is audited (`"via":
+/// "agent"` when the agent checked it) and returned.
 fn authorize(
     cfg: &Config,
     refs: &[SecretRef],
     workload: &Workload,
     audit: &Audit,
+    by_agent: bool,
 ) -> Result<(), CreateError> {
     for r in refs {
         if let Err(refusal) = policy::check(cfg, ask_of(r), workload) {
-            audit.record(
-                &Event::new("access_denied", "failure")
-                    .secret(refusal.subject())
-                    .container(&workload.id)
-                    .workload(workload)
-                    .error(&refusal.to_string()),
-            );
+            let why = refusal.to_string();
+            let ev = Event::new("access_denied", "failure")
+                .secret(refusal.subject())
+                .container(&workload.id)
+                .workload(workload)
+                .error(&why);
+            audit.record(&if by_agent { ev.via("agent") } else { ev });
             return Err(refusal.into());
         }
     }
@@ -311,7 +312,7 @@ fn fetch_one(
 /// Where a create's values come from.
 #[derive(Clone, Copy)]
 pub enum Source<'a> {
-    /// dso's own process: the agent first when one answers, then providers built here.
+    /// dso's own process: providers built here.
     Direct,
     /// Inside the agent (a create handed over by dso-runc): its providers, already built.
     Agent(&'a Pool),
@@ -322,7 +323,6 @@ pub enum Source<'a> {
 fn fetch_all<'a>(
     cfg: &'a Config,
     planned: &[Planned],
-    workload: &Workload,
     audit: &'a Audit,
     container: &str,
     source: Source<'_>,
@@ -334,61 +334,17 @@ fn fetch_all<'a>(
     // Leases issued so far: revoked if this create fails at any later point.
     let mut leases = IssuedLeases::new(cfg, audit, container, planned.len());
 
-    // The agent first, when it answers: it holds provider sessions and the derived local key.
-    // What it could not fetch is fetched here, so errors are reported in the same words.
-    // Dynamic secrets are issued here, per container: never through the agent, whose answers
-    // could otherwise be shared.
-    let kv: Vec<usize> = (0..planned.len())
-        .filter(|&i| planned[i].dynamic.is_none())
-        .collect();
-    let wire: Vec<WireRequest> = kv
-        .iter()
-        .map(|&i| &planned[i])
-        .map(|p| WireRequest {
-            secret: (!p.label.contains('/')).then(|| p.label.clone()),
-            provider: p.provider.clone(),
-            path: p.request.path.clone(),
-            key: p.request.key.clone(),
-            version: p.request.version.clone(),
-        })
-        .collect();
-    let asked = Instant::now();
-    if !wire.is_empty()
-        && matches!(source, Source::Direct)
-        && let Some(served) = control::fetch_via_agent(cfg, &wire, workload, timeout)
-    {
-        // One round trip served them all: each took (at most) that long. Audited in one
-        // append (one lock of the chain instead of one per secret).
-        let took = asked.elapsed();
-        for (j, f) in served.into_iter().enumerate() {
-            if let Some(f) = f {
-                results[kv[j]] = Some((f.value, f.version));
-            }
-        }
-        let by_agent: Vec<_> = (0..planned.len())
-            .filter_map(|i| results[i].as_ref().map(|_| (i, took)))
-            .collect();
-        let events = fetched_events(planned, &results, &by_agent).into_iter();
-        audit.must_record_all(&events.map(|e| e.via("agent")).collect::<Vec<_>>())?;
-    }
-    let unfetched: Vec<usize> = (0..planned.len())
-        .filter(|&i| results[i].is_none())
-        .collect();
     // One fetch per distinct secret (issue 14 point 4): two file names for the same provider,
     // path, key and version share one fetch. Dynamic secrets are issued once per reference.
-    let (firsts, of) = pool::distinct(unfetched.iter().map(|&i| {
-        let p = &planned[i];
+    let (pending, of) = pool::distinct(planned.iter().map(|p| {
         let r = &p.request;
         p.dynamic
             .is_none()
             .then_some((&p.provider, &r.path, &r.key, &r.version))
     }));
-    let pending: Vec<usize> = firsts.iter().map(|&f| unfetched[f]).collect();
-    let copies: Vec<(usize, usize)> = unfetched
-        .iter()
-        .zip(&of)
-        .filter(|&(&i, &d)| pending[d] != i)
-        .map(|(&i, &d)| (i, pending[d]))
+    let copies: Vec<(usize, usize)> = (of.iter().enumerate())
+        .filter(|&(i, &d)| pending[d] != i)
+        .map(|(i, &d)| (i, pending[d]))
         .collect();
 
     // Each provider is built once and shared by its fetches (the agent's were built before).
@@ -839,11 +795,11 @@ impl<'a> Create<'a> {
         source: Source<'_>,
         mut timing: Timing,
     ) -> Result<Prepared<'a>, CreateError> {
-        let plan = self.plan(spec)?;
+        let by_agent = matches!(source, Source::Agent(_));
+        let plan = self.plan(spec, by_agent)?;
         timing.mark("plan");
         let (cfg, audit) = (self.cfg, self.audit);
-        let (values, leases) =
-            fetch_all(cfg, &plan.secrets, &plan.workload, audit, self.id, source)?;
+        let (values, leases) = fetch_all(cfg, &plan.secrets, audit, self.id, source)?;
         timing.mark("fetch");
         let env_blob = check_sizes(cfg, &plan.secrets, &values)?;
         self.rewrite(spec, &plan)?;
@@ -855,12 +811,12 @@ impl<'a> Create<'a> {
             leases,
             env_blob,
             timing,
-            by_agent: matches!(source, Source::Agent(_)),
+            by_agent,
         })
     }
 
     /// References, limits, fetch plan, workload and its grants, dso-init, host ids.
-    fn plan(&self, spec: &Spec) -> Result<CreatePlan, CreateError> {
+    fn plan(&self, spec: &Spec, by_agent: bool) -> Result<CreatePlan, CreateError> {
         let cfg = self.cfg;
         let refs = collect_refs(&spec.env(), Some(&spec.annotations()))?;
         // Before anything is planned or fetched: a spec with thousands of references must not
@@ -876,7 +832,7 @@ impl<'a> Create<'a> {
         let mut secrets = plan(cfg, &refs, user)?;
         let bundle = self.inv.bundle_dir().unwrap_or_default();
         let workload = policy::identity::identify(spec.doc(), self.id, &bundle);
-        authorize(cfg, &refs, &workload, self.audit)?;
+        authorize(cfg, &refs, &workload, self.audit, by_agent)?;
         // Attribution at the provider: every request names the workload in its User-Agent.
         for p in &mut secrets {
             p.request.workload = Some(workload.label());

@@ -27,6 +27,7 @@ pub(super) struct AgentArgs {
 }
 
 pub(super) fn run(config_path: &Path, args: &AgentArgs) -> anyhow::Result<i32> {
+    crate::state::registry::limit_heap_arenas();
     let cfg = super::load_config(config_path)?;
     let mut opts = Options::default();
     if let Some(s) = &args.docker_socket {

@@ -514,6 +514,21 @@ pub(crate) fn trim_heap() {
     }
 }
 
+/// Caps glibc's malloc at two arenas. By default each thread that allocates (the agent's 16
+/// listener workers, each serving handed-over creates) may get an arena of its own, up to 8 per
+/// core, and every arena keeps what it freed: 20 creates of 100 secrets through the agent left
+/// it at 16.8 MiB, 11.0 MiB with two arenas (issue 18 point 4, RSS ≤ 20 MiB). Called by the
+/// agent before it starts a thread.
+pub(crate) fn limit_heap_arenas() {
+    #[cfg(target_env = "gnu")]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only sets an allocator parameter; no pointer is involved. No safe
+    // wrapper exists (glibc-only).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// One record file, or `None` when it cannot be read or parsed.
 fn read_record(path: &Path) -> Option<Record> {
     let bytes = fs::read(path).ok()?;

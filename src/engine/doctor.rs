@@ -7,7 +7,6 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -489,7 +488,7 @@ fn check_providers(cfg: &Config, timeout: Duration) -> Vec<Check> {
         .map(|(.., p, r)| (p.clone(), r.clone()))
         .collect();
     let mut answers: Vec<_> = jobs.iter().map(|_| None).collect();
-    let rx = pool::run(jobs.len(), jobs.len(), Arc::default(), move |j| {
+    let rx = pool::run(jobs.len(), jobs.len(), move |j| {
         jobs[j].0.version(&jobs[j].1)
     });
     while let Ok((j, res, _)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))

@@ -3,7 +3,7 @@
 //! the agent's control socket, rotation and `dso doctor` all use.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -147,21 +147,17 @@ pub fn distinct<K: Ord>(keys: impl IntoIterator<Item = Option<K>>) -> (Vec<usize
 
 /// Runs `work(j)` for every job `j` in `0..jobs` on `threads` worker threads (none: one after
 /// the other on this thread, before this returns) and sends `(j, result, how long it took)` as
-/// each is done. A worker takes no new job once `stop` is set. The workers are detached on
+/// each is done. The workers are detached on
 /// purpose: a provider that hangs past the caller's deadline must not hold the caller up (it
 /// stops reading the channel, and a create process exits, taking the thread with it).
 pub fn run<R: Send + 'static>(
     jobs: usize,
     threads: usize,
-    stop: Arc<AtomicBool>,
     work: impl Fn(usize) -> R + Send + Sync + 'static,
 ) -> mpsc::Receiver<(usize, R, Duration)> {
     let (tx, rx) = mpsc::channel();
     if threads == 0 {
         for j in 0..jobs {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
             let started = Instant::now();
             let res = work(j);
             // The receiver is alive: it is returned below.
@@ -172,11 +168,11 @@ pub fn run<R: Send + 'static>(
     let work = Arc::new(work);
     let next = Arc::new(AtomicUsize::new(0));
     for _ in 0..threads.min(jobs) {
-        let (work, next, tx, stop) = (work.clone(), next.clone(), tx.clone(), stop.clone());
+        let (work, next, tx) = (work.clone(), next.clone(), tx.clone());
         std::thread::spawn(move || {
             loop {
                 let j = next.fetch_add(1, Ordering::SeqCst);
-                if j >= jobs || stop.load(Ordering::SeqCst) {
+                if j >= jobs {
                     break;
                 }
                 let started = Instant::now();
@@ -202,14 +198,12 @@ mod tests {
     }
 
     #[test]
-    fn run_delivers_every_job_inline_or_on_threads_and_stops_when_told() {
+    fn run_delivers_every_job_inline_or_on_threads() {
         for threads in [0, 1, 4] {
-            let rx = run(10, threads, Arc::new(AtomicBool::new(false)), |j| j * 2);
+            let rx = run(10, threads, |j| j * 2);
             let mut got: Vec<(usize, usize)> = rx.iter().map(|(j, r, _)| (j, r)).collect();
             got.sort();
             assert_eq!(got, (0..10).map(|j| (j, j * 2)).collect::<Vec<_>>());
         }
-        let rx = run(10, 2, Arc::new(AtomicBool::new(true)), |j| j);
-        assert_eq!(rx.iter().count(), 0);
     }
 }

@@ -375,7 +375,7 @@ fn fetch_all<'a>(
         pending.len().min(MAX_PARALLEL_FETCHES)
     };
     let provs: Vec<Arc<dyn Provider>> = jobs.iter().map(|(p, _, _)| p.clone()).collect();
-    let rx = pool::run(jobs.len(), threads, Arc::default(), move |j| {
+    let rx = pool::run(jobs.len(), threads, move |j| {
         let (prov, req, dynamic) = &jobs[j];
         fetch_one(&**prov, req, dynamic.as_ref())
     });

@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,23 +26,6 @@ fn start_watching_agent(lab: &Lab) -> AgentProc {
     let agent = start_agent(lab);
     wait_for(&lab.path("agent.log"), "watching", Duration::from_secs(20));
     agent
-}
-
-/// Waits until `file` contains `needle`; returns its text.
-fn wait_for(file: &Path, needle: &str, timeout: Duration) -> String {
-    let t0 = Instant::now();
-    loop {
-        let text = fs::read_to_string(file).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "{needle:?} not seen in {} within {timeout:?}: {text}",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn events(text: &str, name: &str) -> usize {

@@ -12,24 +12,6 @@ use std::time::{Duration, Instant};
 
 use dso_testkit::runc_lab::*;
 
-/// Waits until `file` contains `needle`; returns its text.
-fn wait_for(file: &Path, needle: &str, timeout: Duration) -> String {
-    let t0 = Instant::now();
-    loop {
-        let text = fs::read_to_string(file).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        if t0.elapsed() > timeout {
-            panic!(
-                "{needle:?} not seen in {} within {timeout:?}: {text:?}",
-                file.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),

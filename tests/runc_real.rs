@@ -571,17 +571,10 @@ fn image_digest(root: &Path) -> Vec<(String, String)> {
 
 /// Waits until the lab's agent has published its socket for dso-runc's creates.
 fn wait_for_handoff(lab: &Lab) {
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < std::time::Duration::from_secs(20) {
-        let log = fs::read_to_string(lab.path("agent.log")).unwrap_or_default();
-        if log.contains("serving creates for") {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    panic!(
-        "the agent did not publish its socket: {}",
-        fs::read_to_string(lab.path("agent.log")).unwrap_or_default()
+    wait_for(
+        &lab.path("agent.log"),
+        "serving creates for",
+        std::time::Duration::from_secs(20),
     );
 }
 

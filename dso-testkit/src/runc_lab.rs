@@ -17,6 +17,24 @@ pub fn have(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Waits until `file` contains `needle` (an agent's log line, say) and returns its text;
+/// panics with the text after `timeout`.
+pub fn wait_for(file: &Path, needle: &str, timeout: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "{needle:?} not seen in {} within {timeout:?}: {text}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// True when the test can run; panics under CI=true when it cannot.
 pub fn ready() -> bool {
     let root = nix::unistd::geteuid().is_root();

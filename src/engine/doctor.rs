@@ -414,8 +414,7 @@ fn check_permissions(config_path: &Path, cfg: Option<&Config>) -> Vec<Check> {
     }
 }
 
-/// Values of `*_file` settings (key files, passphrases, AppRole ids), except CA bundles, which
-/// are public.
+/// Whether an agent answers on the control socket.
 fn check_agent(cfg: &Config) -> Check {
     // The control socket (default <runtime.state_dir>/dso.sock), asked for a `ping`.
     let socket = crate::control::socket_path(cfg);

@@ -887,7 +887,8 @@ impl<'a> Create<'a> {
         Ok(self.delegate.create(&args)?)
     }
 
-    /// Writes the files (and the env hand-off file) into the created container's tmpfs.
+    /// Writes the files (and the env hand-off file) into the created container's tmpfs: new
+    /// files under their names ([`SecretsDir::create`]: nothing reads them before runc's start).
     fn inject(
         &self,
         plan: &CreatePlan,
@@ -902,7 +903,7 @@ impl<'a> Create<'a> {
         for ((p, (value, _)), &(uid, gid)) in files.filter(|((p, _), _)| p.as_file) {
             let mode = p.mode;
             let name = &p.file;
-            dir.write(&SecretFile {
+            dir.create(&SecretFile {
                 name,
                 value,
                 uid,
@@ -912,7 +913,7 @@ impl<'a> Create<'a> {
         }
         if let Some(value) = env_blob {
             let (uid, gid) = plan.host_user;
-            dir.write(&SecretFile {
+            dir.create(&SecretFile {
                 name: ENV_FILE_NAME,
                 value,
                 uid,

@@ -92,9 +92,12 @@ impl SecretsDir {
             dir: secrets_dir.to_string(),
             source,
         };
-        let handle = root.resolve(secrets_dir).map_err(resolve_err)?;
-        let file = handle
-            .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY | OpenFlags::O_CLOEXEC)
+        // Resolved and opened in one openat2 (a resolve and a reopen would go through procfs).
+        let file = root
+            .open_subpath(
+                secrets_dir,
+                OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY | OpenFlags::O_CLOEXEC,
+            )
             .map_err(resolve_err)?;
         let fd = OwnedFd::from(file);
         #[allow(clippy::unnecessary_cast)] // f_type is narrower on 32-bit targets
@@ -146,15 +149,31 @@ impl SecretsDir {
     /// with EOVERFLOW. The write is then done as the file's future owner (host ids of the
     /// container's ids, mapped by construction; see [`as_fs_ids`]), and so are the next ones.
     pub fn write(&self, file: &SecretFile<'_>) -> Result<(), InjectError> {
+        let tmp = format!("{}{:08x}", temp_prefix(file.name), random_u32());
+        self.place(file, Some(&tmp))
+    }
+
+    /// Writes a file that is not there yet, straight under its name (O_EXCL, O_NOFOLLOW: an
+    /// entry already there, a planted symlink included, is an error), owner and mode set
+    /// before any byte is written. For a create's injection only: its tmpfs is new and
+    /// nothing in the container runs before runc's start, so no reader can see a file half
+    /// written, and a failed create deletes the container. The ids are handled as in
+    /// [`Self::write`].
+    pub fn create(&self, file: &SecretFile<'_>) -> Result<(), InjectError> {
+        self.place(file, None)
+    }
+
+    /// [`Self::write`] (through the temp file `tmp`) or [`Self::create`] (`None`).
+    fn place(&self, file: &SecretFile<'_>, tmp: Option<&str>) -> Result<(), InjectError> {
         let werr = |source| InjectError::Write {
             dir: self.dir.clone(),
             name: file.name.to_string(),
             source,
         };
-        let tmp = format!("{}{:08x}", temp_prefix(file.name), random_u32());
-        let tmp_c = CString::new(tmp.as_str()).map_err(|e| werr(std::io::Error::other(e)))?;
-        let name_c = CString::new(file.name).map_err(|e| werr(std::io::Error::other(e)))?;
-        let attempt = || self.write_as_is(file, &tmp_c, &name_c);
+        let c_string = |s: &str| CString::new(s).map_err(|e| werr(std::io::Error::other(e)));
+        let tmp_c = tmp.map(c_string).transpose()?;
+        let name_c = c_string(file.name)?;
+        let attempt = || self.write_as_is(file, tmp_c.as_ref(), &name_c);
         if self.in_userns.get() {
             return as_fs_ids(file.uid, file.gid, attempt).map_err(werr);
         }
@@ -167,19 +186,20 @@ impl SecretsDir {
         }
     }
 
-    /// One attempt of [`Self::write`] with the thread's current ids; no temp file is left
-    /// when it fails.
+    /// One attempt of [`Self::place`] with the thread's current ids; no file is left when it
+    /// fails.
     fn write_as_is(
         &self,
         file: &SecretFile<'_>,
-        tmp_c: &CString,
+        tmp_c: Option<&CString>,
         name_c: &CString,
     ) -> std::io::Result<()> {
         use rustix::fs::{AtFlags, Mode, OFlags};
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+        let created = tmp_c.unwrap_or(name_c).as_c_str();
         let fd = rustix::fs::openat(
             &self.fd,
-            tmp_c.as_c_str(),
+            created,
             flags | OFlags::CLOEXEC,
             Mode::RUSR | Mode::WUSR,
         )?;
@@ -193,12 +213,14 @@ impl SecretsDir {
             )
             .map_err(std::io::Error::from)?;
             f.write_all(file.value.expose())?;
-            rustix::fs::renameat(&self.fd, tmp_c.as_c_str(), &self.fd, name_c.as_c_str())?;
+            if let Some(tmp_c) = tmp_c {
+                rustix::fs::renameat(&self.fd, tmp_c.as_c_str(), &self.fd, name_c.as_c_str())?;
+            }
             Ok(())
         })();
         drop(f);
         if result.is_err() {
-            let _ = rustix::fs::unlinkat(&self.fd, tmp_c.as_c_str(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&self.fd, created, AtFlags::empty());
         }
         result
     }
@@ -384,6 +406,48 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "no temp file left: {names:?}");
+    }
+
+    #[test]
+    fn create_writes_new_files_only_and_follows_no_symlink() {
+        let Some((dir, root)) = shm_root() else {
+            eprintln!("skip: no /dev/shm tmpfs");
+            return;
+        };
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("secrets/planted")).unwrap();
+        let sd = SecretsDir::open_in(&root, "/secrets").unwrap();
+        let value = SecretValue::new(b"v1\n".to_vec());
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let file = |name| SecretFile {
+            name,
+            value: &value,
+            uid,
+            gid,
+            mode: 0o440,
+        };
+        sd.create(&file("s")).unwrap();
+        let meta = std::fs::symlink_metadata(dir.path().join("secrets/s")).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o440);
+        assert_eq!(
+            std::fs::read(dir.path().join("secrets/s")).unwrap(),
+            b"v1\n"
+        );
+        // Not twice, and never through a symlink: both are errors, and nothing is written.
+        assert!(sd.create(&file("s")).is_err());
+        assert!(sd.create(&file("planted")).is_err());
+        assert_eq!(std::fs::read(outside.path()).unwrap(), b"");
+        let mut names: Vec<_> = std::fs::read_dir(dir.path().join("secrets"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["planted", "s"]);
     }
 
     #[test]

@@ -32,36 +32,72 @@ pub type Resolve<'a> = &'a dyn Fn(&str) -> String;
 
 /// [`Resolve`] for the image at `rootfs` (a host path), through pathrs (openat2 inside the
 /// root, never a host-side join).
+///
+/// A destination is walked from its first component on, and each prefix is looked up once per
+/// resolver: a spec's destinations share their parents (`/dev`, `/sys`), the rewrite compares
+/// each destination twice, and a prefix the image lacks costs pathrs about ten system calls.
+/// Walking forward finds the same place as trying the longest prefix first: openat2 resolves
+/// components in order, so once a prefix is missing every longer one is too.
 pub fn resolver_in(rootfs: &Path) -> Option<impl Fn(&str) -> String + use<>> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
     use std::os::fd::{AsFd, AsRawFd};
     let root = pathrs::Root::open(rootfs).ok()?;
     let real_of = |fd: i32| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
     let root_real = real_of(root.as_fd().as_raw_fd())?;
+    // Prefix -> None: not in the image; Some(None): in it, but where cannot be told (its real
+    // path is unreadable or outside the root); Some(Some(p)): `p`, as the container sees it.
+    let seen: RefCell<HashMap<String, Option<Option<String>>>> = RefCell::default();
+    let look_up = move |prefix: &str| {
+        // openat2 inside the root, as pathrs does, but without the procfs lookups pathrs makes
+        // to describe a missing path (most of a spec's /dev and /sys mounts are not in the
+        // image). Any other failure (no openat2, a rename racing with `..`) is pathrs's to
+        // retry and answer.
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        let flags = OFlags::PATH | OFlags::CLOEXEC;
+        let h: std::os::fd::OwnedFd =
+            match rustix::fs::openat2(root.as_fd(), prefix, flags, Mode::empty(), resolve) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return None,
+                Err(_) => root.resolve(prefix).ok()?.into(),
+            };
+        let real = real_of(h.as_raw_fd());
+        let inside = real.and_then(|r| {
+            let inside = r.strip_prefix(&root_real).ok()?;
+            Some(format!("/{}", inside.to_string_lossy()))
+        });
+        Some(inside)
+    };
     Some(move |dest: &str| {
         let comps: Vec<&str> = dest
             .split('/')
             .filter(|c| !c.is_empty() && *c != ".")
             .collect();
-        for n in (1..=comps.len()).rev() {
-            let Ok(h) = root.resolve(format!("/{}", comps[..n].join("/"))) else {
-                continue;
-            };
-            let Some(real) = real_of(h.as_fd().as_raw_fd()) else {
-                break;
-            };
-            let Ok(inside) = real.strip_prefix(&root_real) else {
-                break;
-            };
-            let mut out = format!("/{}", inside.to_string_lossy());
-            for c in &comps[n..] {
-                if !out.ends_with('/') {
-                    out.push('/');
-                }
-                out.push_str(c);
+        // The longest prefix in the image: how many components, and where it is.
+        let mut found: Option<(usize, Option<String>)> = None;
+        for n in 1..=comps.len() {
+            let prefix = format!("/{}", comps[..n].join("/"));
+            let hit = (seen.borrow_mut().entry(prefix))
+                .or_insert_with_key(|p| look_up(p))
+                .clone();
+            match hit {
+                Some(inside) => found = Some((n, inside)),
+                None => break,
             }
-            return out;
         }
-        format!("/{}", comps.join("/"))
+        match found {
+            Some((n, Some(mut out))) => {
+                for c in &comps[n..] {
+                    if !out.ends_with('/') {
+                        out.push('/');
+                    }
+                    out.push_str(c);
+                }
+                out
+            }
+            _ => format!("/{}", comps.join("/")),
+        }
     })
 }
 
@@ -320,6 +356,13 @@ mod tests {
         assert_eq!(resolve("/var/run"), "/run");
         assert_eq!(resolve("/escape/secrets"), "/run/secrets");
         assert_eq!(resolve("/no/such//dir/"), "/no/such/dir");
+        // Asked again (answers are kept per prefix), and past a file or a missing component.
+        std::fs::write(rootfs.join("etc/hosts"), "").unwrap();
+        assert_eq!(resolve("/var/run/secrets/x"), "/run/secrets/x");
+        assert_eq!(resolve("/var/run/secrets"), "/run/secrets");
+        assert_eq!(resolve("/etc/hosts/x"), "/etc/hosts/x");
+        assert_eq!(resolve("/var/run/../etc"), "/etc");
+        assert_eq!(resolve("/"), "/");
         rewrite_spec(
             &mut s,
             &[],

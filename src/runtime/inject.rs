@@ -370,17 +370,27 @@ mod tests {
         assert_eq!(names, [".db.tmp-0badf00d", ".x~12", "db"]);
     }
 
+    /// A tmpfs root with an empty `/secrets` where a symlink named `planted` points at a host
+    /// file outside (returned, to check it stays untouched), and the dir opened.
+    fn planted_symlink(
+        planted: &str,
+    ) -> Option<(tempfile::TempDir, tempfile::NamedTempFile, SecretsDir)> {
+        let (dir, root) = shm_root()?;
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        let link = dir.path().join("secrets").join(planted);
+        std::os::unix::fs::symlink(outside.path(), link).unwrap();
+        let sd = SecretsDir::open_in(&root, "/secrets").unwrap();
+        Some((dir, outside, sd))
+    }
+
     #[test]
     fn writes_atomically_and_replaces_symlinks() {
-        let Some((dir, root)) = shm_root() else {
+        // A symlink planted at the file name must be replaced, not followed.
+        let Some((dir, outside, sd)) = planted_symlink("s") else {
             eprintln!("skip: no /dev/shm tmpfs");
             return;
         };
-        std::fs::create_dir(dir.path().join("secrets")).unwrap();
-        // A symlink planted at the file name must be replaced, not followed.
-        let outside = tempfile::NamedTempFile::new().unwrap();
-        std::os::unix::fs::symlink(outside.path(), dir.path().join("secrets/s")).unwrap();
-        let sd = SecretsDir::open_in(&root, "/secrets").unwrap();
         let value = SecretValue::new(b"v1\n".to_vec());
         let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
@@ -410,14 +420,10 @@ mod tests {
 
     #[test]
     fn create_writes_new_files_only_and_follows_no_symlink() {
-        let Some((dir, root)) = shm_root() else {
+        let Some((dir, outside, sd)) = planted_symlink("planted") else {
             eprintln!("skip: no /dev/shm tmpfs");
             return;
         };
-        std::fs::create_dir(dir.path().join("secrets")).unwrap();
-        let outside = tempfile::NamedTempFile::new().unwrap();
-        std::os::unix::fs::symlink(outside.path(), dir.path().join("secrets/planted")).unwrap();
-        let sd = SecretsDir::open_in(&root, "/secrets").unwrap();
         let value = SecretValue::new(b"v1\n".to_vec());
         let (uid, gid) = (
             nix::unistd::geteuid().as_raw(),

@@ -30,8 +30,9 @@ pub fn container_path(secrets_dir: &str, name: &str) -> String {
 /// destinations the same way (inside the root) when it mounts them.
 pub type Resolve<'a> = &'a dyn Fn(&str) -> String;
 
-/// [`Resolve`] for the image at `rootfs` (a host path), through pathrs (openat2 inside the
-/// root, never a host-side join).
+/// [`Resolve`] for the image at `rootfs` (a host path): openat2 inside the root
+/// (`RESOLVE_IN_ROOT`), with pathrs's resolver where openat2 cannot answer; never a host-side
+/// join.
 ///
 /// A destination is walked from its first component on, and each prefix is looked up once per
 /// resolver: a spec's destinations share their parents (`/dev`, `/sys`), the rewrite compares

@@ -6,7 +6,7 @@ mod provider;
 pub mod reference;
 mod schema;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -559,6 +559,18 @@ impl Config {
     /// Whoever can write the file controls dso, so it must be owned by root (or this user) and
     /// not writable by group or others ([`crate::trust`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, None)
+    }
+
+    /// [`Config::load`] for a create that names only the `secrets:` entries in `wanted`: where
+    /// the text was validated before, only those entries are built (the others are still read
+    /// and must still be valid JSON), so its cost no longer grows with the size of dso.yaml
+    /// (BENCHMARKS.md). The config holds no other `secrets:` entry then; everything else is whole.
+    pub fn load_only(path: &Path, wanted: &BTreeSet<String>) -> Result<Config, ConfigError> {
+        Self::load_with(path, Some(wanted))
+    }
+
+    fn load_with(path: &Path, wanted: Option<&BTreeSet<String>>) -> Result<Config, ConfigError> {
         use std::io::Read;
         let read_err = |source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -569,18 +581,24 @@ impl Config {
         crate::trust::check(&meta, path, "config", crate::trust::Use::Trusted)?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(read_err)?;
-        Self::parse(&text, path, true)
+        Self::parse(&text, path, true, wanted)
     }
 
     /// Parses and validates config text; `path` is used in messages only.
     pub fn from_str_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        Self::parse(text, path, false)
+        Self::parse(text, path, false, None)
     }
 
     /// `remember`: look the text up in, and add it to, the cache of configs this build has
     /// validated (see [`validated_marker`]), which spares a create the schema compilation and,
-    /// where the document is cached with the marker, the YAML parse.
-    fn parse(text: &str, path: &Path, remember: bool) -> Result<Config, ConfigError> {
+    /// where the document is cached with the marker, the YAML parse. `wanted`: see
+    /// [`Config::load_only`].
+    fn parse(
+        text: &str,
+        path: &Path,
+        remember: bool,
+        wanted: Option<&BTreeSet<String>>,
+    ) -> Result<Config, ConfigError> {
         let digest = digest_of(text);
         let marker = remember.then(|| validated_marker(&digest));
         let invalid = |errors| ConfigError::Invalid {
@@ -593,7 +611,7 @@ impl Config {
         let mut cfg = if let Some((marker, state)) = known {
             // Validated before: the document as cached, else the values alone, without the
             // lines messages would need.
-            match cached_document(marker, &state).and_then(|j| serde_json::from_slice(&j).ok()) {
+            match cached_document(marker, &state).and_then(|j| from_cached(&j, wanted)) {
                 Some(cfg) => cfg,
                 None => Config::deserialize(&yaml_document(text, path)?)
                     .map_err(|e| invalid(vec![e.to_string()]))?,
@@ -682,6 +700,54 @@ fn remember_valid(marker: &str, doc: &serde_json::Value) {
         }
     };
     crate::keyring::store_sealed(marker, &payload, VALIDATED_MARKER_TTL);
+}
+
+/// A cached document ([`cached_document`]) as a config, with only the `secrets:` entries in
+/// `wanted` (all where `None`). `None` where it cannot be read: the YAML is parsed instead.
+fn from_cached(json: &[u8], wanted: Option<&BTreeSet<String>>) -> Option<Config> {
+    use serde_json::value::RawValue;
+    let Some(wanted) = wanted else {
+        return serde_json::from_slice(json).ok();
+    };
+    // Keys are dso.yaml's own and secret names (letters, digits, '_', '.', '-'): a key with an
+    // escape cannot be borrowed, and such a document is simply not used.
+    let mut top: BTreeMap<&str, &RawValue> = serde_json::from_slice(json).ok()?;
+    let secrets = top.remove("secrets");
+    let mut cfg: Config = serde_json::from_str(&serde_json::to_string(&top).ok()?).ok()?;
+    if let Some(secrets) = secrets {
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_str(secrets.get());
+        cfg.secrets = Wanted(wanted).deserialize(&mut de).ok()?;
+    }
+    Some(cfg)
+}
+
+/// A `secrets:` mapping with only the entries named in the set; the others are skipped unread.
+struct Wanted<'a>(&'a BTreeSet<String>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Wanted<'_> {
+    type Value = BTreeMap<String, SecretConfig>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Wanted<'_> {
+    type Value = BTreeMap<String, SecretConfig>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a mapping of secrets")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        let mut secrets = BTreeMap::new();
+        while let Some(name) = m.next_key::<String>()? {
+            if self.0.contains(&name) {
+                secrets.insert(name, m.next_value()?);
+            } else {
+                m.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(secrets)
+    }
 }
 
 /// The document cached with `marker` (see [`remember_valid`]), if all of it is still there.
@@ -805,6 +871,37 @@ mod tests {
         assert!(err.contains("not one of"), "{err}");
         crate::keyring::forget(&marker);
         crate::keyring::forget(&format!("{marker}:0"));
+    }
+
+    #[test]
+    fn a_create_builds_only_the_secrets_it_names_from_a_cached_document() {
+        let text = "provider: { type: local, path: /s, key_file: /k }\nsecrets:\n  a: { path: x, mode: \"0440\" }\n  b: { path: y }\n  c: {}\nruntime: { max_references: 7 }\n";
+        let doc = parse_yaml(text, Path::new("dso.yaml")).unwrap();
+        let json = serde_json::to_vec(&doc.value).unwrap();
+        let whole = from_cached(&json, None).unwrap();
+        assert_eq!(whole.secrets.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        let wanted = BTreeSet::from(["a".to_string(), "nope".to_string()]);
+        let only = from_cached(&json, Some(&wanted)).unwrap();
+        assert_eq!(only.secrets.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            format!("{:?}", only.secrets["a"]),
+            format!("{:?}", whole.secrets["a"])
+        );
+        assert_eq!(only.secrets["a"].mode, Some(0o440));
+        assert_eq!(only.runtime.max_references, 7);
+        assert_eq!(
+            format!("{:?}", only.provider),
+            format!("{:?}", whole.provider)
+        );
+        // A document this build cannot read (a field it does not know in secret b): no config
+        // where b is built, and the YAML is parsed instead; a create that does not name b
+        // skips it unread. (Cached documents are this very build's: see validated_marker.)
+        let odd = String::from_utf8(json)
+            .unwrap()
+            .replace("\"path\":\"y\"", "\"pth\":1");
+        assert!(from_cached(odd.as_bytes(), None).is_none());
+        assert!(from_cached(odd.as_bytes(), Some(&wanted)).is_some());
+        assert!(from_cached(b"[]", Some(&wanted)).is_none());
     }
 
     #[test]

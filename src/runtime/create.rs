@@ -2,7 +2,7 @@
 //! dso.yaml, fetch all values concurrently, rewrite the spec, run the delegate's create, inject
 //! into the container's tmpfs, register. Any failure after runc's create deletes the container.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -615,8 +615,19 @@ pub fn create_with_secrets(
     let id = inv.container_id.as_deref();
     let id = id.ok_or(CreateError::NoContainerId(what))?;
     let mut timing = Timing::from_env();
-    // 1: config. Nothing exists yet; errors need no cleanup.
-    let cfg = load_config(inv, id, log)?;
+    // 1: config. Nothing exists yet; errors need no cleanup. Of dso.yaml's secrets, only those
+    // the spec names are built; where its references cannot be read, all (plan says why).
+    let named = collect_refs(&spec.env(), Some(&spec.annotations()))
+        .ok()
+        .map(|refs| {
+            refs.into_iter()
+                .filter_map(|r| match r.target {
+                    Target::Named { name, .. } => Some(name),
+                    Target::Inline { .. } => None,
+                })
+                .collect()
+        });
+    let cfg = load_config(inv, id, named.as_ref(), log)?;
     timing.mark("config");
     let audit = audit_for(Audit::new(&cfg.audit), log);
     let c = Create {
@@ -695,9 +706,20 @@ impl Prepared<'_> {
     }
 }
 
-/// Loads dso.yaml; a config that cannot be used is audited as `config_rejected`.
-fn load_config(inv: &Invocation, id: &str, log: &RuncLog) -> Result<Config, CreateError> {
-    Config::load(&config_path(inv.dso_config.as_deref())).map_err(|e| {
+/// Loads dso.yaml (of its secrets, those `named` where known: [`Config::load_only`]); a config
+/// that cannot be used is audited as `config_rejected`.
+fn load_config(
+    inv: &Invocation,
+    id: &str,
+    named: Option<&BTreeSet<String>>,
+    log: &RuncLog,
+) -> Result<Config, CreateError> {
+    let path = config_path(inv.dso_config.as_deref());
+    match named {
+        Some(named) => Config::load_only(&path, named),
+        None => Config::load(&path),
+    }
+    .map_err(|e| {
         // The config's audit path is unknown: the default sink (never stderr, which is the
         // container's).
         audit_for(Audit::default_sink(), log).record(

@@ -82,11 +82,7 @@ pub(super) fn install(config_path: &Path, args: &InstallArgs) -> anyhow::Result<
     let config_arg = dso_config
         .to_str()
         .ok_or_else(|| anyhow!("{} is not valid UTF-8", dso_config.display()))?;
-    let entry = RuntimeEntry {
-        name: args.dockerd.name.clone(),
-        path: runtime_path,
-        runtime_args: vec![format!("--dso-config={config_arg}")],
-    };
+    let entry = RuntimeEntry::new(&args.dockerd.name, runtime_path, config_arg);
     let mut doc = DaemonJson::load(&args.dockerd.daemon_json)?;
     let changed = doc.install(&entry, args.default)?;
     let path = args.dockerd.daemon_json.display();

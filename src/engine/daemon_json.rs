@@ -61,6 +61,22 @@ pub struct RuntimeEntry {
 }
 
 impl RuntimeEntry {
+    /// The entry of dso-runc at `path` reading `dso_config`. No `runtimeArgs` for the default
+    /// dso.yaml, which dso-runc reads without a flag: with `runtimeArgs`, dockerd runs the
+    /// runtime through a `/bin/sh` script it writes (`<data-root>/runtimes/<name>`), one more
+    /// process on every runtime call of every container (BENCHMARKS.md, run K).
+    pub fn new(name: &str, path: PathBuf, dso_config: &str) -> Self {
+        let default = Path::new(dso_config) == Path::new(crate::config::DEFAULT_CONFIG_PATH);
+        Self {
+            name: name.to_string(),
+            path,
+            runtime_args: match default {
+                true => Vec::new(),
+                false => vec![format!("--dso-config={dso_config}")],
+            },
+        }
+    }
+
     fn to_value(&self) -> Value {
         let mut m = Map::new();
         m.insert(
@@ -352,6 +368,20 @@ mod tests {
             path: "/usr/bin/dso-runc".into(),
             runtime_args: vec!["--dso-config=/etc/dso/dso.yaml".into()],
         }
+    }
+
+    #[test]
+    fn the_default_dso_yaml_needs_no_runtime_args() {
+        let e = RuntimeEntry::new("dso", "/usr/bin/dso-runc".into(), "/etc/dso/dso.yaml");
+        assert_eq!(
+            e.to_value(),
+            serde_json::json!({"path": "/usr/bin/dso-runc"})
+        );
+        let e = RuntimeEntry::new("dso", "/usr/bin/dso-runc".into(), "/srv/dso.yaml");
+        assert_eq!(
+            e.to_value(),
+            serde_json::json!({"path": "/usr/bin/dso-runc", "runtimeArgs": ["--dso-config=/srv/dso.yaml"]})
+        );
     }
 
     fn load_text(dir: &Path, text: &str) -> DaemonJson {

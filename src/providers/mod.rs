@@ -252,20 +252,6 @@ impl ProviderError {
         Self::new(kind, provider, Reason::Key { path, source })
     }
 
-    /// A short, stable name for the kind of failure (audit events, metrics).
-    pub fn kind_label(&self) -> &'static str {
-        match self.reason {
-            Reason::NotFound(_) => "not_found",
-            Reason::Denied(_) => "denied",
-            Reason::Timeout(_) => "timeout",
-            Reason::Unavailable(_) => "unavailable",
-            Reason::Tls(_) => "tls",
-            Reason::Config(_) => "config",
-            Reason::Key { .. } => "key",
-            Reason::Local(_) => "local",
-        }
-    }
-
     /// True when the provider refused our credentials or their permissions (an `auth_failed`
     /// audit event), as opposed to the secret or the network being the problem.
     pub fn is_auth_failure(&self) -> bool {

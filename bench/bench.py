@@ -12,6 +12,7 @@ docker.io (a private throwaway dockerd is started; the system's daemon is never 
 import argparse
 import resource
 import concurrent.futures
+import itertools
 import json
 import os
 import shutil
@@ -574,14 +575,30 @@ def run(a, lab, rounds):
     cfg_of = {small: lab.cfg100}
     results = {name: ([], []) for name, _, _ in rows}
     cpu = {}
+    # Which side of a round goes first alternates from one round to the next, over all rows:
+    # a cycle is slower right after a dso cycle than right after a runc cycle (the kernel is
+    # still tearing the last container down; 1.5 ms in BENCHMARKS.md, run N). With runc always
+    # first, every runc cycle came right after a dso cycle and paid for it.
+    runc_first = itertools.cycle([True, False])
+
+    def both(run_runc, run_dso):
+        if next(runc_first):
+            b = run_runc()
+            return b, run_dso()
+        d = run_dso()
+        return run_runc(), d
 
     def pair(name, env):
         """One runc cycle and one dso-runc cycle: wall times, and the CPU time of each."""
-        results[name][0].append(lab.cycle(runc, []))
+        def side(runtime, env, cfg):
+            return lab.cycle(runtime, env, cfg), lab.last_cpu
+        (bt, bc), (dt, dc) = both(lambda: side(runc, [], None),
+                                  lambda: side(lab.dso_runc, env, cfg_of.get(name)))
+        results[name][0].append(bt)
+        results[name][1].append(dt)
         c = cpu.setdefault(name, ([], []))
-        c[0].append(lab.last_cpu)
-        results[name][1].append(lab.cycle(lab.dso_runc, env, cfg_of.get(name)))
-        c[1].append(lab.last_cpu)
+        c[0].append(bc)
+        c[1].append(dc)
 
     lab.cycle(runc, [])  # warm caches (page cache, keyring-cached key)
     lab.cycle(lab.dso_runc, file_env(1))
@@ -607,8 +624,10 @@ def run(a, lab, rounds):
         for name, env, _ in scale_rows:
             pair(name, env)
         for (name, env, _), k in zip(conc_rows, conc):
-            results[name][0].append(lab.concurrent(runc, [], k))
-            results[name][1].append(lab.concurrent(lab.dso_runc, env, k))
+            b, d = both(lambda: lab.concurrent(runc, [], k),
+                        lambda: lab.concurrent(lab.dso_runc, env, k))
+            results[name][0].append(b)
+            results[name][1].append(d)
     rows += scale_rows + conc_rows
 
     # The same through a running agent: dso-runc hands each create to it (runtime/handoff.rs);
@@ -666,8 +685,9 @@ def run(a, lab, rounds):
                 results[name] = ([], [])
             for _ in range(drounds):
                 for name, env, _ in docker_rows:
-                    results[name][0].append(d.run("runc", env))
-                    results[name][1].append(d.run("dso", env))
+                    b, t = both(lambda: d.run("runc", env), lambda: d.run("dso", env))
+                    results[name][0].append(b)
+                    results[name][1].append(t)
             # With the agent running, as on a host with the systemd unit: the creates are
             # handed to it.
             name = "docker run, 10 file secrets, agent"
@@ -677,8 +697,10 @@ def run(a, lab, rounds):
             try:
                 d.run("dso", file_env(10))
                 for _ in range(drounds):
-                    results[name][0].append(d.run("runc", file_env(10)))
-                    results[name][1].append(d.run("dso", file_env(10)))
+                    b, t = both(lambda: d.run("runc", file_env(10)),
+                                lambda: d.run("dso", file_env(10)))
+                    results[name][0].append(b)
+                    results[name][1].append(t)
             finally:
                 agent.terminate()
                 agent.wait(10)
@@ -701,9 +723,12 @@ def run(a, lab, rounds):
     print(f"\ndso benchmark: {rounds} interleaved rounds ({drounds} for docker run),"
           f" binaries in {a.bindir}"
           f" (dso-runc: {linkage(lab.dso_runc)}; dso: {linkage(lab.dso)})")
-    print("wall: medians (± half the range) and their ratio; cpu: median CPU time of the"
-          " commands and all they waited for (serial rows), runc / dso, and its ratio")
-    print(f"{'case':32} {'runc':>22} {'dso':>22} {'ratio':>7} {'goal':>6}   {'cpu':>17} {'ratio':>6}")
+    print("wall: medians (± half the range) and their ratio; paired: 1 + the median of each"
+          " round's dso - runc over runc's median (what a round's two sides share, the machine's"
+          " load of the moment, cancels out); cpu: median CPU time of the commands and all they"
+          " waited for (serial rows), runc / dso, and its ratio")
+    print(f"{'case':32} {'runc':>22} {'dso':>22} {'ratio':>7} {'goal':>6} {'paired':>7}"
+          f"   {'cpu':>17} {'ratio':>6}")
     failed = []
     for name, _, goal in rows + docker_rows + cri_rows:
         base, dso = results[name]
@@ -714,11 +739,14 @@ def run(a, lab, rounds):
         mark = "" if goal is None or ratio <= goal else "  MISSED"
         if mark:
             failed.append(name)
+        # Each round appended its runc and its dso figure together (pair(), the docker and
+        # CRI loops): index i of both lists is one round.
+        paired = 1 + statistics.median(d - b for b, d in zip(base, dso)) * 1000 / bm
         c = ""
         if name in cpu:
             cb, cd = (statistics.median(x) * 1000 for x in cpu[name])
             c = f"   {cb:7.1f} / {cd:5.1f} ms {cd / cb:6.3f}"
-        print(f"{name:32} {bs:>22} {ds:>22} {ratio:7.3f} {g:>6}{c}{mark}")
+        print(f"{name:32} {bs:>22} {ds:>22} {ratio:7.3f} {g:>6} {paired:7.3f}{c}{mark}")
     print(f"\nfootprint: dso peak RSS during a create with 10 secrets: {peak}; "
           f"agent RSS after the agent rows: {rss_agent / 1024:.1f} MiB")
     if failed and not a.smoke:

@@ -81,6 +81,42 @@ fn file_and_env_secrets_reach_the_container() {
     assert!(!audit.contains("db-pass"));
 }
 
+/// No agent runs here, and nothing but a create removes the records of deleted containers:
+/// each create checks a few of them (`state::registry::prune_some`). Before, a host without
+/// the agent kept one record per container ever created, in `/run`, until it filled.
+#[test]
+#[ignore = "root: real runc and busybox-static; scripts/test.sh runs it (--include-ignored)"]
+fn records_of_deleted_containers_do_not_pile_up_without_the_agent() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.write_config("", "");
+    lab.set_secret("db", b"v");
+    let records = |lab: &Lab| {
+        fs::read_dir(lab.path("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+            .collect::<Vec<_>>()
+    };
+    for i in 0..12 {
+        let id = format!("t-gc{i}");
+        let b = lab.bundle("sleep 100", &["DB_FILE=dsofile://db"], (0, 0));
+        let out = lab.create(&b, &id);
+        assert!(out.status.success(), "{}", out.stderr);
+        assert!(records(&lab).contains(&format!("{id}.json")));
+        let del = lab.runc(&["delete", "--force", &id]);
+        assert!(
+            del.status.success(),
+            "{}",
+            String::from_utf8_lossy(&del.stderr)
+        );
+    }
+    // Each create found the one record of the container deleted before it, and dropped it.
+    assert_eq!(records(&lab), ["t-gc11.json"]);
+}
+
 #[test]
 #[ignore = "root: real runc and busybox-static; scripts/test.sh runs it (--include-ignored)"]
 fn no_references_is_plain_passthrough() {

@@ -603,6 +603,10 @@ pub fn audit_for(audit: Audit, log: &RuncLog) -> Audit {
     audit.on_failure(move |msg| log.write("warning", &format!("dso: {msg}")))
 }
 
+/// How many state records a create without the agent checks for a gone container
+/// ([`crate::state::registry::prune_some`]).
+const PRUNE_PER_CREATE: usize = 4;
+
 /// The whole create flow. Returns the exit code to use.
 pub fn create_with_secrets(
     inv: &Invocation,
@@ -646,6 +650,9 @@ pub fn create_with_secrets(
         return Ok(status.code().unwrap_or(1));
     }
     let (pid, _) = prepared.finish()?;
+    // No agent is running (it would have taken this create): nothing else removes the records
+    // of deleted containers.
+    crate::state::registry::prune_some(&cfg.runtime.state_dir, id, PRUNE_PER_CREATE);
     if !is_run {
         return Ok(0);
     }

@@ -204,6 +204,45 @@ pub fn prune(state_dir: &Path) -> Vec<Record> {
     live
 }
 
+/// Drops the records of gone containers among up to `k` records of `state_dir`, picked from a
+/// random place in it, never `keep`'s (the create that calls it). A create with no agent
+/// running calls it: without it, nothing removed the records of deleted containers, and
+/// they filled the state dir's tmpfs (`/run`). Checking a few records per create keeps at
+/// most about `1/k` of the records dead while creates go on, at a cost that does not grow
+/// with the number of containers. A record with a lease is left for the agent, which owes and
+/// revokes it ([`prune`]).
+pub fn prune_some(state_dir: &Path, keep: &str, k: usize) {
+    let Ok(rd) = fs::read_dir(state_dir) else {
+        return;
+    };
+    let keep = format!("{keep}.json");
+    let mut names: Vec<_> = rd
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| {
+            let n = n.to_string_lossy();
+            !n.starts_with('.') && n.ends_with(".json") && *n != *keep
+        })
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let mut seed = [0u8; 8];
+    let _ = getrandom::getrandom(&mut seed);
+    let start = u64::from_ne_bytes(seed) % names.len() as u64;
+    names.rotate_left(usize::try_from(start).unwrap_or(0));
+    for name in names.into_iter().take(k) {
+        let path = state_dir.join(name);
+        let Some(r) = read_record(&path) else {
+            continue;
+        };
+        let leased = r.rec.secrets.iter().any(|s| s.lease.is_some());
+        if !leased && !r.is_alive() {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
 /// Writes down a revocation for every lease of `rec` (a container that is gone).
 pub fn owe_leases(state_dir: &Path, rec: &StateRecord) -> std::io::Result<()> {
     for s in &rec.secrets {
@@ -666,6 +705,56 @@ mod tests {
             .filter(|n| n.contains("alive"))
             .collect();
         assert_eq!(names, ["alive.json"], "no temp file left");
+    }
+
+    #[test]
+    fn a_create_drops_a_few_records_of_gone_containers() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id() as i32;
+        let write = |id: &str, v: &serde_json::Value| {
+            let path = dir.path().join(format!("{id}.json"));
+            fs::write(path, serde_json::to_vec(v).unwrap()).unwrap();
+        };
+        for i in 0..5 {
+            write(
+                &format!("dead{i}"),
+                &record_json(&format!("dead{i}"), i32::MAX - 1),
+            );
+        }
+        write("alive", &record_json("alive", me));
+        // The create's own record, and a gone container's with a lease (the agent's to revoke).
+        write("mine", &record_json("mine", i32::MAX - 1));
+        let mut leased = record_json("leased", i32::MAX - 1);
+        leased["secrets"][0]["lease"] = serde_json::json!({"engine": "database", "id": "database/creds/x/1", "since": 0, "ttl": 60, "renewable": true});
+        write("leased", &leased);
+        assert!(
+            read_record(&dir.path().join("leased.json"))
+                .unwrap()
+                .rec
+                .secrets[0]
+                .lease
+                .is_some()
+        );
+
+        prune_some(dir.path(), "mine", 3);
+        let left = |prefix: &str| {
+            fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(prefix)
+                })
+                .count()
+        };
+        assert!(left("dead") >= 2, "at most 3 records looked at");
+        prune_some(dir.path(), "mine", 100);
+        assert_eq!(left("dead"), 0);
+        for kept in ["alive.json", "mine.json", "leased.json"] {
+            assert!(dir.path().join(kept).exists(), "{kept}");
+        }
     }
 
     #[test]

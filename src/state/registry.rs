@@ -61,19 +61,33 @@ impl Record {
 
     /// True while the container's init runs (and the delegate does not call it stopped).
     pub fn is_alive(&self) -> bool {
-        let pid = self.rec.pid;
-        if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+        if init_is_gone(self.rec.pid) {
             return false;
         }
         // runc's own record first (a file read); asking the delegate costs an exec per
         // container, which a rotation of many containers cannot afford.
         let state = runc_state_file(&self.rec).unwrap_or_else(|| delegate_state(&self.rec));
+        self.alive_by(state)
+    }
+
+    /// Gone by what needs no exec: no process with the init's pid, or runc's own state file
+    /// says so. A delegate other than runc is not asked (see [`prune_some`]).
+    fn is_gone_without_exec(&self) -> bool {
+        init_is_gone(self.rec.pid) || runc_state_file(&self.rec).is_some_and(|s| !self.alive_by(s))
+    }
+
+    fn alive_by(&self, state: DelegateState) -> bool {
         match state {
-            DelegateState::Running { pid: p } => p == 0 || p == pid,
+            DelegateState::Running { pid: p } => p == 0 || p == self.rec.pid,
             DelegateState::Gone => false,
             DelegateState::Unknown => true,
         }
     }
+}
+
+/// No process `pid`: the container's init is gone.
+fn init_is_gone(pid: i32) -> bool {
+    pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// runc's root when none was recorded (runc's default for root).
@@ -204,13 +218,13 @@ pub fn prune(state_dir: &Path) -> Vec<Record> {
     live
 }
 
-/// Drops the records of gone containers among up to `k` records of `state_dir`, picked from a
-/// random place in it, never `keep`'s (the create that calls it). A create with no agent
-/// running calls it: without it, nothing removed the records of deleted containers, and
-/// they filled the state dir's tmpfs (`/run`). Checking a few records per create keeps at
-/// most about `1/k` of the records dead while creates go on, at a cost that does not grow
-/// with the number of containers. A record with a lease is left for the agent, which owes and
-/// revokes it ([`prune`]).
+/// Drops the records of containers whose init is gone among up to `k` records of
+/// `state_dir`, picked from a random place in it, never `keep`'s (the create that calls it).
+/// A create with no agent running calls it: without it, nothing removed the records of
+/// deleted containers, and they filled the state dir's tmpfs (`/run`). Checking a few records
+/// per create keeps at most about `1/k` of the records dead while creates go on, at a cost
+/// that does not grow with the number of containers. A record with a lease is left for the
+/// agent, which owes and revokes it ([`prune`]).
 pub fn prune_some(state_dir: &Path, keep: &str, k: usize) {
     let Ok(rd) = fs::read_dir(state_dir) else {
         return;
@@ -236,8 +250,10 @@ pub fn prune_some(state_dir: &Path, keep: &str, k: usize) {
         let Some(r) = read_record(&path) else {
             continue;
         };
+        // Not `is_alive`: for a delegate other than runc it execs the delegate, per live
+        // container; such records are left to the agent.
         let leased = r.rec.secrets.iter().any(|s| s.lease.is_some());
-        if !leased && !r.is_alive() {
+        if !leased && r.is_gone_without_exec() {
             let _ = fs::remove_file(&path);
         }
     }

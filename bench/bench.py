@@ -577,8 +577,8 @@ def run(a, lab, rounds):
     cpu = {}
     # Which side of a round goes first alternates from one round to the next, over all rows:
     # a cycle is slower right after a dso cycle than right after a runc cycle (the kernel is
-    # still tearing the last container down; 1.5 ms in BENCHMARKS.md, run N). With runc always
-    # first, every runc cycle came right after a dso cycle and paid for it.
+    # still tearing the last container down; 1.5 ms, BENCHMARKS.md, twelfth session). With
+    # runc always first, every runc cycle came right after a dso cycle and paid for it.
     runc_first = itertools.cycle([True, False])
 
     def both(run_runc, run_dso):

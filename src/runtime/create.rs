@@ -650,8 +650,9 @@ pub fn create_with_secrets(
         return Ok(status.code().unwrap_or(1));
     }
     let (pid, _) = prepared.finish()?;
-    // No agent is running (it would have taken this create): nothing else removes the records
-    // of deleted containers.
+    // dso runs this create itself, so most likely no agent runs (one would have taken it,
+    // unless it serves another dso.yaml): nothing else removes the records of deleted
+    // containers.
     crate::state::registry::prune_some(&cfg.runtime.state_dir, id, PRUNE_PER_CREATE);
     if !is_run {
         return Ok(0);

@@ -218,8 +218,8 @@ pub fn prune(state_dir: &Path) -> Vec<Record> {
     live
 }
 
-/// Drops the records of containers whose init is gone among up to `k` records of
-/// `state_dir`, picked from a random place in it, never `keep`'s (the create that calls it).
+/// Drops the records of containers that are gone among up to `k` records of `state_dir`,
+/// picked from a random place in it, never `keep`'s (the create that calls it).
 /// A create with no agent running calls it: without it, nothing removed the records of
 /// deleted containers, and they filled the state dir's tmpfs (`/run`). Checking a few records
 /// per create keeps at most about `1/k` of the records dead while creates go on, at a cost

@@ -516,6 +516,30 @@ def cri_rounds(bindir, rounds):
     return times["runc"], times["dso"]
 
 
+def build_floors(lab, runc):
+    """The two floors of bench/floor.c, built into the lab: {row name: executable}, or {} with
+    the reason printed when no C compiler is there. Built as `dso-runc` is when this machine
+    can (musl, static-pie: scripts/release.sh), so a floor starts as cheaply as `dso-runc` can."""
+    cc = shutil.which("musl-gcc") or shutil.which("cc")
+    if not cc:
+        print("bench: no C compiler (musl-gcc, cc): no floor rows", file=sys.stderr)
+        return {}
+    floors = {}
+    for name, flags in ((FLOOR_EXEC, []), (FLOOR_WAIT, ["-DWAIT_FOR_CREATE"])):
+        out = os.path.join(lab.dir, "floor-wait" if flags else "floor-exec")
+        subprocess.run([cc, "-O2", "-static-pie", "-fPIE", f'-DRUNC="{runc}"', *flags, "-o", out,
+                        os.path.join(ROOT, "bench", "floor.c")], check=True)
+        floors[name] = out
+    return floors
+
+
+# The floors (bench/floor.c), rows of their own: the cheapest shims, against runc in the same
+# rounds. A passthrough call cannot cost less than FLOOR_EXEC, a create that writes secrets into
+# the container after runc's create (so outlives it) less than FLOOR_WAIT.
+FLOOR_EXEC = "floor: one exec, every call"
+FLOOR_WAIT = "floor: + waits on runc create"
+
+
 def linkage(path):
     """How an executable is linked, as the figures depend on it (scripts/release.sh): dynamic
     (it names a program interpreter), or static with glibc (whose strings name it) or musl."""
@@ -573,6 +597,9 @@ def run(a, lab, rounds):
     small = "10 file secrets (100-secret yaml)"
     rows.insert(3, (small, file_env(10), None))
     cfg_of = {small: lab.cfg100}
+    runtime_of = build_floors(lab, runc)
+    for i, name in enumerate(runtime_of):
+        rows.insert(1 + i, (name, [], None))
     results = {name: ([], []) for name, _, _ in rows}
     cpu = {}
     # Which side of a round goes first alternates from one round to the next, over all rows:
@@ -593,7 +620,8 @@ def run(a, lab, rounds):
         def side(runtime, env, cfg):
             return lab.cycle(runtime, env, cfg), lab.last_cpu
         (bt, bc), (dt, dc) = both(lambda: side(runc, [], None),
-                                  lambda: side(lab.dso_runc, env, cfg_of.get(name)))
+                                  lambda: side(runtime_of.get(name, lab.dso_runc), env,
+                                               cfg_of.get(name)))
         results[name][0].append(bt)
         results[name][1].append(dt)
         c = cpu.setdefault(name, ([], []))
@@ -605,7 +633,7 @@ def run(a, lab, rounds):
     for name, env, _ in rows:
         # Each provider once: a failure shows before the timing (and each dso.yaml is
         # validated once, as it is once on a host).
-        lab.cycle(lab.dso_runc, env, cfg_of.get(name))
+        lab.cycle(runtime_of.get(name, lab.dso_runc), env, cfg_of.get(name))
     for _ in range(rounds):
         for name, env, _ in rows:
             pair(name, env)
@@ -747,6 +775,20 @@ def run(a, lab, rounds):
             cb, cd = (statistics.median(x) * 1000 for x in cpu[name])
             c = f"   {cb:7.1f} / {cd:5.1f} ms {cd / cb:6.3f}"
         print(f"{name:32} {bs:>22} {ds:>22} {ratio:7.3f} {g:>6} {paired:7.3f}{c}{mark}")
+    if runtime_of:
+        # What each create row costs over the floor it stands on, by CPU: what dso's own work
+        # and the size of its code add to the least any shim of that shape costs.
+        def over(name):
+            cb, cd = (statistics.median(x) * 1000 for x in cpu[name])
+            return cd - cb
+        fe, fw = over(FLOOR_EXEC), over(FLOOR_WAIT)
+        print(f"\nfloors, CPU over runc's cycle: one exec {fe:+.2f} ms, waiting on create"
+              f" {fw:+.2f} ms; over the floor they stand on:")
+        for name, floor, f in (("passthrough (no references)", FLOOR_EXEC, fe),
+                               ("10 file secrets (local)", FLOOR_WAIT, fw),
+                               ("10 file secrets (local, agent)", FLOOR_WAIT, fw)):
+            print(f"  {name:32} {over(name):+.2f} ms over runc, {over(name) - f:+.2f} ms over"
+                  f" '{floor}'")
     print(f"\nfootprint: dso peak RSS during a create with 10 secrets: {peak}; "
           f"agent RSS after the agent rows: {rss_agent / 1024:.1f} MiB")
     if failed and not a.smoke:

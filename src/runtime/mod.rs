@@ -3,6 +3,7 @@
 //! rewritten (tmpfs, file paths, dso-init), runc's create, and the secrets injected, by `dso`
 //! ([`create_main`]) or by the running agent ([`handoff`]).
 
+pub mod arena;
 pub mod argv;
 mod create;
 pub mod delegate;

@@ -21,4 +21,5 @@ demo:
 # Benchmarks against plain runc in the same run (release binaries): runtime cost, then rotation.
 bench: release
 	python3 bench/bench.py
+	python3 bench/bench.py --accounting 300
 	python3 bench/rotation.py

@@ -15,6 +15,7 @@ import concurrent.futures
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -550,10 +551,63 @@ def linkage(path):
         return "static, glibc" if b"glibc" in f.read() else "static, musl"
 
 
+def accounting(lab, rounds):
+    """The goal rows' costs against the floors they stand on, with less noise than the table's
+    rows: six sides (runc, the two floors, and dso-runc's passthrough, direct and agent creates
+    of 10 file secrets with the lab's dso.yaml) in a fresh random order every round, CPU
+    and wall over runc's, by medians and paired (the median of each round's difference). The
+    direct side uses a copy of dso.yaml that no agent serves, so the agent runs throughout."""
+    runc = shutil.which("runc")
+    floors = build_floors(lab, runc)
+    if not floors:
+        return 0
+    direct_cfg = os.path.join(lab.dir, "dso-direct.yaml")
+    shutil.copy(lab.cfg, direct_cfg)
+    os.chmod(direct_cfg, 0o600)
+    env = file_env(10)
+    sides = {"runc": (runc, [], None),
+             FLOOR_EXEC: (floors[FLOOR_EXEC], [], None),
+             FLOOR_WAIT: (floors[FLOOR_WAIT], [], None),
+             "passthrough": (lab.dso_runc, [], direct_cfg),
+             "10 file secrets, direct": (lab.dso_runc, env, direct_cfg),
+             "10 file secrets, agent": (lab.dso_runc, env, lab.cfg)}
+    cpu = {k: [] for k in sides}
+    wall = {k: [] for k in sides}
+    cg = CgroupCpu(f"dso-bench-accounting-{os.getpid()}")
+    agent = start_agent(lab, cg)
+    try:
+        for rt, e, c in sides.values():
+            lab.cycle(rt, e, c)
+        for _ in range(rounds):
+            order = list(sides.items())
+            random.shuffle(order)
+            for k, (rt, e, c) in order:
+                lab.agent_cpu = cg if c == lab.cfg and e else None
+                wall[k].append(lab.cycle(rt, e, c))
+                cpu[k].append(lab.last_cpu)
+    finally:
+        lab.agent_cpu = None
+        agent.terminate()
+        agent.wait(10)
+        cg.remove()
+    med = lambda xs: statistics.median(xs) * 1000  # noqa: E731
+    rc, rw = med(cpu["runc"]), med(wall["runc"])
+    print(f"\naccounting: {rounds} rounds, six sides in a random order each round; runc's cycle"
+          f" {rc:.2f} ms CPU, {rw:.2f} ms wall. Over runc's (paired in brackets):")
+    for k in list(sides)[1:]:
+        pc = statistics.median(a - b for a, b in zip(cpu[k], cpu["runc"])) * 1000
+        pw = statistics.median(a - b for a, b in zip(wall[k], wall["runc"])) * 1000
+        print(f"  {k:32} CPU {med(cpu[k]) - rc:+6.2f} ms ({pc:+6.2f}) {med(cpu[k]) / rc:6.3f}"
+              f"   wall {med(wall[k]) - rw:+6.2f} ms ({pw:+6.2f}) {med(wall[k]) / rw:6.3f}")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="3 rounds, debug binaries allowed")
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--accounting", type=int, metavar="ROUNDS",
+                    help="only the accounting of the goal rows against the floors")
     ap.add_argument("--bindir", default=os.path.join(ROOT, "target", "release"))
     ap.add_argument("--no-docker", action="store_true")
     ap.add_argument("--no-cri", action="store_true")
@@ -563,7 +617,12 @@ def main():
         raise SystemExit("bench: needs root (runc, dockerd)")
     lab = Lab(a.bindir, 100 if a.smoke else 1000)
     try:
-        return run(a, lab, rounds)
+        if a.accounting:
+            return accounting(lab, a.accounting)
+        code = run(a, lab, rounds)
+        if a.smoke:
+            accounting(lab, 2)
+        return code
     finally:
         lab.close()
 

@@ -10,8 +10,9 @@
 #   the glibc installed, which must be the one dso was built against (docs/install.md).
 # - `dso-runc` is built for musl (static-pie) when this machine can: static glibc's start-up
 #   alone costs 0.46 ms of CPU per exec on a VM, where each of its `cpuid` instructions traps to
-#   the hypervisor, musl's 0.10-0.15 ms (BENCHMARKS.md). dso-runc allocates little and looks up
-#   no user, group or host, so musl's allocator and its lack of NSS modules do not matter to it.
+#   the hypervisor, musl's 0.10-0.15 ms (BENCHMARKS.md). dso-runc looks up no user, group or
+#   host, so musl's lack of NSS modules does not matter to it; musl's allocator, which hands
+#   freed memory back to the kernel at once, it does not use (a bump arena: runtime/arena.rs).
 #   It needs Rust's x86_64-unknown-linux-musl target (rustup) and musl-gcc (Debian's musl-tools,
 #   for the C in ring, which Cargo builds for the whole library); without them dso-runc is
 #   static-pie glibc, as `dso`, and this script says so (DSO_RELEASE_GLIBC_ONLY=1 asks for that).

@@ -61,27 +61,57 @@ impl Record {
 
     /// True while the container's init runs (and the delegate does not call it stopped).
     pub fn is_alive(&self) -> bool {
-        if init_is_gone(self.rec.pid) {
-            return false;
-        }
-        // runc's own record first (a file read); asking the delegate costs an exec per
-        // container, which a rotation of many containers cannot afford.
-        let state = runc_state_file(&self.rec).unwrap_or_else(|| delegate_state(&self.rec));
-        self.alive_by(state)
+        is_alive(&self.rec)
     }
 
     /// Gone by what needs no exec: no process with the init's pid, or runc's own state file
     /// says so. A delegate other than runc is not asked (see [`prune_some`]).
     fn is_gone_without_exec(&self) -> bool {
-        init_is_gone(self.rec.pid) || runc_state_file(&self.rec).is_some_and(|s| !self.alive_by(s))
-    }
-
-    fn alive_by(&self, state: DelegateState) -> bool {
-        match state {
-            DelegateState::Running { pid: p } => p == 0 || p == self.rec.pid,
-            DelegateState::Gone => false,
-            DelegateState::Unknown => true,
+        if let Some(alive) = alive_by_start(&self.rec) {
+            return !alive;
         }
+        init_is_gone(self.rec.pid)
+            || runc_state_file(&self.rec).is_some_and(|s| !alive_by(&self.rec, s))
+    }
+}
+
+/// True while the container's init runs (and the delegate does not call it stopped).
+fn is_alive(rec: &StateRecord) -> bool {
+    if let Some(alive) = alive_by_start(rec) {
+        return alive;
+    }
+    if init_is_gone(rec.pid) {
+        return false;
+    }
+    // runc's own record first (a file read); asking the delegate costs an exec per
+    // container, which a rotation of many containers cannot afford.
+    let state = runc_state_file(rec).unwrap_or_else(|| delegate_state(rec));
+    alive_by(rec, state)
+}
+
+/// Liveness by the init's start time, which records written since the start time was kept
+/// hold (`None` for older ones): the process dso injected into still runs (not a zombie, not
+/// a recycled pid), and runc, where it is the delegate, still has the container's directory.
+/// runc removes that only once the init is dead, and knows no other proof of life than the
+/// same pid and start time: its state file (the whole spec, tens of KiB) need not be read,
+/// nor another delegate asked with an exec. At 1000 containers that read was most of the
+/// agent's start (issue 18: a webhook arriving at start waits for it).
+fn alive_by_start(rec: &StateRecord) -> Option<bool> {
+    let start = rec.pid_start?;
+    if rec.pid <= 0 || crate::state::process_start_time(rec.pid) != Some(start) {
+        return Some(false);
+    }
+    Some(match runc_dirs(rec) {
+        Some((root, dir)) => dir.is_dir() || !root.is_dir(),
+        None => true,
+    })
+}
+
+fn alive_by(rec: &StateRecord, state: DelegateState) -> bool {
+    match state {
+        DelegateState::Running { pid: p } => p == 0 || p == rec.pid,
+        DelegateState::Gone => false,
+        DelegateState::Unknown => true,
     }
 }
 
@@ -93,17 +123,14 @@ fn init_is_gone(pid: i32) -> bool {
 /// runc's root when none was recorded (runc's default for root).
 const RUNC_DEFAULT_ROOT: &str = "/run/runc";
 
-/// What runc's `<root>/<id>/state.json` says: the container is there with this init (pid and
-/// start time both match the live process, so a recycled pid is not mistaken for it), or it
-/// is gone. `None` when that file cannot tell (another delegate, an unreadable file): the
-/// caller then asks the delegate.
-fn runc_state_file(rec: &StateRecord) -> Option<DelegateState> {
+/// runc's root and the container's directory in it; `None` for another delegate (which keeps
+/// its state elsewhere, in its own format) or an id that is not one name.
+fn runc_dirs(rec: &StateRecord) -> Option<(PathBuf, PathBuf)> {
     let is_runc = Path::new(&rec.delegate)
         .file_name()
         .is_some_and(|n| n == "runc");
     let root = match &rec.runc_root {
         Some(r) => r.clone(),
-        // Another delegate keeps its state elsewhere, in its own format.
         None if is_runc => PathBuf::from(RUNC_DEFAULT_ROOT),
         None => return None,
     };
@@ -111,6 +138,15 @@ fn runc_state_file(rec: &StateRecord) -> Option<DelegateState> {
         return None;
     }
     let dir = root.join(&rec.id);
+    Some((root, dir))
+}
+
+/// What runc's `<root>/<id>/state.json` says: the container is there with this init (pid and
+/// start time both match the live process, so a recycled pid is not mistaken for it), or it
+/// is gone. `None` when that file cannot tell (another delegate, an unreadable file): the
+/// caller then asks the delegate.
+fn runc_state_file(rec: &StateRecord) -> Option<DelegateState> {
+    let (root, dir) = runc_dirs(rec)?;
     let bytes = match fs::read(dir.join("state.json")) {
         Ok(b) => b,
         // The root is there but the container's dir is not: deleted.
@@ -340,12 +376,7 @@ impl Entry {
     }
 
     fn is_alive(&self) -> bool {
-        Record {
-            path: self.path.clone(),
-            raw: serde_json::Value::Null,
-            rec: self.rec.clone(),
-        }
-        .is_alive()
+        is_alive(&self.rec)
     }
 }
 
@@ -672,6 +703,43 @@ mod tests {
         ));
         // No such root: runc's file cannot tell (another delegate); ask it.
         assert!(super::runc_state_file(&record("x", &root.path().join("nope"), me)).is_none());
+    }
+
+    #[test]
+    fn the_init_start_time_decides_liveness_without_reading_runc_state() {
+        let root = tempfile::tempdir().unwrap();
+        let me = std::process::id() as i32;
+        let start = crate::state::process_start_time(me).expect("own start time");
+        let with_start = |id: &str, root: &Path, start: u64| StateRecord {
+            pid_start: Some(start),
+            ..record(id, root, me)
+        };
+        // runc's directory is there, with no state file in it: not read.
+        fs::create_dir_all(root.path().join("live")).unwrap();
+        assert_eq!(
+            alive_by_start(&with_start("live", root.path(), start)),
+            Some(true)
+        );
+        assert!(is_alive(&with_start("live", root.path(), start)));
+        // Same pid, another start time: the init exited and the pid was given again.
+        assert_eq!(
+            alive_by_start(&with_start("live", root.path(), start + 1)),
+            Some(false)
+        );
+        // runc deleted the container: its directory is gone from runc's root.
+        assert_eq!(
+            alive_by_start(&with_start("deleted", root.path(), start)),
+            Some(false)
+        );
+        // Another delegate (no runc root): the init's start time alone.
+        let other = StateRecord {
+            runc_root: None,
+            delegate: "/nonexistent/crun".into(),
+            ..with_start("other", root.path(), start)
+        };
+        assert_eq!(alive_by_start(&other), Some(true));
+        // A record from before start times were kept: the older checks decide.
+        assert_eq!(alive_by_start(&record("live", root.path(), me)), None);
     }
 
     use super::*;

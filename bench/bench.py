@@ -5,7 +5,7 @@ Runs interleaved rounds (runc, dso, runc, dso, ...) and prints medians, spreads 
 against runc beside each goal. Needs root, runc, busybox-static, and for the Docker rows
 docker.io (a private throwaway dockerd is started; the system's daemon is never touched).
 
-    sudo python3 bench/bench.py            # full run (release binaries, 30 rounds)
+    sudo python3 bench/bench.py            # full run (release binaries, 60 rounds)
     sudo python3 bench/bench.py --smoke    # 3 rounds: checks that the benchmark still works
 """
 
@@ -605,7 +605,8 @@ def accounting(lab, rounds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="3 rounds, debug binaries allowed")
-    ap.add_argument("--rounds", type=int, default=30)
+    # 60: at 30 the ratio of two medians moves by several percent from run to run (BENCHMARKS.md)
+    ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--accounting", type=int, metavar="ROUNDS",
                     help="only the accounting of the goal rows against the floors")
     ap.add_argument("--bindir", default=os.path.join(ROOT, "target", "release"))

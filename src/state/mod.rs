@@ -89,9 +89,9 @@ pub struct MountIdentity {
 /// for a process that is gone or dead (a zombie waiting to be reaped is not running).
 ///
 /// One `read` into a buffer on the stack: the agent asks this of every container it admits at
-/// start, and `read_to_string` cost three system calls more (a `statx` for the size, which a
-/// /proc file does not have, a probing read and the read of the end); at 1000 containers that
-/// was half of the agent's start-up scan (issue 18: a webhook at start waits for it).
+/// start (over a third of its start-up scan at 1000 containers, issue 18), and `read_to_string`
+/// made more system calls (a `statx` for a size that a /proc file does not have, and reads
+/// until the end).
 pub fn process_start_time(pid: i32) -> Option<u64> {
     use std::io::Read;
     // The line is at most 52 numbers and a command name of at most 64 bytes.

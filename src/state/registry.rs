@@ -94,8 +94,7 @@ fn is_alive(rec: &StateRecord) -> bool {
 /// a recycled pid), and runc, where it is the delegate, still has the container's directory.
 /// runc removes that only once the init is dead, and knows no other proof of life than the
 /// same pid and start time: its state file (the whole spec, tens of KiB) need not be read,
-/// nor another delegate asked with an exec. At 1000 containers that read was most of the
-/// agent's start (issue 18: a webhook arriving at start waits for it).
+/// nor another delegate asked with an exec (one per container when the agent starts).
 fn alive_by_start(rec: &StateRecord) -> Option<bool> {
     let start = rec.pid_start?;
     if rec.pid <= 0 || crate::state::process_start_time(rec.pid) != Some(start) {

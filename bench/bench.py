@@ -520,17 +520,22 @@ def cri_rounds(bindir, rounds):
 def build_floors(lab, runc):
     """The two floors of bench/floor.c, built into the lab: {row name: executable}, or {} with
     the reason printed when no C compiler is there. Built as `dso-runc` is when this machine
-    can (musl, static-pie: scripts/release.sh), so a floor starts as cheaply as `dso-runc` can."""
+    can (musl, static-pie: scripts/release.sh), so a floor starts as cheaply as `dso-runc` can.
+    Built once per lab (the table and the accounting both run them)."""
+    if getattr(lab, "floors", None) is not None:
+        return lab.floors
     cc = shutil.which("musl-gcc") or shutil.which("cc")
     if not cc:
         print("bench: no C compiler (musl-gcc, cc): no floor rows", file=sys.stderr)
-        return {}
+        lab.floors = {}
+        return lab.floors
     floors = {}
     for name, flags in ((FLOOR_EXEC, []), (FLOOR_WAIT, ["-DWAIT_FOR_CREATE"])):
         out = os.path.join(lab.dir, "floor-wait" if flags else "floor-exec")
         subprocess.run([cc, "-O2", "-static-pie", "-fPIE", f'-DRUNC="{runc}"', *flags, "-o", out,
                         os.path.join(ROOT, "bench", "floor.c")], check=True)
         floors[name] = out
+    lab.floors = floors
     return floors
 
 

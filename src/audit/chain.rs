@@ -154,10 +154,37 @@ fn last_line(f: &File, len: u64) -> std::io::Result<(Vec<u8>, bool)> {
 }
 
 fn seq_of(line: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<serde_json::Value>(line)
-        .ok()?
-        .get("seq")?
-        .as_u64()
+    /// Only `seq` is read; the rest of the line is skipped, not built.
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: Option<u64>,
+    }
+    serde_json::from_slice::<Seq>(line).ok()?.seq
+}
+
+/// Writes one line of the chain (no newline): the object `{"seq":…,"prev":"…",…ev}`, as
+/// serde_json writes a map that holds `seq`, `prev` and then `ev`'s members in their order
+/// (`seq` and `prev` of `ev` itself left out), without building that map.
+fn chained_line(
+    out: &mut Vec<u8>,
+    seq: u64,
+    prev: &str,
+    ev: &serde_json::Map<String, serde_json::Value>,
+) -> std::io::Result<()> {
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"prev\":");
+    serde_json::to_writer(&mut *out, prev).map_err(std::io::Error::other)?;
+    for (k, v) in ev {
+        if k != "seq" && k != "prev" {
+            out.push(b',');
+            serde_json::to_writer(&mut *out, k).map_err(std::io::Error::other)?;
+            out.push(b':');
+            serde_json::to_writer(&mut *out, v).map_err(std::io::Error::other)?;
+        }
+    }
+    out.push(b'}');
+    Ok(())
 }
 
 /// Appends events (each a JSON object without `seq`/`prev`) to `log` as chained lines, under
@@ -194,17 +221,9 @@ pub fn append(
     };
     let mut write_line = |out: &mut Vec<u8>, ev: &serde_json::Map<String, serde_json::Value>| {
         seq += 1;
-        let mut obj = serde_json::Map::new();
-        obj.insert("seq".into(), seq.into());
-        obj.insert("prev".into(), prev.clone().into());
-        for (k, v) in ev {
-            if k != "seq" && k != "prev" {
-                obj.insert(k.clone(), v.clone());
-            }
-        }
-        let line = serde_json::to_vec(&obj).map_err(std::io::Error::other)?;
-        prev = hash_line(&line);
-        out.extend_from_slice(&line);
+        let start = out.len();
+        chained_line(out, seq, &prev, ev)?;
+        prev = hash_line(&out[start..]);
         out.push(b'\n');
         Ok::<(), std::io::Error>(())
     };
@@ -426,6 +445,37 @@ mod tests {
         m.insert("event".into(), name.into());
         m.insert("status".into(), "success".into());
         m
+    }
+
+    /// The line is written without building its map (issue 18): byte for byte what serde_json
+    /// writes for the map of `seq`, `prev` and the event's members, escapes and nesting
+    /// included, with an event's own `seq` and `prev` left out.
+    #[test]
+    fn a_chained_line_is_the_map_serde_json_would_write() {
+        let mut e = ev("secret_injected");
+        e.insert("seq".into(), 99.into());
+        e.insert("error".into(), "quote \" backslash \\ nl \n \u{1} é".into());
+        e.insert(
+            "workload".into(),
+            serde_json::json!({"engine": "docker", "labels": {"a": [1, 2.5, null, true]}}),
+        );
+        e.insert("prev".into(), "not ours".into());
+        let prev = hash_line(b"x");
+        let mut expected = serde_json::Map::new();
+        expected.insert("seq".into(), 7.into());
+        expected.insert("prev".into(), prev.clone().into());
+        for (k, v) in &e {
+            if k != "seq" && k != "prev" {
+                expected.insert(k.clone(), v.clone());
+            }
+        }
+        let mut out = b"before".to_vec();
+        chained_line(&mut out, 7, &prev, &e).unwrap();
+        assert_eq!(&out[..6], b"before");
+        assert_eq!(out[6..], serde_json::to_vec(&expected).unwrap());
+        assert_eq!(seq_of(&out[6..]), Some(7));
+        assert_eq!(seq_of(br#"{"seq":"7"}"#), None);
+        assert_eq!(seq_of(b"torn {\"seq\":7"), None);
     }
 
     /// A log of `n` lines in a temp dir.

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxIdMapping, Spec as OciSpec};
+use serde::Deserialize;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,11 +100,11 @@ impl Spec {
                 what: "the top level is not a JSON object".into(),
             });
         }
-        let typed: OciSpec =
-            serde_json::from_value(doc.clone()).map_err(|source| SpecError::Parse {
-                path: path.clone(),
-                source,
-            })?;
+        // Read through the document (no copy of its tree, as `from_value(doc.clone())` made).
+        let typed = OciSpec::deserialize(&doc).map_err(|source| SpecError::Parse {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Spec { path, doc, typed })
     }
 

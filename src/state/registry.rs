@@ -64,29 +64,31 @@ impl Record {
         is_alive(&self.rec)
     }
 
-    /// Gone by what needs no exec: no process with the init's pid, or runc's own state file
-    /// says so. A delegate other than runc is not asked (see [`prune_some`]).
+    /// Gone by what needs no exec: the init's start time, no process with its pid, or runc's
+    /// own state file says so. A delegate other than runc is not asked (see [`prune_some`]).
     fn is_gone_without_exec(&self) -> bool {
-        if let Some(alive) = alive_by_start(&self.rec) {
-            return !alive;
-        }
-        init_is_gone(self.rec.pid)
-            || runc_state_file(&self.rec).is_some_and(|s| !alive_by(&self.rec, s))
+        alive_without_exec(&self.rec) == Some(false)
     }
 }
 
 /// True while the container's init runs (and the delegate does not call it stopped).
 fn is_alive(rec: &StateRecord) -> bool {
+    // Asking the delegate costs an exec per container, which a rotation of many containers
+    // cannot afford: only when nothing else can tell.
+    alive_without_exec(rec).unwrap_or_else(|| alive_by(rec, delegate_state(rec)))
+}
+
+/// Liveness as far as it is known without an exec: by the init's start time, else gone when
+/// no process has the init's pid, else what runc's own record says (a file read); `None` when
+/// only the delegate can tell.
+fn alive_without_exec(rec: &StateRecord) -> Option<bool> {
     if let Some(alive) = alive_by_start(rec) {
-        return alive;
+        return Some(alive);
     }
     if init_is_gone(rec.pid) {
-        return false;
+        return Some(false);
     }
-    // runc's own record first (a file read); asking the delegate costs an exec per
-    // container, which a rotation of many containers cannot afford.
-    let state = runc_state_file(rec).unwrap_or_else(|| delegate_state(rec));
-    alive_by(rec, state)
+    runc_state_file(rec).map(|state| alive_by(rec, state))
 }
 
 /// Liveness by the init's start time, which records written since the start time was kept
